@@ -1,0 +1,100 @@
+//! A local S3 endpoint that stores buckets as directories, built on the `s3s-fs` crate.
+//!
+//! godwit uses it for three things: `godwit serve-s3 DIR` (try godwit with nothing else installed),
+//! the README's demo, and the test suites, which talk to it over real HTTP on loopback.
+//! It is not a production S3 server: its `If-None-Match` is a check-then-write inside the server.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use s3s::auth::SimpleAuth;
+use s3s::service::S3ServiceBuilder;
+use tokio::net::TcpListener;
+
+/// A running local S3 endpoint. Dropping it stops accepting connections.
+pub struct LocalS3 {
+    addr: SocketAddr,
+    accept_loop: tokio::task::JoinHandle<()>,
+}
+
+/// Why a local S3 endpoint could not start.
+#[derive(Debug)]
+pub struct StartError(String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl LocalS3 {
+    /// Serves `root` (each sub-directory is a bucket) on `bind` (use port 0 for any free port),
+    /// accepting only requests signed with `access_key`/`secret_key`.
+    pub async fn start(
+        root: &Path,
+        bind: SocketAddr,
+        access_key: &str,
+        secret_key: &str,
+    ) -> Result<Self, StartError> {
+        std::fs::create_dir_all(root)
+            .map_err(|e| StartError(format!("cannot create {}: {e}", root.display())))?;
+        let fs = s3s_fs::FileSystem::new(root)
+            .map_err(|e| StartError(format!("cannot serve {}: {e:?}", root.display())))?;
+        let mut builder = S3ServiceBuilder::new(fs);
+        builder.set_auth(SimpleAuth::from_single(access_key, secret_key));
+        let service = builder.build();
+
+        let listener = TcpListener::bind(bind)
+            .await
+            .map_err(|e| StartError(format!("cannot listen on {bind}: {e}")))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| StartError(format!("cannot read the listening address: {e}")))?;
+
+        let accept_loop = tokio::spawn(async move {
+            let http = ConnBuilder::new(TokioExecutor::new());
+            loop {
+                let socket = match listener.accept().await {
+                    Ok((socket, _)) => socket,
+                    Err(e) => {
+                        tracing::warn!("local S3: accept failed: {e}");
+                        continue;
+                    }
+                };
+                let _ = socket.set_nodelay(true);
+                let conn = http
+                    .serve_connection(TokioIo::new(socket), service.clone())
+                    .into_owned();
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+        });
+        Ok(Self { addr, accept_loop })
+    }
+
+    /// The address the endpoint listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The endpoint URL to give an S3 client, e.g. `http://127.0.0.1:39411`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Runs until the accept loop ends (it only ends when the task is aborted).
+    pub async fn wait(self) {
+        let _ = (&mut { self }.accept_loop).await;
+    }
+}
+
+impl Drop for LocalS3 {
+    fn drop(&mut self) {
+        self.accept_loop.abort();
+    }
+}

@@ -1,0 +1,372 @@
+//! The ledger: godwit's durable record of every object a migration found, and its work queue.
+//!
+//! The engine sees the ledger only through the [`Store`] trait; SQL lives in this crate alone, and
+//! this crate knows nothing of storage backends. [`SqliteStore`] is the embedded default (one
+//! process, WAL); a PostgreSQL store for fleets of workers implements the same trait.
+//!
+//! Each object row moves `pending` → `in_progress` (claimed in a packet, under a lease) → one
+//! terminal state, or back to `pending` for another attempt. See [`ObjectState`].
+
+#![deny(missing_docs)]
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+mod sqlite;
+pub use sqlite::SqliteStore;
+
+/// A failure of the ledger itself (not of an object).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened, read or written.
+    #[error("ledger {path}: {message}")]
+    Database {
+        /// Where the ledger is.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// Another process holds the ledger.
+    #[error(
+        "ledger {path} is in use by another godwit process; wait for it to finish or stop it (a ledger file serves one process at a time)"
+    )]
+    Busy {
+        /// Where the ledger is.
+        path: String,
+    },
+    /// A migration of that name exists with other locations.
+    #[error(
+        "migration '{name}' already exists in this ledger for {source_url} -> {dest_url}; pick another --name or another --state file"
+    )]
+    NameTaken {
+        /// The name asked for.
+        name: String,
+        /// Its recorded source.
+        source_url: String,
+        /// Its recorded destination.
+        dest_url: String,
+    },
+    /// No migration of that name.
+    #[error("no migration named '{0}' in this ledger")]
+    UnknownMigration(String),
+}
+
+/// The row id of a migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MigrationId(pub i64);
+
+/// The row id of an object in the ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ObjectId(pub i64);
+
+/// Where an object is in its life. The terminal states are the six of the guarantees: every object
+/// a pass finds ends in exactly one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectState {
+    /// Waiting to be claimed.
+    Pending = 0,
+    /// Claimed by a worker under a lease.
+    InProgress = 1,
+    /// Written by godwit and verified.
+    Copied = 2,
+    /// Already at the destination with the same size and checksum.
+    AlreadyPresent = 3,
+    /// Something else is at the destination key; left alone and reported.
+    Conflict = 4,
+    /// Left out by the migration's filters.
+    Excluded = 5,
+    /// Gone from the source before it could be copied.
+    SourceVanished = 6,
+    /// Used up its attempts, or failed for good; in the fail queue.
+    Failed = 7,
+}
+
+impl ObjectState {
+    /// Every state, in display order.
+    pub const ALL: [ObjectState; 8] = [
+        ObjectState::Pending,
+        ObjectState::InProgress,
+        ObjectState::Copied,
+        ObjectState::AlreadyPresent,
+        ObjectState::Conflict,
+        ObjectState::Excluded,
+        ObjectState::SourceVanished,
+        ObjectState::Failed,
+    ];
+
+    /// The stable name used in reports and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectState::Pending => "pending",
+            ObjectState::InProgress => "in_progress",
+            ObjectState::Copied => "copied",
+            ObjectState::AlreadyPresent => "already_present",
+            ObjectState::Conflict => "conflict",
+            ObjectState::Excluded => "excluded",
+            ObjectState::SourceVanished => "source_vanished",
+            ObjectState::Failed => "failed",
+        }
+    }
+
+    /// Whether the object's journey is over.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, ObjectState::Pending | ObjectState::InProgress)
+    }
+
+    /// Whether the state counts as success for the exit code.
+    pub fn is_good(self) -> bool {
+        matches!(
+            self,
+            ObjectState::Copied
+                | ObjectState::AlreadyPresent
+                | ObjectState::Excluded
+                | ObjectState::SourceVanished
+        )
+    }
+
+    fn from_code(code: i64) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| *s as i64 == code)
+    }
+}
+
+impl fmt::Display for ObjectState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What identifies a migration.
+#[derive(Debug, Clone)]
+pub struct MigrationSpec {
+    /// Its name, unique in the ledger.
+    pub name: String,
+    /// The source URL as given.
+    pub source_url: String,
+    /// The destination URL as given.
+    pub dest_url: String,
+}
+
+/// A migration as the ledger knows it.
+#[derive(Debug, Clone)]
+pub struct Migration {
+    /// Its row id.
+    pub id: MigrationId,
+    /// What identifies it.
+    pub spec: MigrationSpec,
+    /// The latest pass, if one was started.
+    pub last_pass: Option<Pass>,
+}
+
+/// One scan of the source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pass {
+    /// 1 for the first pass, then counting up.
+    pub number: u32,
+    /// Whether the scan went through the whole source.
+    pub scan_complete: bool,
+}
+
+/// How the scan classified an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scanned {
+    /// To be copied.
+    Wanted,
+    /// Left out by a filter.
+    Excluded,
+    /// Found but unreadable: recorded as failed with this error.
+    Unreadable {
+        /// The error's kind name.
+        kind: String,
+        /// The message.
+        message: String,
+    },
+}
+
+/// One object the scan found.
+#[derive(Debug, Clone)]
+pub struct ScannedObject {
+    /// Relative key.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// The source's version token (ETag, mtime).
+    pub version: String,
+    /// How the scan classified it.
+    pub scanned: Scanned,
+}
+
+/// A multipart upload godwit started for an object, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadRecord {
+    /// The server's upload id.
+    pub upload_id: String,
+    /// The part size the upload uses.
+    pub part_size: u64,
+    /// Parts that finished, in part-number order.
+    pub parts: Vec<PartRecord>,
+}
+
+/// One finished part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartRecord {
+    /// 1-based part number.
+    pub part_number: u32,
+    /// The part's ETag.
+    pub etag: String,
+    /// The part's CRC-64/NVME, base64.
+    pub checksum: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// An object handed to a worker.
+#[derive(Debug, Clone)]
+pub struct ClaimedObject {
+    /// Its row id.
+    pub id: ObjectId,
+    /// Relative key.
+    pub key: String,
+    /// Size recorded by the scan.
+    pub size: u64,
+    /// Version recorded by the scan.
+    pub version: String,
+    /// Attempts including this one.
+    pub attempts: u32,
+    /// A multipart upload an earlier attempt left, to be resumed.
+    pub upload: Option<UploadRecord>,
+}
+
+/// What a worker claims at once.
+#[derive(Debug, Clone, Copy)]
+pub struct PacketLimits {
+    /// At most this many objects.
+    pub max_objects: u32,
+    /// At most about this many bytes (a packet always holds at least one object).
+    pub max_bytes: u64,
+    /// The lease: the claim expires unless renewed within it.
+    pub lease: Duration,
+}
+
+/// How an attempt at an object ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The object.
+    pub id: ObjectId,
+    /// The new state: terminal, or `Pending` to try again.
+    pub state: ObjectState,
+    /// The size and version the attempt found (they change when the source changed).
+    pub size: u64,
+    /// See `size`.
+    pub version: String,
+    /// The full-object CRC-64/NVME, base64, when known.
+    pub checksum: Option<String>,
+    /// The destination's ETag.
+    pub dest_etag: Option<String>,
+    /// The destination's version id.
+    pub dest_version: Option<String>,
+    /// How the copy was verified (`checksum`, `etag_md5`, `read_back`).
+    pub verified_by: Option<&'static str>,
+    /// The error kind and message of a failed attempt.
+    pub error: Option<(String, String)>,
+}
+
+/// Counts and bytes per state.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Tally {
+    /// Objects in each state, indexed by `ObjectState as usize`.
+    pub objects: [u64; 8],
+    /// Bytes in each state, likewise.
+    pub bytes: [u64; 8],
+}
+
+impl Tally {
+    /// Objects in `state`.
+    pub fn n(&self, state: ObjectState) -> u64 {
+        self.objects[state as usize]
+    }
+
+    /// Bytes in `state`.
+    pub fn bytes_in(&self, state: ObjectState) -> u64 {
+        self.bytes[state as usize]
+    }
+
+    /// All objects.
+    pub fn n_total(&self) -> u64 {
+        self.objects.iter().sum()
+    }
+
+    /// All bytes.
+    pub fn bytes_total(&self) -> u64 {
+        self.bytes.iter().sum()
+    }
+}
+
+/// A conflict or failure, for reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    /// Relative key.
+    pub key: String,
+    /// `conflict` or `failed`.
+    pub state: ObjectState,
+    /// The error kind name.
+    pub kind: Option<String>,
+    /// The message.
+    pub message: Option<String>,
+}
+
+/// The ledger. All methods take batches where the hot path calls them, so one transaction covers
+/// many objects.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Finds the migration named in `spec`, or creates it.
+    async fn open_migration(&self, spec: &MigrationSpec) -> Result<Migration, StoreError>;
+    /// Starts a new pass and returns it.
+    async fn start_pass(&self, migration: MigrationId) -> Result<Pass, StoreError>;
+    /// Records a batch the scan found, in one transaction. An object seen before is left alone
+    /// unless its size or version changed (then it is queued again) or it had not started (then the
+    /// current filters decide).
+    async fn record_scanned(
+        &self,
+        migration: MigrationId,
+        pass: u32,
+        batch: Vec<ScannedObject>,
+    ) -> Result<(), StoreError>;
+    /// Marks the pass's scan as complete.
+    async fn finish_scan(&self, migration: MigrationId, pass: u32) -> Result<(), StoreError>;
+    /// Claims a packet of pending objects for `worker`.
+    async fn claim(
+        &self,
+        migration: MigrationId,
+        worker: &str,
+        limits: PacketLimits,
+    ) -> Result<Vec<ClaimedObject>, StoreError>;
+    /// Puts claims whose holders are gone back in the pool; returns how many.
+    async fn recover_abandoned(&self, migration: MigrationId) -> Result<u64, StoreError>;
+    /// Records a batch of outcomes in one transaction.
+    async fn record_outcomes(&self, outcomes: Vec<Outcome>) -> Result<(), StoreError>;
+    /// Records that a multipart upload was started for an object.
+    async fn record_upload(
+        &self,
+        object: ObjectId,
+        upload_id: &str,
+        part_size: u64,
+    ) -> Result<(), StoreError>;
+    /// Records a finished part of the object's current upload.
+    async fn record_part(&self, object: ObjectId, part: PartRecord) -> Result<(), StoreError>;
+    /// Forgets the object's upload and its parts (after it completed or was aborted).
+    async fn clear_upload(&self, object: ObjectId) -> Result<(), StoreError>;
+    /// Counts and bytes per state.
+    async fn tally(&self, migration: MigrationId) -> Result<Tally, StoreError>;
+    /// The first `limit` conflicts and failures.
+    async fn problems(
+        &self,
+        migration: MigrationId,
+        limit: u32,
+    ) -> Result<Vec<Problem>, StoreError>;
+    /// Puts every failed object back in the queue with fresh attempts; returns how many.
+    async fn requeue_failed(&self, migration: MigrationId) -> Result<u64, StoreError>;
+}

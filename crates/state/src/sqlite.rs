@@ -1,0 +1,754 @@
+//! The embedded ledger: one SQLite file in WAL mode, held by one process at a time.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::{
+    ClaimedObject, Migration, MigrationId, MigrationSpec, ObjectId, ObjectState, Outcome,
+    PacketLimits, PartRecord, Pass, Problem, Scanned, ScannedObject, Store, StoreError, Tally,
+    UploadRecord,
+};
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS migrations (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    source_url TEXT NOT NULL,
+    dest_url TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS passes (
+    migration_id INTEGER NOT NULL REFERENCES migrations(id),
+    number INTEGER NOT NULL,
+    started_at INTEGER NOT NULL,
+    scan_completed_at INTEGER,
+    PRIMARY KEY (migration_id, number)
+);
+CREATE TABLE IF NOT EXISTS objects (
+    id INTEGER PRIMARY KEY,
+    migration_id INTEGER NOT NULL REFERENCES migrations(id),
+    key TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    version TEXT NOT NULL,
+    state INTEGER NOT NULL,
+    pass INTEGER NOT NULL,
+    group_key TEXT,
+    partition_key TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    checksum TEXT,
+    dest_etag TEXT,
+    dest_version TEXT,
+    verified_by TEXT,
+    error_kind TEXT,
+    last_error TEXT,
+    lease_owner TEXT,
+    lease_expires INTEGER,
+    upload_id TEXT,
+    part_size INTEGER,
+    updated_at INTEGER NOT NULL,
+    UNIQUE (migration_id, key)
+);
+CREATE INDEX IF NOT EXISTS objects_pending ON objects (migration_id, id) WHERE state = 0;
+CREATE INDEX IF NOT EXISTS objects_in_progress ON objects (migration_id) WHERE state = 1;
+CREATE INDEX IF NOT EXISTS objects_problems ON objects (migration_id, id) WHERE state IN (4, 7);
+CREATE TABLE IF NOT EXISTS parts (
+    object_id INTEGER NOT NULL REFERENCES objects(id),
+    part_number INTEGER NOT NULL,
+    etag TEXT NOT NULL,
+    checksum TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    PRIMARY KEY (object_id, part_number)
+) WITHOUT ROWID;
+";
+
+/// The SQLite ledger. Opening it takes an exclusive lock on `PATH.lock`, so a second process on
+/// the same file gets [`StoreError::Busy`] instead of a corrupted queue; every claim left in the
+/// file therefore belongs to a process that is gone.
+pub struct SqliteStore {
+    connection: Arc<Mutex<Connection>>,
+    path: PathBuf,
+    _lock: File,
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn db_error(path: &Path, err: impl std::fmt::Display) -> StoreError {
+    StoreError::Database {
+        path: path.display().to_string(),
+        message: err.to_string(),
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the ledger at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| db_error(path, format!("cannot create its directory: {e}")))?;
+        }
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| db_error(path, format!("cannot open its lock file: {e}")))?;
+        if lock.try_lock().is_err() {
+            return Err(StoreError::Busy {
+                path: path.display().to_string(),
+            });
+        }
+        let connection = Connection::open(path).map_err(|e| db_error(path, e))?;
+        connection
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
+            )
+            .map_err(|e| db_error(path, e))?;
+        let version: i64 = connection
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(|e| db_error(path, e))?;
+        if version > SCHEMA_VERSION {
+            return Err(db_error(
+                path,
+                format!("it was written by a newer godwit (schema {version}); upgrade godwit"),
+            ));
+        }
+        connection
+            .execute_batch(SCHEMA)
+            .map_err(|e| db_error(path, e))?;
+        connection
+            .execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
+            .map_err(|e| db_error(path, e))?;
+        Ok(Self {
+            connection: Arc::new(Mutex::new(connection)),
+            path: path.to_owned(),
+            _lock: lock,
+        })
+    }
+
+    /// Where the ledger is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `work` on the connection on a blocking thread.
+    async fn with<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let connection = Arc::clone(&self.connection);
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut connection = connection
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            work(&mut connection)
+        })
+        .await
+        .map_err(|e| db_error(&self.path, e))?
+        .map_err(|e| db_error(&path, e))
+    }
+}
+
+fn scanned_columns(scanned: &Scanned) -> (ObjectState, Option<&str>, Option<&str>) {
+    match scanned {
+        Scanned::Wanted => (ObjectState::Pending, None, None),
+        Scanned::Excluded => (ObjectState::Excluded, None, None),
+        Scanned::Unreadable { kind, message } => (
+            ObjectState::Failed,
+            Some(kind.as_str()),
+            Some(message.as_str()),
+        ),
+    }
+}
+
+fn load_migration(connection: &Connection, name: &str) -> rusqlite::Result<Option<Migration>> {
+    let found = connection
+        .query_row(
+            "SELECT id, source_url, dest_url FROM migrations WHERE name = ?1",
+            params![name],
+            |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((id, source_url, dest_url)) = found else {
+        return Ok(None);
+    };
+    let last_pass = connection
+        .query_row(
+            "SELECT number, scan_completed_at IS NOT NULL FROM passes
+             WHERE migration_id = ?1 ORDER BY number DESC LIMIT 1",
+            params![id],
+            |row| {
+                Ok(Pass {
+                    number: row.get(0)?,
+                    scan_complete: row.get(1)?,
+                })
+            },
+        )
+        .optional()?;
+    Ok(Some(Migration {
+        id: MigrationId(id),
+        spec: MigrationSpec {
+            name: name.to_owned(),
+            source_url,
+            dest_url,
+        },
+        last_pass,
+    }))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn open_migration(&self, spec: &MigrationSpec) -> Result<Migration, StoreError> {
+        let wanted = spec.clone();
+        let migration = self
+            .with(move |connection| {
+                let spec = wanted;
+                if let Some(found) = load_migration(connection, &spec.name)? {
+                    return Ok(found);
+                }
+                connection.execute(
+                    "INSERT INTO migrations (name, source_url, dest_url, created_at) VALUES (?1, ?2, ?3, ?4)",
+                    params![spec.name, spec.source_url, spec.dest_url, now()],
+                )?;
+                Ok(Migration { id: MigrationId(connection.last_insert_rowid()), spec, last_pass: None })
+            })
+            .await?;
+        if migration.spec.source_url != spec.source_url || migration.spec.dest_url != spec.dest_url
+        {
+            return Err(StoreError::NameTaken {
+                name: spec.name.clone(),
+                source_url: migration.spec.source_url,
+                dest_url: migration.spec.dest_url,
+            });
+        }
+        Ok(migration)
+    }
+
+    async fn start_pass(&self, migration: MigrationId) -> Result<Pass, StoreError> {
+        self.with(move |connection| {
+            let number: u32 = connection.query_row(
+                "INSERT INTO passes (migration_id, number, started_at)
+                 SELECT ?1, COALESCE(MAX(number), 0) + 1, ?2 FROM passes WHERE migration_id = ?1
+                 RETURNING number",
+                params![migration.0, now()],
+                |row| row.get(0),
+            )?;
+            Ok(Pass {
+                number,
+                scan_complete: false,
+            })
+        })
+        .await
+    }
+
+    async fn record_scanned(
+        &self,
+        migration: MigrationId,
+        pass: u32,
+        batch: Vec<ScannedObject>,
+    ) -> Result<(), StoreError> {
+        self.with(move |connection| {
+            let transaction = connection.transaction()?;
+            {
+                // An object already claimed is left to its worker. One that changed is queued again
+                // from scratch; one that never started takes the current filters' verdict.
+                let mut upsert = transaction.prepare_cached(
+                    "INSERT INTO objects (migration_id, key, size, version, state, pass, error_kind, last_error, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                     ON CONFLICT (migration_id, key) DO UPDATE SET
+                       pass = excluded.pass,
+                       state = CASE
+                         WHEN objects.state = 1 THEN objects.state
+                         WHEN objects.size != excluded.size OR objects.version != excluded.version
+                           OR objects.state IN (0, 5) THEN excluded.state
+                         ELSE objects.state END,
+                       attempts = CASE
+                         WHEN objects.state != 1 AND (objects.size != excluded.size OR objects.version != excluded.version)
+                           THEN 0 ELSE objects.attempts END,
+                       error_kind = CASE
+                         WHEN objects.state != 1 AND (objects.size != excluded.size OR objects.version != excluded.version
+                           OR objects.state IN (0, 5)) THEN excluded.error_kind
+                         ELSE objects.error_kind END,
+                       last_error = CASE
+                         WHEN objects.state != 1 AND (objects.size != excluded.size OR objects.version != excluded.version
+                           OR objects.state IN (0, 5)) THEN excluded.last_error
+                         ELSE objects.last_error END,
+                       size = CASE WHEN objects.state = 1 THEN objects.size ELSE excluded.size END,
+                       version = CASE WHEN objects.state = 1 THEN objects.version ELSE excluded.version END,
+                       updated_at = excluded.updated_at
+                     WHERE objects.size != excluded.size OR objects.version != excluded.version
+                       OR objects.state IN (0, 5) OR objects.pass != excluded.pass",
+                )?;
+                let at = now();
+                for object in &batch {
+                    let (state, kind, message) = scanned_columns(&object.scanned);
+                    upsert.execute(params![
+                        migration.0,
+                        object.key,
+                        object.size as i64,
+                        object.version,
+                        state as i64,
+                        pass,
+                        kind,
+                        message,
+                        at
+                    ])?;
+                }
+            }
+            transaction.commit()
+        })
+        .await
+    }
+
+    async fn finish_scan(&self, migration: MigrationId, pass: u32) -> Result<(), StoreError> {
+        self.with(move |connection| {
+            connection.execute(
+                "UPDATE passes SET scan_completed_at = ?3 WHERE migration_id = ?1 AND number = ?2",
+                params![migration.0, pass, now()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn claim(
+        &self,
+        migration: MigrationId,
+        worker: &str,
+        limits: PacketLimits,
+    ) -> Result<Vec<ClaimedObject>, StoreError> {
+        let worker = worker.to_owned();
+        self.with(move |connection| {
+            let transaction = connection.transaction()?;
+            let mut claimed = Vec::new();
+            {
+                let mut candidates = transaction.prepare_cached(
+                    "SELECT id, size FROM objects WHERE migration_id = ?1 AND state = 0 ORDER BY id LIMIT ?2",
+                )?;
+                let mut ids = Vec::new();
+                let mut bytes = 0u64;
+                let mut rows = candidates.query(params![migration.0, limits.max_objects])?;
+                while let Some(row) = rows.next()? {
+                    let size = row.get::<_, i64>(1)? as u64;
+                    if !ids.is_empty() && bytes + size > limits.max_bytes {
+                        break;
+                    }
+                    bytes += size;
+                    ids.push(row.get::<_, i64>(0)?);
+                }
+                drop(rows);
+                let expires = now() + limits.lease.as_secs() as i64;
+                let mut take = transaction.prepare_cached(
+                    "UPDATE objects SET state = 1, attempts = attempts + 1, lease_owner = ?2, lease_expires = ?3
+                     WHERE id = ?1
+                     RETURNING key, size, version, attempts, upload_id, part_size",
+                )?;
+                let mut parts = transaction.prepare_cached(
+                    "SELECT part_number, etag, checksum, size FROM parts WHERE object_id = ?1 ORDER BY part_number",
+                )?;
+                for id in ids {
+                    let (key, size, version, attempts, upload_id, part_size) =
+                        take.query_row(params![id, worker, expires], |row| {
+                            Ok((
+                                row.get::<_, String>(0)?,
+                                row.get::<_, i64>(1)? as u64,
+                                row.get::<_, String>(2)?,
+                                row.get::<_, u32>(3)?,
+                                row.get::<_, Option<String>>(4)?,
+                                row.get::<_, Option<i64>>(5)?,
+                            ))
+                        })?;
+                    let upload = match upload_id {
+                        Some(upload_id) => Some(UploadRecord {
+                            upload_id,
+                            part_size: part_size.unwrap_or(0) as u64,
+                            parts: parts
+                                .query_map(params![id], |row| {
+                                    Ok(PartRecord {
+                                        part_number: row.get(0)?,
+                                        etag: row.get(1)?,
+                                        checksum: row.get(2)?,
+                                        size: row.get::<_, i64>(3)? as u64,
+                                    })
+                                })?
+                                .collect::<rusqlite::Result<_>>()?,
+                        }),
+                        None => None,
+                    };
+                    claimed.push(ClaimedObject { id: ObjectId(id), key, size, version, attempts, upload });
+                }
+            }
+            transaction.commit()?;
+            Ok(claimed)
+        })
+        .await
+    }
+
+    async fn recover_abandoned(&self, migration: MigrationId) -> Result<u64, StoreError> {
+        // The lock taken in `open` means no other process works on this file: every claim in it
+        // was left by a process that is gone.
+        self.with(move |connection| {
+            let n = connection.execute(
+                "UPDATE objects SET state = 0, lease_owner = NULL, lease_expires = NULL
+                 WHERE migration_id = ?1 AND state = 1",
+                params![migration.0],
+            )?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn record_outcomes(&self, outcomes: Vec<Outcome>) -> Result<(), StoreError> {
+        self.with(move |connection| {
+            let transaction = connection.transaction()?;
+            {
+                let mut update = transaction.prepare_cached(
+                    "UPDATE objects SET state = ?2, size = ?3, version = ?4, checksum = COALESCE(?5, checksum),
+                       dest_etag = ?6, dest_version = ?7, verified_by = ?8, error_kind = ?9, last_error = ?10,
+                       lease_owner = NULL, lease_expires = NULL, updated_at = ?11
+                     WHERE id = ?1",
+                )?;
+                let at = now();
+                for outcome in &outcomes {
+                    let (kind, message) = match &outcome.error {
+                        Some((kind, message)) => (Some(kind.as_str()), Some(message.as_str())),
+                        None => (None, None),
+                    };
+                    update.execute(params![
+                        outcome.id.0,
+                        outcome.state as i64,
+                        outcome.size as i64,
+                        outcome.version,
+                        outcome.checksum,
+                        outcome.dest_etag,
+                        outcome.dest_version,
+                        outcome.verified_by,
+                        kind,
+                        message,
+                        at
+                    ])?;
+                }
+            }
+            transaction.commit()
+        })
+        .await
+    }
+
+    async fn record_upload(
+        &self,
+        object: ObjectId,
+        upload_id: &str,
+        part_size: u64,
+    ) -> Result<(), StoreError> {
+        let upload_id = upload_id.to_owned();
+        self.with(move |connection| {
+            let transaction = connection.transaction()?;
+            transaction.execute("DELETE FROM parts WHERE object_id = ?1", params![object.0])?;
+            transaction.execute(
+                "UPDATE objects SET upload_id = ?2, part_size = ?3 WHERE id = ?1",
+                params![object.0, upload_id, part_size as i64],
+            )?;
+            transaction.commit()
+        })
+        .await
+    }
+
+    async fn record_part(&self, object: ObjectId, part: PartRecord) -> Result<(), StoreError> {
+        self.with(move |connection| {
+            connection
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO parts (object_id, part_number, etag, checksum, size)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![
+                    object.0,
+                    part.part_number,
+                    part.etag,
+                    part.checksum,
+                    part.size as i64
+                ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn clear_upload(&self, object: ObjectId) -> Result<(), StoreError> {
+        self.with(move |connection| {
+            let transaction = connection.transaction()?;
+            transaction.execute("DELETE FROM parts WHERE object_id = ?1", params![object.0])?;
+            transaction.execute(
+                "UPDATE objects SET upload_id = NULL, part_size = NULL WHERE id = ?1",
+                params![object.0],
+            )?;
+            transaction.commit()
+        })
+        .await
+    }
+
+    async fn tally(&self, migration: MigrationId) -> Result<Tally, StoreError> {
+        self.with(move |connection| {
+            let mut tally = Tally::default();
+            let mut statement = connection.prepare_cached(
+                "SELECT state, COUNT(*), COALESCE(SUM(size), 0) FROM objects WHERE migration_id = ?1 GROUP BY state",
+            )?;
+            let mut rows = statement.query(params![migration.0])?;
+            while let Some(row) = rows.next()? {
+                if let Some(state) = ObjectState::from_code(row.get(0)?) {
+                    tally.objects[state as usize] = row.get::<_, i64>(1)? as u64;
+                    tally.bytes[state as usize] = row.get::<_, i64>(2)? as u64;
+                }
+            }
+            Ok(tally)
+        })
+        .await
+    }
+
+    async fn problems(
+        &self,
+        migration: MigrationId,
+        limit: u32,
+    ) -> Result<Vec<Problem>, StoreError> {
+        self.with(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT key, state, error_kind, last_error FROM objects
+                 WHERE migration_id = ?1 AND state IN (4, 7) ORDER BY id LIMIT ?2",
+            )?;
+            let rows = statement.query_map(params![migration.0, limit], |row| {
+                Ok(Problem {
+                    key: row.get(0)?,
+                    state: ObjectState::from_code(row.get(1)?).unwrap_or(ObjectState::Failed),
+                    kind: row.get(2)?,
+                    message: row.get(3)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn requeue_failed(&self, migration: MigrationId) -> Result<u64, StoreError> {
+        self.with(move |connection| {
+            let n = connection.execute(
+                "UPDATE objects SET state = 0, attempts = 0 WHERE migration_id = ?1 AND state = 7",
+                params![migration.0],
+            )?;
+            Ok(n as u64)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn spec() -> MigrationSpec {
+        MigrationSpec {
+            name: "m".into(),
+            source_url: "./a".into(),
+            dest_url: "s3://b/".into(),
+        }
+    }
+
+    fn object(key: &str, size: u64, version: &str) -> ScannedObject {
+        ScannedObject {
+            key: key.into(),
+            size,
+            version: version.into(),
+            scanned: Scanned::Wanted,
+        }
+    }
+
+    const LIMITS: PacketLimits = PacketLimits {
+        max_objects: 100,
+        max_bytes: 1000,
+        lease: Duration::from_secs(60),
+    };
+
+    fn done(claimed: &ClaimedObject, state: ObjectState) -> Outcome {
+        Outcome {
+            id: claimed.id,
+            state,
+            size: claimed.size,
+            version: claimed.version.clone(),
+            checksum: Some("c".into()),
+            dest_etag: None,
+            dest_version: None,
+            verified_by: Some("checksum"),
+            error: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_second_process_is_refused_and_the_name_keeps_its_locations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.db");
+        let store = SqliteStore::open(&path).unwrap();
+        assert!(matches!(
+            SqliteStore::open(&path),
+            Err(StoreError::Busy { .. })
+        ));
+        store.open_migration(&spec()).await.unwrap();
+        let other = MigrationSpec {
+            dest_url: "s3://other/".into(),
+            ..spec()
+        };
+        assert!(matches!(
+            store.open_migration(&other).await,
+            Err(StoreError::NameTaken { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn claims_respect_packet_limits_and_rescans_requeue_only_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("ledger.db")).unwrap();
+        let migration = store.open_migration(&spec()).await.unwrap();
+        let pass = store.start_pass(migration.id).await.unwrap();
+        assert_eq!(pass.number, 1);
+        store
+            .record_scanned(
+                migration.id,
+                1,
+                vec![
+                    object("a", 600, "1"),
+                    object("b", 600, "1"),
+                    object("c", 10, "1"),
+                ],
+            )
+            .await
+            .unwrap();
+        let first = store.claim(migration.id, "w", LIMITS).await.unwrap();
+        assert_eq!(
+            first.iter().map(|c| c.key.as_str()).collect::<Vec<_>>(),
+            ["a"]
+        );
+        assert_eq!(first[0].attempts, 1);
+        let second = store.claim(migration.id, "w", LIMITS).await.unwrap();
+        assert_eq!(
+            second.iter().map(|c| c.key.as_str()).collect::<Vec<_>>(),
+            ["b", "c"]
+        );
+        store
+            .record_outcomes(vec![
+                done(&first[0], ObjectState::Copied),
+                done(&second[0], ObjectState::Copied),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            store.recover_abandoned(migration.id).await.unwrap(),
+            1,
+            "c was still claimed"
+        );
+
+        // A rescan: a unchanged, b changed, c pending, d new.
+        let pass = store.start_pass(migration.id).await.unwrap();
+        assert_eq!(pass.number, 2);
+        store
+            .record_scanned(
+                migration.id,
+                2,
+                vec![
+                    object("a", 600, "1"),
+                    object("b", 600, "2"),
+                    object("c", 10, "1"),
+                    object("d", 1, "1"),
+                ],
+            )
+            .await
+            .unwrap();
+        let tally = store.tally(migration.id).await.unwrap();
+        assert_eq!(tally.n(ObjectState::Copied), 1);
+        assert_eq!(tally.n(ObjectState::Pending), 3);
+        assert_eq!(tally.n_total(), 4);
+        let again = store.claim(migration.id, "w", LIMITS).await.unwrap();
+        assert_eq!(
+            again.iter().map(|c| c.key.as_str()).collect::<Vec<_>>(),
+            ["b", "c", "d"]
+        );
+        assert_eq!(
+            again[0].attempts, 1,
+            "a changed object starts its attempts afresh"
+        );
+        assert_eq!(again[1].attempts, 2, "an unchanged object keeps counting");
+    }
+
+    #[tokio::test]
+    async fn parts_survive_a_reopen_and_failures_requeue() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.db");
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            let migration = store.open_migration(&spec()).await.unwrap();
+            store.start_pass(migration.id).await.unwrap();
+            store
+                .record_scanned(
+                    migration.id,
+                    1,
+                    vec![object("big", 30, "1"), object("bad", 1, "1")],
+                )
+                .await
+                .unwrap();
+            let claimed = store.claim(migration.id, "w", LIMITS).await.unwrap();
+            store
+                .record_upload(claimed[0].id, "up-1", 10)
+                .await
+                .unwrap();
+            let part = PartRecord {
+                part_number: 1,
+                etag: "\"e\"".into(),
+                checksum: "x".into(),
+                size: 10,
+            };
+            store.record_part(claimed[0].id, part).await.unwrap();
+            let failed = Outcome {
+                error: Some(("io".into(), "broken".into())),
+                ..done(&claimed[1], ObjectState::Failed)
+            };
+            store.record_outcomes(vec![failed]).await.unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let migration = store.open_migration(&spec()).await.unwrap();
+        assert_eq!(
+            migration.last_pass,
+            Some(Pass {
+                number: 1,
+                scan_complete: false
+            })
+        );
+        let problems = store.problems(migration.id, 10).await.unwrap();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].message.as_deref(), Some("broken"));
+        assert_eq!(store.recover_abandoned(migration.id).await.unwrap(), 1);
+        assert_eq!(store.requeue_failed(migration.id).await.unwrap(), 1);
+        let claimed = store.claim(migration.id, "w", LIMITS).await.unwrap();
+        let big = claimed.iter().find(|c| c.key == "big").unwrap();
+        let upload = big.upload.as_ref().unwrap();
+        assert_eq!(upload.upload_id, "up-1");
+        assert_eq!(upload.parts.len(), 1);
+        assert_eq!(big.attempts, 2);
+    }
+}

@@ -1,0 +1,338 @@
+//! A local or network-mounted directory as a source.
+//!
+//! A file's version is its modification time in nanoseconds; a read checks it, and the size, both
+//! before and after reading, so a file that changes under godwit is never copied torn.
+
+use std::fs::{File, Metadata};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::{
+    ErrorKind, Listed, Listing, Location, ObjectMeta, Source, SourceCapabilities, StorageError,
+};
+
+/// How many entries one listing page holds.
+const PAGE: usize = 1000;
+
+/// A directory tree read as objects: each regular file is one, keyed by its path below the root.
+pub struct LocalSource {
+    root: PathBuf,
+    location: Location,
+}
+
+impl LocalSource {
+    /// A source rooted at `root`.
+    pub fn new(root: PathBuf) -> Self {
+        Self {
+            location: Location::Local(root.clone()),
+            root,
+        }
+    }
+
+    fn path_of(&self, key: &str) -> PathBuf {
+        let mut path = self.root.clone();
+        path.extend(key.split('/'));
+        path
+    }
+}
+
+fn version_of(metadata: &Metadata) -> String {
+    let nanos = metadata
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    nanos.to_string()
+}
+
+fn meta_of(key: String, metadata: &Metadata) -> ObjectMeta {
+    ObjectMeta {
+        key,
+        size: metadata.len(),
+        version: version_of(metadata),
+    }
+}
+
+/// The `/`-separated key of `path` below `root`; `Err` holds a printable stand-in when a component
+/// is not UTF-8 (S3 keys must be).
+fn key_of(root: &Path, path: &Path) -> Result<String, String> {
+    let relative = path.strip_prefix(root).unwrap_or(path);
+    let mut key = String::new();
+    let mut valid = true;
+    for component in relative.components() {
+        if !key.is_empty() {
+            key.push('/');
+        }
+        let part = component.as_os_str();
+        match part.to_str() {
+            Some(text) => key.push_str(text),
+            None => {
+                valid = false;
+                key.push_str(&part.to_string_lossy());
+            }
+        }
+    }
+    if valid { Ok(key) } else { Err(key) }
+}
+
+fn list_blocking(root: PathBuf, pages: mpsc::Sender<Result<Vec<Listed>, StorageError>>) {
+    let mut page = Vec::with_capacity(PAGE);
+    let walk = walkdir::WalkDir::new(&root)
+        .min_depth(1)
+        .follow_links(true)
+        .sort_by_file_name();
+    for entry in walk {
+        let listed = match entry {
+            Ok(entry) => {
+                let file_type = entry.file_type();
+                if file_type.is_dir() {
+                    continue;
+                }
+                match key_of(&root, entry.path()) {
+                    Err(lossy) => Listed::Unreadable {
+                        error: StorageError::new(
+                            ErrorKind::InvalidInput,
+                            format!(
+                                "{}: the file name is not valid UTF-8, which S3 keys must be; rename it",
+                                entry.path().display()
+                            ),
+                        ),
+                        key: lossy,
+                    },
+                    Ok(key) if !file_type.is_file() => Listed::Unreadable {
+                        error: StorageError::new(
+                            ErrorKind::InvalidInput,
+                            format!(
+                                "{}: not a regular file (a socket, FIFO or device); exclude it with --exclude",
+                                entry.path().display()
+                            ),
+                        ),
+                        key,
+                    },
+                    Ok(key) => match entry.metadata() {
+                        Ok(metadata) => Listed::Object(meta_of(key, &metadata)),
+                        Err(err) => Listed::Unreadable {
+                            error: StorageError::new(
+                                ErrorKind::Io,
+                                format!(
+                                    "{}: cannot read its metadata: {err}",
+                                    entry.path().display()
+                                ),
+                            ),
+                            key,
+                        },
+                    },
+                }
+            }
+            Err(err) => {
+                let Some(path) = err.path() else {
+                    let _ = pages.blocking_send(Err(StorageError::new(
+                        ErrorKind::Io,
+                        format!("listing {}: {err}", root.display()),
+                    )));
+                    return;
+                };
+                let key = key_of(&root, path).unwrap_or_else(|lossy| lossy);
+                let hint = if err.loop_ancestor().is_some() {
+                    "a symbolic link loop; remove the link or exclude it"
+                } else {
+                    "check its permissions, or exclude it"
+                };
+                Listed::Unreadable {
+                    error: StorageError::new(
+                        ErrorKind::Io,
+                        format!("{}: cannot be listed: {err}; {hint}", path.display()),
+                    ),
+                    key,
+                }
+            }
+        };
+        page.push(listed);
+        if page.len() == PAGE {
+            let full = std::mem::replace(&mut page, Vec::with_capacity(PAGE));
+            if pages.blocking_send(Ok(full)).is_err() {
+                return;
+            }
+        }
+    }
+    if !page.is_empty() {
+        let _ = pages.blocking_send(Ok(page));
+    }
+}
+
+fn changed(expected: &ObjectMeta, now: &Metadata) -> bool {
+    now.len() != expected.size || version_of(now) != expected.version
+}
+
+fn read_blocking(
+    path: &Path,
+    expected: &ObjectMeta,
+    offset: u64,
+    len: u64,
+) -> Result<Bytes, StorageError> {
+    let shown = path.display();
+    let file = File::open(path).map_err(|e| StorageError::io(&format!("opening {shown}"), &e))?;
+    let before = file
+        .metadata()
+        .map_err(|e| StorageError::io(&format!("reading {shown}"), &e))?;
+    if changed(expected, &before) {
+        return Err(source_changed(&shown));
+    }
+    let len = usize::try_from(len)
+        .map_err(|_| StorageError::new(ErrorKind::InvalidInput, "read too large"))?;
+    let mut buffer = vec![0u8; len];
+    file.read_exact_at(&mut buffer, offset)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => source_changed(&shown),
+            _ => StorageError::io(&format!("reading {shown}"), &e),
+        })?;
+    let after = file
+        .metadata()
+        .map_err(|e| StorageError::io(&format!("reading {shown}"), &e))?;
+    if changed(expected, &after) {
+        return Err(source_changed(&shown));
+    }
+    Ok(Bytes::from(buffer))
+}
+
+fn source_changed(shown: &impl std::fmt::Display) -> StorageError {
+    StorageError::new(
+        ErrorKind::SourceChanged,
+        format!("{shown} changed while godwit was reading it; it will be read again"),
+    )
+}
+
+#[async_trait]
+impl Source for LocalSource {
+    fn location(&self) -> &Location {
+        &self.location
+    }
+
+    fn capabilities(&self) -> SourceCapabilities {
+        SourceCapabilities { ranged_reads: true }
+    }
+
+    async fn check(&self) -> Result<(), StorageError> {
+        let root = self.root.clone();
+        let metadata = tokio::fs::metadata(&root).await.map_err(|e| {
+            let mut err = StorageError::io(&format!("source directory {}", root.display()), &e);
+            if err.kind() == ErrorKind::NotFound {
+                err = StorageError::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "source directory {} does not exist; check the path",
+                        root.display()
+                    ),
+                );
+            }
+            err
+        })?;
+        if !metadata.is_dir() {
+            return Err(StorageError::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "source {} is not a directory; give the directory that holds the files",
+                    root.display()
+                ),
+            ));
+        }
+        let _listing = tokio::fs::read_dir(&root).await.map_err(|e| {
+            StorageError::io(&format!("listing source directory {}", root.display()), &e)
+        })?;
+        Ok(())
+    }
+
+    fn list(&self) -> Listing {
+        let (sender, receiver) = mpsc::channel(4);
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || list_blocking(root, sender));
+        receiver
+    }
+
+    async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
+        let path = self.path_of(key);
+        match tokio::fs::metadata(&path).await {
+            Ok(metadata) if metadata.is_file() => Ok(Some(meta_of(key.to_owned(), &metadata))),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StorageError::io(&format!("reading {}", path.display()), &e)),
+        }
+    }
+
+    async fn read(
+        &self,
+        expected: &ObjectMeta,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes, StorageError> {
+        let path = self.path_of(&expected.key);
+        let expected = expected.clone();
+        tokio::task::spawn_blocking(move || read_blocking(&path, &expected, offset, len))
+            .await
+            .map_err(|e| StorageError::new(ErrorKind::Other, format!("read task failed: {e}")))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn list_all(source: &LocalSource) -> Vec<Listed> {
+        let mut listing = source.list();
+        let mut all = Vec::new();
+        while let Some(page) = listing.recv().await {
+            all.extend(page.unwrap());
+        }
+        all
+    }
+
+    #[tokio::test]
+    async fn lists_nested_files_with_slash_keys_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        std::fs::write(dir.path().join("a/b/c.txt"), b"abc").unwrap();
+        std::fs::write(dir.path().join("z"), b"").unwrap();
+        std::fs::write(dir.path().join("a/x y+%#?.txt"), b"1").unwrap();
+        let source = LocalSource::new(dir.path().to_owned());
+        let keys: Vec<(String, u64)> = list_all(&source)
+            .await
+            .into_iter()
+            .map(|l| match l {
+                Listed::Object(m) => (m.key, m.size),
+                Listed::Unreadable { key, error } => panic!("{key}: {error}"),
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                ("a/b/c.txt".into(), 3),
+                ("a/x y+%#?.txt".into(), 1),
+                ("z".into(), 0)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn read_notices_a_changed_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"hello").unwrap();
+        let source = LocalSource::new(dir.path().to_owned());
+        let meta = source.stat("f").await.unwrap().unwrap();
+        assert_eq!(&source.read(&meta, 1, 3).await.unwrap()[..], b"ell");
+        std::fs::write(&path, b"hello, world").unwrap();
+        let err = source.read(&meta, 0, 5).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::SourceChanged);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            source.read(&meta, 0, 5).await.unwrap_err().kind(),
+            ErrorKind::NotFound
+        );
+        assert_eq!(source.stat("f").await.unwrap(), None);
+    }
+}

@@ -1,0 +1,375 @@
+//! Where objects come from and where they go.
+//!
+//! The engine sees storage only through the [`Source`] and [`Destination`] traits and their
+//! capabilities; it never names a backend type. Both work on *relative keys*: the part of a key below
+//! the location's root (a directory, or a bucket plus prefix), always `/`-separated. Backends know
+//! nothing of the ledger.
+//!
+//! Backends: the local filesystem ([`fs`]) and S3 through the AWS SDK ([`s3`]). [`open_source`] and
+//! [`open_destination`] turn a [`Location`] into a trait object.
+
+#![deny(missing_docs)]
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+pub mod fs;
+pub mod s3;
+
+mod error;
+pub use error::{ErrorKind, StorageError};
+
+/// A place objects live: a local directory or an S3 bucket with an optional prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A directory on a local or network filesystem.
+    Local(PathBuf),
+    /// A bucket, and the key prefix below which godwit reads or writes (empty, or ending in `/`).
+    S3 {
+        /// Bucket name.
+        bucket: String,
+        /// Key prefix: empty, or ending in `/`.
+        prefix: String,
+    },
+}
+
+impl Location {
+    /// Parses `s3://bucket[/prefix]`, `file:///path` or a plain path.
+    pub fn parse(text: &str) -> Result<Self, StorageError> {
+        if let Some(rest) = text.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(StorageError::new(
+                    ErrorKind::InvalidInput,
+                    format!("'{text}' names no bucket: write s3://BUCKET or s3://BUCKET/PREFIX"),
+                ));
+            }
+            let mut prefix = prefix.trim_start_matches('/').to_owned();
+            if !prefix.is_empty() && !prefix.ends_with('/') {
+                prefix.push('/');
+            }
+            return Ok(Location::S3 {
+                bucket: bucket.to_owned(),
+                prefix,
+            });
+        }
+        if let Some(path) = text.strip_prefix("file://") {
+            if path.is_empty() {
+                return Err(StorageError::new(
+                    ErrorKind::InvalidInput,
+                    format!("'{text}' names no path: write file:///absolute/path or a plain path"),
+                ));
+            }
+            return Ok(Location::Local(PathBuf::from(path)));
+        }
+        if text.contains("://") {
+            return Err(StorageError::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "'{text}': unsupported scheme; use a directory path, file://PATH or s3://BUCKET/PREFIX"
+                ),
+            ));
+        }
+        if text.is_empty() {
+            return Err(StorageError::new(
+                ErrorKind::InvalidInput,
+                "an empty location was given",
+            ));
+        }
+        Ok(Location::Local(PathBuf::from(text)))
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::Local(path) => write!(f, "{}", path.display()),
+            Location::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+        }
+    }
+}
+
+/// What the scan sees of one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Relative key, `/`-separated.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// What changes when the object changes: an S3 ETag, or a file's modification time in nanoseconds.
+    pub version: String,
+}
+
+/// One entry of a listing.
+#[derive(Debug)]
+pub enum Listed {
+    /// An object that can be read.
+    Object(ObjectMeta),
+    /// Something the listing found but cannot turn into an object (an unreadable directory, a file
+    /// name that is not UTF-8). It is still recorded, so nothing found is silently lost.
+    Unreadable {
+        /// The best key that can be given for it.
+        key: String,
+        /// Why it cannot be read.
+        error: StorageError,
+    },
+}
+
+/// A listing in progress: pages of entries, ended by the sender closing, or by one `Err` that
+/// means the listing could not go on.
+pub type Listing = mpsc::Receiver<Result<Vec<Listed>, StorageError>>;
+
+/// What a source can do beyond the basics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SourceCapabilities {
+    /// Byte ranges can be read independently, in parallel (needed for parallel multipart reads).
+    pub ranged_reads: bool,
+}
+
+/// Where objects are read from.
+#[async_trait]
+pub trait Source: Send + Sync {
+    /// The location, for messages.
+    fn location(&self) -> &Location;
+    /// What this source supports.
+    fn capabilities(&self) -> SourceCapabilities;
+    /// Checks that the source exists and can be read, with a message that says what to fix.
+    async fn check(&self) -> Result<(), StorageError>;
+    /// Lists every object below the root, in pages. The listing runs in the background and stops
+    /// when the receiver is dropped.
+    fn list(&self) -> Listing;
+    /// The object's current metadata, or `None` when it no longer exists.
+    async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError>;
+    /// Reads `len` bytes from `offset` of the object as it was when `expected` was seen. Fails with
+    /// [`ErrorKind::SourceChanged`] when the object changed since, or changed during the read, and
+    /// with [`ErrorKind::NotFound`] when it is gone.
+    async fn read(
+        &self,
+        expected: &ObjectMeta,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes, StorageError>;
+}
+
+/// A CRC-64/NVME checksum, the full-object checksum godwit computes while reading and that S3
+/// checks and keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Crc64Nvme(pub u64);
+
+impl Crc64Nvme {
+    /// The form S3 uses in headers: base64 of the 8 big-endian bytes.
+    pub fn to_base64(self) -> String {
+        aws_smithy_types::base64::encode(self.0.to_be_bytes())
+    }
+
+    /// Parses the header form; `None` when it is not a CRC-64 value.
+    pub fn from_base64(text: &str) -> Option<Self> {
+        let bytes = aws_smithy_types::base64::decode(text).ok()?;
+        let bytes: [u8; 8] = bytes.try_into().ok()?;
+        Some(Self(u64::from_be_bytes(bytes)))
+    }
+}
+
+impl fmt::Display for Crc64Nvme {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_base64())
+    }
+}
+
+/// What the destination says about an object it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestObject {
+    /// Size in bytes.
+    pub size: u64,
+    /// The ETag, quotes included, as the server sent it.
+    pub etag: Option<String>,
+    /// The full-object CRC-64/NVME the server reports, if it keeps one.
+    pub crc64nvme: Option<Crc64Nvme>,
+    /// The version id, on a versioned bucket.
+    pub version_id: Option<String>,
+}
+
+/// What the destination answered to a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteReceipt {
+    /// The ETag of the new object.
+    pub etag: Option<String>,
+    /// The CRC-64/NVME the server computed, if it says.
+    pub crc64nvme: Option<Crc64Nvme>,
+    /// The version id, on a versioned bucket.
+    pub version_id: Option<String>,
+}
+
+/// The answer to a conditional write (one that must not replace an existing object).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    /// The object was created.
+    Created(WriteReceipt),
+    /// An object already exists at the key; nothing was written.
+    AlreadyExists,
+}
+
+/// One uploaded part of a multipart upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadedPart {
+    /// 1-based part number.
+    pub part_number: u32,
+    /// The part's ETag as the server sent it.
+    pub etag: String,
+    /// The part's CRC-64/NVME (what godwit computed and sent).
+    pub crc64nvme: Crc64Nvme,
+    /// The part's size in bytes.
+    pub size: u64,
+}
+
+/// What a destination can do beyond the basics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DestinationCapabilities {
+    /// The largest number of parts in one multipart upload.
+    pub max_parts: u32,
+    /// The smallest part size (all parts but the last).
+    pub min_part_size: u64,
+    /// The largest part size.
+    pub max_part_size: u64,
+}
+
+/// Where objects are written. Every write is conditional: it never replaces an existing object.
+#[async_trait]
+pub trait Destination: Send + Sync {
+    /// The location, for messages.
+    fn location(&self) -> &Location;
+    /// What this destination supports.
+    fn capabilities(&self) -> DestinationCapabilities;
+    /// Checks that the destination exists and accepts our credentials, with a message that says
+    /// what to fix.
+    async fn check(&self) -> Result<(), StorageError>;
+    /// The object at `key`, or `None`.
+    async fn head(&self, key: &str) -> Result<Option<DestObject>, StorageError>;
+    /// Reads a byte range of the object at `key` (for read-back verification).
+    async fn read(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StorageError>;
+    /// Creates `key` with `body` unless an object exists there; the server checks `crc64nvme`.
+    async fn put_new(
+        &self,
+        key: &str,
+        body: Bytes,
+        crc64nvme: Crc64Nvme,
+    ) -> Result<Written, StorageError>;
+    /// Starts a multipart upload for `key` with a full-object CRC-64/NVME; returns its upload id.
+    async fn create_upload(&self, key: &str) -> Result<String, StorageError>;
+    /// Uploads one part; returns its ETag.
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: Bytes,
+        crc64nvme: Crc64Nvme,
+    ) -> Result<String, StorageError>;
+    /// Completes the upload unless an object exists at `key`. An unclear answer is an error of kind
+    /// [`ErrorKind::Unclear`]: the caller settles it with [`Destination::head`].
+    async fn complete_upload_new(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[UploadedPart],
+        crc64nvme: Crc64Nvme,
+    ) -> Result<Written, StorageError>;
+    /// Aborts an upload godwit started. An upload that no longer exists is not an error.
+    async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), StorageError>;
+    /// Deletes `key` only while its ETag is still `etag` (an object godwit wrote and must take back).
+    async fn delete_if_etag(&self, key: &str, etag: &str) -> Result<(), StorageError>;
+}
+
+/// How to reach S3 on one side of a migration. Unset fields fall back to the standard AWS
+/// settings (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_PROFILE`, the credentials chain).
+#[derive(Debug, Clone, Default)]
+pub struct S3Settings {
+    /// Endpoint URL for S3-compatible servers, e.g. `http://127.0.0.1:9000`.
+    pub endpoint: Option<String>,
+    /// Region name.
+    pub region: Option<String>,
+    /// Named profile from the AWS config and credentials files.
+    pub profile: Option<String>,
+    /// Path-style addressing; by default on when a custom endpoint is set.
+    pub path_style: Option<bool>,
+}
+
+/// Opens `location` for reading.
+pub async fn open_source(
+    location: &Location,
+    s3: &S3Settings,
+) -> Result<Arc<dyn Source>, StorageError> {
+    Ok(match location {
+        Location::Local(path) => Arc::new(fs::LocalSource::new(path.clone())),
+        Location::S3 { bucket, prefix } => {
+            let client = s3::S3Client::connect(s3).await?;
+            Arc::new(client.source(bucket, prefix))
+        }
+    })
+}
+
+/// Opens `location` for writing.
+pub async fn open_destination(
+    location: &Location,
+    s3: &S3Settings,
+) -> Result<Arc<dyn Destination>, StorageError> {
+    match location {
+        Location::Local(path) => Err(StorageError::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "the destination {} is a local path; godwit writes to S3: use s3://BUCKET/PREFIX",
+                path.display()
+            ),
+        )),
+        Location::S3 { bucket, prefix } => {
+            let client = s3::S3Client::connect(s3).await?;
+            Ok(Arc::new(client.destination(bucket, prefix)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str, expected: Location) {
+        assert_eq!(Location::parse(text).unwrap(), expected, "{text}");
+    }
+
+    fn s3(bucket: &str, prefix: &str) -> Location {
+        Location::S3 {
+            bucket: bucket.into(),
+            prefix: prefix.into(),
+        }
+    }
+
+    #[test]
+    fn parses_locations() {
+        check("s3://b", s3("b", ""));
+        check("s3://b/", s3("b", ""));
+        check("s3://b/p", s3("b", "p/"));
+        check("s3://b/p/q/", s3("b", "p/q/"));
+        check("./files", Location::Local("./files".into()));
+        check("file:///data", Location::Local("/data".into()));
+    }
+
+    #[test]
+    fn rejects_bad_locations() {
+        for text in ["s3://", "s3:///x", "gs://b", "file://", ""] {
+            let err = Location::parse(text).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "{text}");
+        }
+    }
+
+    #[test]
+    fn crc_header_round_trips() {
+        let crc = Crc64Nvme(0x0123_4567_89ab_cdef);
+        assert_eq!(Crc64Nvme::from_base64(&crc.to_base64()), Some(crc));
+        assert_eq!(Crc64Nvme::from_base64("AAAA"), None);
+    }
+}
