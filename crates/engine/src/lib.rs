@@ -1,1 +1,44 @@
-//! stub
+//! godwit's migration engine: scan → ledger → packets → transfer → verify.
+//!
+//! The engine sees storage only through `godwit_storage`'s [`Source`](godwit_storage::Source) and
+//! [`Destination`](godwit_storage::Destination) traits and the ledger only through
+//! `godwit_state`'s [`Store`](godwit_state::Store) trait. It never names a backend.
+//!
+//! The entry point is [`Migrator`]: [`Migrator::run`] runs a migration to the end and summarises
+//! the ledger; [`plan`] is the dry run.
+
+#![deny(missing_docs)]
+
+pub mod checksum;
+mod filter;
+mod migrate;
+mod progress;
+mod transfer;
+
+pub use filter::{BadPattern, Filter};
+pub use migrate::{MigrateOptions, Migrator, Plan, Summary, plan};
+pub use progress::Progress;
+pub use transfer::TransferOptions;
+
+use godwit_state::StoreError;
+use godwit_storage::StorageError;
+
+/// Why a run could not go on. Per-object failures are not errors: they end in the ledger.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The source cannot be used (missing, unreadable, rejected credentials).
+    #[error("source: {0}")]
+    Source(StorageError),
+    /// The destination cannot be used (missing bucket, rejected credentials, unreachable).
+    #[error("destination: {0}")]
+    Destination(StorageError),
+    /// Listing the source failed part-way.
+    #[error("scanning the source: {0}")]
+    Scan(StorageError),
+    /// The ledger failed.
+    #[error(transparent)]
+    Ledger(#[from] StoreError),
+    /// A bug: a task panicked.
+    #[error("internal error: {0}")]
+    Internal(String),
+}

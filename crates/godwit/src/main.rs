@@ -1,1 +1,68 @@
-fn main() {}
+//! The `godwit` command: a thin CLI over the engine. Commands parse, open the parts, call the
+//! engine or the store, and render; no migration logic lives here.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod cli;
+mod demo;
+mod migrate;
+mod render;
+mod serve_s3;
+mod size;
+mod status;
+
+/// Exit codes, as documented in the README.
+pub(crate) mod exit {
+    /// Every object reached a good terminal state.
+    pub const OK: u8 = 0;
+    /// Some object ended in conflict or failed.
+    pub const PROBLEMS: u8 = 1;
+    /// Usage or configuration error: nothing was migrated.
+    pub const CONFIG: u8 = 2;
+    /// Stopped by Ctrl-C before the end; a re-run resumes.
+    pub const INTERRUPTED: u8 = 130;
+}
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("godwit: cannot start the async runtime: {error}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            eprintln!("godwit: {error:#}");
+            ExitCode::from(exit::CONFIG)
+        }
+    }
+}
+
+async fn run(args: cli::Cli) -> anyhow::Result<u8> {
+    match args.command {
+        cli::Command::Migrate(args) => migrate::run(args).await,
+        cli::Command::Status(args) => status::run(args).await,
+        cli::Command::RetryFailed(args) => status::retry_failed(args).await,
+        cli::Command::ServeS3(args) => serve_s3::run(args).await,
+        cli::Command::Demo(args) => demo::run(args).await,
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("GODWIT_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

@@ -258,6 +258,8 @@ pub struct Outcome {
     pub id: ObjectId,
     /// The new state: terminal, or `Pending` to try again.
     pub state: ObjectState,
+    /// Attempts made so far, this one included.
+    pub attempts: u32,
     /// The size and version the attempt found (they change when the source changed).
     pub size: u64,
     /// See `size`.
@@ -324,6 +326,8 @@ pub struct Problem {
 pub trait Store: Send + Sync {
     /// Finds the migration named in `spec`, or creates it.
     async fn open_migration(&self, spec: &MigrationSpec) -> Result<Migration, StoreError>;
+    /// Every migration in the ledger, oldest first.
+    async fn migrations(&self) -> Result<Vec<Migration>, StoreError>;
     /// Starts a new pass and returns it.
     async fn start_pass(&self, migration: MigrationId) -> Result<Pass, StoreError>;
     /// Records a batch the scan found, in one transaction. An object seen before is left alone

@@ -244,6 +244,21 @@ impl Store for SqliteStore {
         Ok(migration)
     }
 
+    async fn migrations(&self) -> Result<Vec<Migration>, StoreError> {
+        self.with(|connection| {
+            let names: Vec<String> = connection
+                .prepare("SELECT name FROM migrations ORDER BY id")?
+                .query_map([], |row| row.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut migrations = Vec::with_capacity(names.len());
+            for name in names {
+                migrations.extend(load_migration(connection, &name)?);
+            }
+            Ok(migrations)
+        })
+        .await
+    }
+
     async fn start_pass(&self, migration: MigrationId) -> Result<Pass, StoreError> {
         self.with(move |connection| {
             let number: u32 = connection.query_row(
@@ -425,7 +440,7 @@ impl Store for SqliteStore {
                 let mut update = transaction.prepare_cached(
                     "UPDATE objects SET state = ?2, size = ?3, version = ?4, checksum = COALESCE(?5, checksum),
                        dest_etag = ?6, dest_version = ?7, verified_by = ?8, error_kind = ?9, last_error = ?10,
-                       lease_owner = NULL, lease_expires = NULL, updated_at = ?11
+                       lease_owner = NULL, lease_expires = NULL, updated_at = ?11, attempts = ?12
                      WHERE id = ?1",
                 )?;
                 let at = now();
@@ -445,7 +460,8 @@ impl Store for SqliteStore {
                         outcome.verified_by,
                         kind,
                         message,
-                        at
+                        at,
+                        outcome.attempts
                     ])?;
                 }
             }
@@ -591,6 +607,7 @@ mod tests {
         Outcome {
             id: claimed.id,
             state,
+            attempts: claimed.attempts,
             size: claimed.size,
             version: claimed.version.clone(),
             checksum: Some("c".into()),
@@ -611,6 +628,14 @@ mod tests {
             Err(StoreError::Busy { .. })
         ));
         store.open_migration(&spec()).await.unwrap();
+        let listed = store.migrations().await.unwrap();
+        assert_eq!(
+            listed
+                .iter()
+                .map(|m| m.spec.name.as_str())
+                .collect::<Vec<_>>(),
+            ["m"]
+        );
         let other = MigrationSpec {
             dest_url: "s3://other/".into(),
             ..spec()

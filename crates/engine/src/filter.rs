@@ -1,0 +1,80 @@
+//! `--include` / `--exclude` globs over relative keys.
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+
+/// Which keys a migration takes. A key is taken when it matches an include pattern (or there are
+/// none) and no exclude pattern. `*` matches across `/`, as in `aws s3 cp --exclude`.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    include: Option<GlobSet>,
+    exclude: Option<GlobSet>,
+}
+
+/// A glob that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("bad pattern '{pattern}': {reason}")]
+pub struct BadPattern {
+    pattern: String,
+    reason: String,
+}
+
+fn build(patterns: &[String]) -> Result<Option<GlobSet>, BadPattern> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    let mut builder = GlobSetBuilder::new();
+    for pattern in patterns {
+        let glob = Glob::new(pattern).map_err(|e| BadPattern {
+            pattern: pattern.clone(),
+            reason: e.kind().to_string(),
+        })?;
+        builder.add(glob);
+    }
+    builder.build().map(Some).map_err(|e| BadPattern {
+        pattern: patterns.join(" "),
+        reason: e.to_string(),
+    })
+}
+
+impl Filter {
+    /// A filter from include and exclude patterns.
+    pub fn new(include: &[String], exclude: &[String]) -> Result<Self, BadPattern> {
+        Ok(Self {
+            include: build(include)?,
+            exclude: build(exclude)?,
+        })
+    }
+
+    /// Whether `key` is taken.
+    pub fn takes(&self, key: &str) -> bool {
+        self.include.as_ref().is_none_or(|set| set.is_match(key))
+            && !self.exclude.as_ref().is_some_and(|set| set.is_match(key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(include: &[&str], exclude: &[&str], key: &str, expected: bool) {
+        let own = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let filter = Filter::new(&own(include), &own(exclude)).unwrap();
+        assert_eq!(filter.takes(key), expected, "{include:?} {exclude:?} {key}");
+    }
+
+    #[test]
+    fn include_then_exclude() {
+        check(&[], &[], "a/b.txt", true);
+        check(&["*.txt"], &[], "a/b.txt", true);
+        check(&["*.txt"], &[], "a/b.jpg", false);
+        check(&[], &["*.tmp"], "deep/x.tmp", false);
+        check(&["logs/**"], &["**/*.gz"], "logs/a/b.log", true);
+        check(&["logs/**"], &["**/*.gz"], "logs/a/b.gz", false);
+    }
+
+    #[test]
+    fn bad_patterns_are_named() {
+        let err = Filter::new(&["a[".to_string()], &[]).unwrap_err();
+        assert!(err.to_string().contains("'a['"), "{err}");
+    }
+}

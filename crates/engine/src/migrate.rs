@@ -1,0 +1,582 @@
+//! One run of a migration: scan into the ledger, claim packets, copy, record outcomes.
+//!
+//! The scan and the copies run at once: the scanner streams pages of the listing into the ledger
+//! in one transaction a page, while the dispatcher claims packets of pending objects and starts a
+//! transfer per object under a concurrency limit. Outcomes go through one writer that records them
+//! in batches. Memory holds a page, a packet and the objects in flight, whatever the source's size.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use godwit_state::{
+    ClaimedObject, Migration, MigrationId, MigrationSpec, ObjectState, Outcome, PacketLimits,
+    Problem, Scanned, ScannedObject, Store, StoreError, Tally,
+};
+use godwit_storage::{Destination, Listed, Source};
+use serde::Serialize;
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::EngineError;
+use crate::filter::Filter;
+use crate::progress::Progress;
+use crate::transfer::{TransferOptions, Transfers};
+
+/// How a migration runs.
+#[derive(Debug, Clone)]
+pub struct MigrateOptions {
+    /// Objects in flight at once.
+    pub concurrency: usize,
+    /// Which keys to take.
+    pub filter: Filter,
+    /// How each object is copied.
+    pub transfer: TransferOptions,
+    /// This worker's name in leases.
+    pub worker: String,
+}
+
+impl Default for MigrateOptions {
+    fn default() -> Self {
+        Self {
+            concurrency: 64,
+            filter: Filter::default(),
+            transfer: TransferOptions::default(),
+            worker: format!("pid-{}", std::process::id()),
+        }
+    }
+}
+
+/// The end of a run, as the ledger tells it. The state counts cover every object the migration
+/// has found in all its passes, so they add up to `scanned`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// The migration's name.
+    pub migration: String,
+    /// The latest pass.
+    pub pass: u32,
+    /// Objects the migration knows of (every state).
+    pub scanned: u64,
+    /// Objects copied and verified.
+    pub copied: u64,
+    /// Objects found at the destination with the same size and checksum.
+    pub already_present: u64,
+    /// Objects whose key holds something else at the destination.
+    pub conflict: u64,
+    /// Objects left out by filters.
+    pub excluded: u64,
+    /// Objects gone from the source before they could be copied.
+    pub source_vanished: u64,
+    /// Objects in the fail queue.
+    pub failed: u64,
+    /// Objects not yet done (only after an interrupted run).
+    pub pending: u64,
+    /// Bytes of copied objects.
+    pub bytes_copied: u64,
+    /// Bytes of all objects found (every state).
+    pub bytes_scanned: u64,
+    /// Objects this run copied.
+    pub copied_this_run: u64,
+    /// Bytes this run copied.
+    pub bytes_copied_this_run: u64,
+    /// Wall time of this run.
+    pub seconds: f64,
+    /// Whether the run was stopped before it finished.
+    pub interrupted: bool,
+    /// The first conflicts and failures.
+    pub problems: Vec<Problem>,
+}
+
+impl Summary {
+    /// Whether every object reached a good terminal state.
+    pub fn all_good(&self) -> bool {
+        self.conflict == 0 && self.failed == 0 && self.pending == 0
+    }
+}
+
+/// What a dry run found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Plan {
+    /// Objects the source holds.
+    pub scanned: u64,
+    /// Their bytes.
+    pub bytes_scanned: u64,
+    /// Objects that would be copied.
+    pub to_copy: u64,
+    /// Their bytes.
+    pub bytes_to_copy: u64,
+    /// Objects the filters leave out.
+    pub excluded: u64,
+    /// Objects found that cannot be read.
+    pub unreadable: u64,
+    /// The first unreadable ones with their reasons.
+    pub problems: Vec<Problem>,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// A migration run over a source, a destination and a ledger.
+pub struct Migrator {
+    source: Arc<dyn Source>,
+    dest: Arc<dyn Destination>,
+    store: Arc<dyn Store>,
+    options: MigrateOptions,
+    progress: Arc<Progress>,
+    stop: CancellationToken,
+}
+
+/// How many problems a summary lists.
+const PROBLEMS_LISTED: u32 = 20;
+
+fn classify(listed: Listed, filter: &Filter) -> ScannedObject {
+    match listed {
+        Listed::Object(meta) => {
+            let scanned = if filter.takes(&meta.key) {
+                Scanned::Wanted
+            } else {
+                Scanned::Excluded
+            };
+            ScannedObject {
+                key: meta.key,
+                size: meta.size,
+                version: meta.version,
+                scanned,
+            }
+        }
+        Listed::Unreadable { key, error } => ScannedObject {
+            key,
+            size: 0,
+            version: String::new(),
+            scanned: Scanned::Unreadable {
+                kind: error.kind().as_str().to_owned(),
+                message: error.message().to_owned(),
+            },
+        },
+    }
+}
+
+impl Migrator {
+    /// A run over these parts. `stop` ends it early and cleanly: no new objects start, the ones in
+    /// flight finish, and claimed ones go back to the queue.
+    pub fn new(
+        source: Arc<dyn Source>,
+        dest: Arc<dyn Destination>,
+        store: Arc<dyn Store>,
+        options: MigrateOptions,
+        stop: CancellationToken,
+    ) -> Self {
+        Self {
+            source,
+            dest,
+            store,
+            options,
+            progress: Arc::new(Progress::default()),
+            stop,
+        }
+    }
+
+    /// The run's live counters.
+    pub fn progress(&self) -> Arc<Progress> {
+        Arc::clone(&self.progress)
+    }
+
+    async fn check(&self) -> Result<(), EngineError> {
+        check(self.source.as_ref(), self.dest.as_ref()).await
+    }
+
+    /// Runs the migration named by `spec` to the end (or until stopped) and summarises the ledger.
+    pub async fn run(&self, spec: &MigrationSpec) -> Result<Summary, EngineError> {
+        let started = Instant::now();
+        self.check().await?;
+        let migration = self.store.open_migration(spec).await?;
+        let recovered = self.store.recover_abandoned(migration.id).await?;
+        if recovered > 0 {
+            tracing::info!(
+                recovered,
+                "put objects claimed by an earlier run back in the queue"
+            );
+        }
+        let pass = self.choose_pass(&migration).await?;
+
+        let notify = Arc::new(Notify::new());
+        let scanner = match pass {
+            PassPlan::Scan(number) => Some(tokio::spawn(scan(
+                Arc::clone(&self.source),
+                Arc::clone(&self.store),
+                migration.id,
+                number,
+                self.options.filter.clone(),
+                Arc::clone(&self.progress),
+                Arc::clone(&notify),
+                self.stop.clone(),
+            ))),
+            PassPlan::Resume(_) => {
+                self.mark_work_known(migration.id).await?;
+                None
+            }
+        };
+        let pass_number = match pass {
+            PassPlan::Scan(n) | PassPlan::Resume(n) => n,
+        };
+
+        let dispatched = self.dispatch(migration.id, scanner, &notify).await;
+        let tally = self.store.tally(migration.id).await?;
+        let problems = self.store.problems(migration.id, PROBLEMS_LISTED).await?;
+        dispatched?;
+        Ok(self.summary(&migration, pass_number, &tally, problems, started))
+    }
+
+    async fn choose_pass(&self, migration: &Migration) -> Result<PassPlan, EngineError> {
+        Ok(match migration.last_pass {
+            // The scan was cut short: scan again under the same pass (recording is idempotent).
+            Some(pass) if !pass.scan_complete => PassPlan::Scan(pass.number),
+            Some(pass) => {
+                let tally = self.store.tally(migration.id).await?;
+                if tally.n(ObjectState::Pending) + tally.n(ObjectState::InProgress) > 0 {
+                    // Work is left from a complete scan: no need to list the source again.
+                    PassPlan::Resume(pass.number)
+                } else {
+                    PassPlan::Scan(self.store.start_pass(migration.id).await?.number)
+                }
+            }
+            None => PassPlan::Scan(self.store.start_pass(migration.id).await?.number),
+        })
+    }
+
+    /// Once the scan is over, the pending work is known in full: record it for ETAs.
+    async fn mark_work_known(&self, migration: MigrationId) -> Result<(), StoreError> {
+        let tally = self.store.tally(migration).await?;
+        let n = tally.n(ObjectState::Pending) + tally.n(ObjectState::InProgress);
+        let bytes = tally.bytes_in(ObjectState::Pending) + tally.bytes_in(ObjectState::InProgress);
+        let progress = &self.progress;
+        progress
+            .n_to_do
+            .store(n + Progress::get(&progress.n_done), Ordering::Relaxed);
+        progress.bytes_to_do.store(
+            bytes + Progress::get(&progress.bytes_done),
+            Ordering::Relaxed,
+        );
+        progress.scan_complete.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Claims packets and runs a transfer per object until the queue is empty and the scan over.
+    async fn dispatch(
+        &self,
+        migration: MigrationId,
+        mut scanner: Option<tokio::task::JoinHandle<Result<(), EngineError>>>,
+        notify: &Notify,
+    ) -> Result<(), EngineError> {
+        let concurrency = self.options.concurrency.max(1);
+        let limits = PacketLimits {
+            max_objects: (concurrency * 2).clamp(16, 512) as u32,
+            max_bytes: 200 << 20,
+            lease: Duration::from_secs(300),
+        };
+        let transfers = Arc::new(Transfers::new(
+            Arc::clone(&self.source),
+            Arc::clone(&self.dest),
+            Arc::clone(&self.store),
+            self.options.transfer.clone(),
+            Arc::clone(&self.progress),
+        ));
+        let (outcomes, receiver) = mpsc::channel::<Outcome>(4096);
+        let writer = tokio::spawn(write_outcomes(
+            Arc::clone(&self.store),
+            receiver,
+            Arc::clone(&self.progress),
+        ));
+        let slots = Arc::new(Semaphore::new(concurrency));
+        let mut tasks: JoinSet<Result<(), StoreError>> = JoinSet::new();
+        let mut result: Result<(), EngineError> = Ok(());
+
+        'claiming: while !self.stop.is_cancelled() {
+            while let Some(joined) = tasks.try_join_next() {
+                if let Err(error) = flatten(joined) {
+                    result = Err(error);
+                    break 'claiming;
+                }
+            }
+            let packet = match self
+                .store
+                .claim(migration, &self.options.worker, limits)
+                .await
+            {
+                Ok(packet) => packet,
+                Err(error) => {
+                    result = Err(error.into());
+                    break;
+                }
+            };
+            if packet.is_empty() {
+                match &mut scanner {
+                    Some(running) if !running.is_finished() => {
+                        tokio::select! {
+                            () = notify.notified() => {}
+                            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                            () = self.stop.cancelled() => {}
+                        }
+                        continue;
+                    }
+                    Some(finished) => {
+                        let scanned = finished.await;
+                        scanner = None;
+                        match scanned {
+                            Ok(Ok(())) => {
+                                if let Err(error) = self.mark_work_known(migration).await {
+                                    result = Err(error.into());
+                                    break;
+                                }
+                                // Look once more: the last page may have queued objects.
+                                continue;
+                            }
+                            Ok(Err(error)) => result = Err(error),
+                            Err(join) => {
+                                result = Err(EngineError::Internal(format!("scan task: {join}")))
+                            }
+                        }
+                        break;
+                    }
+                    // Retries happen inside transfers, so no new work can appear: done.
+                    None => break,
+                }
+            }
+            let mut packet: VecDeque<ClaimedObject> = packet.into();
+            while let Some(object) = packet.pop_front() {
+                let slot = tokio::select! {
+                    slot = Arc::clone(&slots).acquire_owned() => slot.expect("the slots are never closed"),
+                    () = self.stop.cancelled() => {
+                        packet.push_front(object);
+                        break;
+                    }
+                };
+                let transfers = Arc::clone(&transfers);
+                let outcomes = outcomes.clone();
+                tasks.spawn(async move {
+                    let outcome = transfers.copy(object).await?;
+                    drop(slot);
+                    // The writer only goes away when the run ends; an outcome then is recorded
+                    // by the next run instead (the object stays claimed and is recovered).
+                    let _ = outcomes.send(outcome).await;
+                    Ok(())
+                });
+            }
+            // Objects claimed but never started go back to the queue as they were.
+            for object in packet {
+                let _ = outcomes.send(release(&object)).await;
+            }
+        }
+
+        if let Some(running) = scanner {
+            // Stopped or failed before the scan ended: let it notice and finish its page.
+            self.stop.cancel();
+            if let Ok(Err(error)) = running.await
+                && result.is_ok()
+            {
+                result = Err(error);
+            }
+        }
+        while let Some(joined) = tasks.join_next().await {
+            if let Err(error) = flatten(joined)
+                && result.is_ok()
+            {
+                result = Err(error);
+            }
+        }
+        drop(outcomes);
+        match writer.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => result = result.and(Err(error.into())),
+            Err(join) => {
+                result = result.and(Err(EngineError::Internal(format!("ledger writer: {join}"))))
+            }
+        }
+        result
+    }
+
+    fn summary(
+        &self,
+        migration: &Migration,
+        pass: u32,
+        tally: &Tally,
+        problems: Vec<Problem>,
+        started: Instant,
+    ) -> Summary {
+        Summary {
+            migration: migration.spec.name.clone(),
+            pass,
+            scanned: tally.n_total(),
+            copied: tally.n(ObjectState::Copied),
+            already_present: tally.n(ObjectState::AlreadyPresent),
+            conflict: tally.n(ObjectState::Conflict),
+            excluded: tally.n(ObjectState::Excluded),
+            source_vanished: tally.n(ObjectState::SourceVanished),
+            failed: tally.n(ObjectState::Failed),
+            pending: tally.n(ObjectState::Pending) + tally.n(ObjectState::InProgress),
+            bytes_copied: tally.bytes_in(ObjectState::Copied),
+            bytes_scanned: tally.bytes_total(),
+            copied_this_run: Progress::get(&self.progress.n_copied),
+            bytes_copied_this_run: Progress::get(&self.progress.bytes_copied),
+            seconds: started.elapsed().as_secs_f64(),
+            interrupted: self.stop.is_cancelled(),
+            problems,
+        }
+    }
+}
+
+/// Checks both sides, with the messages of their own checks.
+async fn check(source: &dyn Source, dest: &dyn Destination) -> Result<(), EngineError> {
+    let (source, dest) = tokio::join!(source.check(), dest.check());
+    source.map_err(EngineError::Source)?;
+    dest.map_err(EngineError::Destination)?;
+    Ok(())
+}
+
+/// The dry run: checks both sides, lists the source and counts what a run would copy. It writes
+/// nothing anywhere, the ledger included.
+pub async fn plan(
+    source: &dyn Source,
+    dest: &dyn Destination,
+    filter: &Filter,
+    progress: &Progress,
+    stop: &CancellationToken,
+) -> Result<Plan, EngineError> {
+    let started = Instant::now();
+    check(source, dest).await?;
+    let mut plan = Plan::default();
+    let mut listing = source.list();
+    loop {
+        let page = tokio::select! {
+            page = listing.recv() => page,
+            () = stop.cancelled() => break,
+        };
+        let Some(page) = page else { break };
+        for object in page.map_err(EngineError::Scan)? {
+            let object = classify(object, filter);
+            plan.scanned += 1;
+            plan.bytes_scanned += object.size;
+            Progress::add(&progress.n_scanned, 1);
+            Progress::add(&progress.bytes_scanned, object.size);
+            match object.scanned {
+                Scanned::Wanted => {
+                    plan.to_copy += 1;
+                    plan.bytes_to_copy += object.size;
+                }
+                Scanned::Excluded => plan.excluded += 1,
+                Scanned::Unreadable { kind, message } => {
+                    plan.unreadable += 1;
+                    if plan.problems.len() < PROBLEMS_LISTED as usize {
+                        plan.problems.push(Problem {
+                            key: object.key,
+                            state: ObjectState::Failed,
+                            kind: Some(kind),
+                            message: Some(message),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    progress.scan_complete.store(true, Ordering::Relaxed);
+    plan.seconds = started.elapsed().as_secs_f64();
+    Ok(plan)
+}
+
+#[derive(Debug, Clone, Copy)]
+enum PassPlan {
+    Scan(u32),
+    Resume(u32),
+}
+
+fn flatten(
+    joined: Result<Result<(), StoreError>, tokio::task::JoinError>,
+) -> Result<(), EngineError> {
+    match joined {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(error.into()),
+        Err(join) => Err(EngineError::Internal(format!("transfer task: {join}"))),
+    }
+}
+
+/// The outcome that hands a claimed, unstarted object back to the queue unchanged.
+fn release(object: &ClaimedObject) -> Outcome {
+    Outcome {
+        id: object.id,
+        state: ObjectState::Pending,
+        attempts: object.attempts.saturating_sub(1),
+        size: object.size,
+        version: object.version.clone(),
+        checksum: None,
+        dest_etag: None,
+        dest_version: None,
+        verified_by: None,
+        error: None,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn scan(
+    source: Arc<dyn Source>,
+    store: Arc<dyn Store>,
+    migration: MigrationId,
+    pass: u32,
+    filter: Filter,
+    progress: Arc<Progress>,
+    notify: Arc<Notify>,
+    stop: CancellationToken,
+) -> Result<(), EngineError> {
+    let mut listing = source.list();
+    loop {
+        let page = tokio::select! {
+            page = listing.recv() => page,
+            () = stop.cancelled() => return Ok(()),
+        };
+        let Some(page) = page else { break };
+        let page = page.map_err(EngineError::Scan)?;
+        let batch: Vec<ScannedObject> = page
+            .into_iter()
+            .map(|listed| classify(listed, &filter))
+            .collect();
+        Progress::add(&progress.n_scanned, batch.len() as u64);
+        Progress::add(&progress.bytes_scanned, batch.iter().map(|o| o.size).sum());
+        store.record_scanned(migration, pass, batch).await?;
+        notify.notify_one();
+    }
+    store.finish_scan(migration, pass).await?;
+    Ok(())
+}
+
+/// Records outcomes in batches: whatever has arrived while the last batch was written.
+async fn write_outcomes(
+    store: Arc<dyn Store>,
+    mut receiver: mpsc::Receiver<Outcome>,
+    progress: Arc<Progress>,
+) -> Result<(), StoreError> {
+    const BATCH: usize = 1024;
+    let mut batch = Vec::with_capacity(BATCH);
+    while receiver.recv_many(&mut batch, BATCH).await > 0 {
+        let finished: Vec<(ObjectState, u64)> = batch
+            .iter()
+            .filter(|o| o.state.is_terminal())
+            .map(|o| (o.state, o.size))
+            .collect();
+        store.record_outcomes(std::mem::take(&mut batch)).await?;
+        for (state, size) in finished {
+            Progress::add(&progress.n_done, 1);
+            Progress::add(&progress.bytes_done, size);
+            match state {
+                ObjectState::Copied => {
+                    Progress::add(&progress.n_copied, 1);
+                    Progress::add(&progress.bytes_copied, size);
+                }
+                ObjectState::Conflict | ObjectState::Failed => {
+                    Progress::add(&progress.n_problems, 1)
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}

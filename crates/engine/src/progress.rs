@@ -1,0 +1,41 @@
+//! Live counters of a run, read by progress bars and (later) the dashboard.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// What a run has done so far. Writers only add; readers take a consistent-enough snapshot.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Objects the scan found (excluded ones included).
+    pub n_scanned: AtomicU64,
+    /// Their bytes.
+    pub bytes_scanned: AtomicU64,
+    /// Set once the scan has gone through the whole source (or no scan was needed).
+    pub scan_complete: AtomicBool,
+    /// Objects waiting or in flight when the work became known in full: the run's target.
+    pub n_to_do: AtomicU64,
+    /// Their bytes.
+    pub bytes_to_do: AtomicU64,
+    /// Objects that reached a terminal state in this run.
+    pub n_done: AtomicU64,
+    /// Bytes of objects that reached a terminal state in this run.
+    pub bytes_done: AtomicU64,
+    /// Bytes sent to the destination, counted as parts finish (for the rate).
+    pub bytes_sent: AtomicU64,
+    /// Objects copied and verified in this run.
+    pub n_copied: AtomicU64,
+    /// Their bytes.
+    pub bytes_copied: AtomicU64,
+    /// Objects that ended in conflict or failed in this run.
+    pub n_problems: AtomicU64,
+}
+
+impl Progress {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Reads a counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}

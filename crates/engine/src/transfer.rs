@@ -1,0 +1,634 @@
+//! Copying one object: read, checksum, conditional write, verify, and settle what was found.
+//!
+//! Every write is conditional. When the key is taken, the object there is compared with ours:
+//! same size and checksum is `already_present`, anything else a `conflict` left alone. A write
+//! counts as `copied` only once the destination's checksum (or, failing that, its MD5 ETag or a
+//! read-back) matches the bytes read from the source.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use godwit_state::{
+    ClaimedObject, ObjectState, Outcome, PartRecord, Store, StoreError, UploadRecord,
+};
+use godwit_storage::{
+    Crc64Nvme, DestObject, Destination, ErrorKind, ObjectMeta, Source, StorageError, UploadedPart,
+    WriteReceipt, Written,
+};
+use md5::{Digest, Md5};
+use tokio::sync::Semaphore;
+
+use crate::checksum::{combine, crc64nvme};
+use crate::progress::Progress;
+
+/// How objects are copied.
+#[derive(Debug, Clone)]
+pub struct TransferOptions {
+    /// Objects larger than this go multipart.
+    pub multipart_threshold: u64,
+    /// The smallest part size; it grows so that no object needs more parts than the destination allows.
+    pub part_size: u64,
+    /// Parts of one object in flight at once.
+    pub part_concurrency: usize,
+    /// Attempts at one object within one claim before it goes to the fail queue.
+    pub max_attempts: u32,
+    /// Bytes of object data held in memory at once, across all transfers.
+    pub memory_budget: u64,
+}
+
+impl Default for TransferOptions {
+    fn default() -> Self {
+        Self {
+            multipart_threshold: 64 << 20,
+            part_size: 16 << 20,
+            part_concurrency: 4,
+            max_attempts: 5,
+            memory_budget: 1 << 30,
+        }
+    }
+}
+
+/// Everything a transfer needs; shared by all of a run's transfers.
+pub(crate) struct Transfers {
+    pub source: Arc<dyn Source>,
+    pub dest: Arc<dyn Destination>,
+    pub store: Arc<dyn Store>,
+    pub options: TransferOptions,
+    pub progress: Arc<Progress>,
+    /// The memory budget in KiB permits.
+    budget: Semaphore,
+}
+
+/// How a copy attempt ended, short of an error.
+struct Done {
+    state: ObjectState,
+    checksum: Crc64Nvme,
+    receipt: Option<WriteReceipt>,
+    verified_by: Option<&'static str>,
+    /// Why, for a conflict.
+    note: Option<String>,
+}
+
+/// What comparing an object at the destination with ours found.
+enum Comparison {
+    Same(&'static str),
+    Different(String),
+}
+
+const KIB: u64 = 1024;
+/// Read-back verification reads at most this much at once.
+const READ_BACK_CHUNK: u64 = 8 << 20;
+
+fn is_md5_etag(etag: &str) -> Option<&str> {
+    let hex = etag.trim_matches('"');
+    (hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hex)
+}
+
+fn md5_hex(bytes: &[u8]) -> String {
+    Md5::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The part size for an object of `size` bytes: at least `wanted`, and large enough that the
+/// object fits in `max_parts` parts; whole MiB.
+pub(crate) fn part_size_for(size: u64, wanted: u64, min: u64, max: u64, max_parts: u32) -> u64 {
+    const MIB: u64 = 1 << 20;
+    let fits = size.div_ceil(u64::from(max_parts.max(1)));
+    let part = wanted.max(fits).max(min);
+    (part.div_ceil(MIB) * MIB).min(max.max(MIB))
+}
+
+impl Transfers {
+    pub fn new(
+        source: Arc<dyn Source>,
+        dest: Arc<dyn Destination>,
+        store: Arc<dyn Store>,
+        options: TransferOptions,
+        progress: Arc<Progress>,
+    ) -> Self {
+        let permits = (options.memory_budget / KIB).clamp(1, u64::from(u32::MAX >> 4)) as usize;
+        Self {
+            source,
+            dest,
+            store,
+            options,
+            progress,
+            budget: Semaphore::new(permits),
+        }
+    }
+
+    /// Reads a byte range of the source within the memory budget; the permit travels with the bytes.
+    async fn read_budgeted(
+        &self,
+        meta: &ObjectMeta,
+        offset: u64,
+        len: u64,
+    ) -> Result<(Bytes, tokio::sync::SemaphorePermit<'_>), StorageError> {
+        let wanted = len.div_ceil(KIB).max(1);
+        let all = (self.options.memory_budget / KIB).clamp(1, u64::from(u32::MAX >> 4));
+        let permit = self
+            .budget
+            .acquire_many(wanted.min(all) as u32)
+            .await
+            .map_err(|_| StorageError::new(ErrorKind::Other, "memory budget closed"))?;
+        let bytes = self.source.read(meta, offset, len).await?;
+        Ok((bytes, permit))
+    }
+
+    /// Copies one claimed object, retrying temporary failures, and says how it ended. Only a
+    /// failure of the ledger itself is an `Err`.
+    pub async fn copy(&self, claimed: ClaimedObject) -> Result<Outcome, StoreError> {
+        let mut meta = ObjectMeta {
+            key: claimed.key.clone(),
+            size: claimed.size,
+            version: claimed.version.clone(),
+        };
+        let mut upload = claimed.upload.clone();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = if meta.size > self.options.multipart_threshold {
+                self.copy_multipart(&claimed, &meta, &mut upload).await?
+            } else {
+                self.copy_single(&claimed, &meta).await
+            };
+            let error = match result {
+                Ok(done) => {
+                    if done.state != ObjectState::Copied {
+                        self.drop_upload(&claimed, &meta, &mut upload).await?;
+                    }
+                    return Ok(self.outcome(&claimed, &meta, attempt, done));
+                }
+                Err(error) => error,
+            };
+            // A source object that went away or changed is looked at again before anything else.
+            if matches!(error.kind(), ErrorKind::NotFound | ErrorKind::SourceChanged) {
+                match self.source.stat(&meta.key).await {
+                    Ok(None) => {
+                        self.drop_upload(&claimed, &meta, &mut upload).await?;
+                        return Ok(self.ended(
+                            &claimed,
+                            &meta,
+                            attempt,
+                            ObjectState::SourceVanished,
+                            None,
+                        ));
+                    }
+                    Ok(Some(now)) if now != meta => {
+                        tracing::debug!(key = %meta.key, "source changed; reading the new version");
+                        meta = now;
+                        upload = None;
+                    }
+                    Ok(Some(_)) | Err(_) => {}
+                }
+            }
+            if !error.is_temporary() || attempt >= self.options.max_attempts {
+                self.drop_upload(&claimed, &meta, &mut upload).await?;
+                let reason = if error.is_temporary() {
+                    format!("{} (gave up after {attempt} attempts)", error.message())
+                } else {
+                    error.message().to_owned()
+                };
+                return Ok(self.ended(
+                    &claimed,
+                    &meta,
+                    attempt,
+                    ObjectState::Failed,
+                    Some((error.kind().as_str().to_owned(), reason)),
+                ));
+            }
+            tracing::debug!(key = %meta.key, attempt, %error, "retrying");
+            let backoff = Duration::from_millis(100 << (attempt - 1).min(6));
+            tokio::time::sleep(backoff.min(Duration::from_secs(5))).await;
+        }
+    }
+
+    fn outcome(
+        &self,
+        claimed: &ClaimedObject,
+        meta: &ObjectMeta,
+        attempt: u32,
+        done: Done,
+    ) -> Outcome {
+        let (dest_etag, dest_version) = match done.receipt {
+            Some(receipt) => (receipt.etag, receipt.version_id),
+            None => (None, None),
+        };
+        Outcome {
+            id: claimed.id,
+            state: done.state,
+            attempts: claimed.attempts + attempt - 1,
+            size: meta.size,
+            version: meta.version.clone(),
+            checksum: Some(done.checksum.to_base64()),
+            dest_etag,
+            dest_version,
+            verified_by: done.verified_by,
+            error: done.note.map(|note| ("conflict".to_owned(), note)),
+        }
+    }
+
+    fn ended(
+        &self,
+        claimed: &ClaimedObject,
+        meta: &ObjectMeta,
+        attempt: u32,
+        state: ObjectState,
+        error: Option<(String, String)>,
+    ) -> Outcome {
+        Outcome {
+            id: claimed.id,
+            state,
+            attempts: claimed.attempts + attempt - 1,
+            size: meta.size,
+            version: meta.version.clone(),
+            checksum: None,
+            dest_etag: None,
+            dest_version: None,
+            verified_by: None,
+            error,
+        }
+    }
+
+    async fn copy_single(
+        &self,
+        claimed: &ClaimedObject,
+        meta: &ObjectMeta,
+    ) -> Result<Done, StorageError> {
+        let (body, _permit) = self.read_budgeted(meta, 0, meta.size).await?;
+        let crc = crc64nvme(&body);
+        match self.dest.put_new(&meta.key, body.clone(), crc).await? {
+            Written::Created(receipt) => {
+                Progress::add(&self.progress.bytes_sent, meta.size);
+                self.verify_written(meta, crc, Some(&body), receipt).await
+            }
+            Written::AlreadyExists => self.settle_existing(claimed, meta, crc, Some(&body)).await,
+        }
+    }
+
+    /// Checks what the destination holds after our write.
+    async fn verify_written(
+        &self,
+        meta: &ObjectMeta,
+        crc: Crc64Nvme,
+        body: Option<&Bytes>,
+        receipt: WriteReceipt,
+    ) -> Result<Done, StorageError> {
+        let verdict = match receipt.crc64nvme {
+            Some(reported) if reported == crc => Comparison::Same("checksum"),
+            Some(reported) => Comparison::Different(format!(
+                "the destination computed checksum {reported}, the source bytes have {crc}"
+            )),
+            None => match self.dest.head(&meta.key).await? {
+                Some(found) => self.compare(meta, crc, body, &found).await?,
+                None => {
+                    return Err(StorageError::new(
+                        ErrorKind::Unclear,
+                        format!("{} was written but is not there any more", meta.key),
+                    ));
+                }
+            },
+        };
+        match verdict {
+            Comparison::Same(how) => Ok(Done {
+                state: ObjectState::Copied,
+                checksum: crc,
+                receipt: Some(receipt),
+                verified_by: Some(how),
+                note: None,
+            }),
+            Comparison::Different(why) => {
+                // Our own write is corrupt: take it back (only while it is still ours) and retry.
+                if let Some(etag) = &receipt.etag {
+                    self.dest.delete_if_etag(&meta.key, etag).await?;
+                }
+                Err(StorageError::new(
+                    ErrorKind::ChecksumMismatch,
+                    format!("{}: verification after writing failed: {why}", meta.key),
+                ))
+            }
+        }
+    }
+
+    /// Compares the destination's object with ours (size, then checksum, MD5 ETag or read-back).
+    async fn compare(
+        &self,
+        meta: &ObjectMeta,
+        crc: Crc64Nvme,
+        body: Option<&Bytes>,
+        found: &DestObject,
+    ) -> Result<Comparison, StorageError> {
+        if found.size != meta.size {
+            return Ok(Comparison::Different(format!(
+                "the destination object has {} bytes, the source {}",
+                found.size, meta.size
+            )));
+        }
+        if let Some(theirs) = found.crc64nvme {
+            return Ok(if theirs == crc {
+                Comparison::Same("checksum")
+            } else {
+                Comparison::Different(format!(
+                    "checksums differ (destination {theirs}, source {crc})"
+                ))
+            });
+        }
+        if let (Some(body), Some(etag)) = (body, found.etag.as_deref().and_then(is_md5_etag)) {
+            return Ok(if md5_hex(body).eq_ignore_ascii_case(etag) {
+                Comparison::Same("etag_md5")
+            } else {
+                Comparison::Different("contents differ (MD5 ETag)".to_owned())
+            });
+        }
+        let theirs = self.read_back(&meta.key, meta.size).await?;
+        Ok(if theirs == crc {
+            Comparison::Same("read_back")
+        } else {
+            Comparison::Different(format!(
+                "contents differ (read back: destination {theirs}, source {crc})"
+            ))
+        })
+    }
+
+    /// Reads the destination's object in bounded chunks and returns its checksum.
+    async fn read_back(&self, key: &str, size: u64) -> Result<Crc64Nvme, StorageError> {
+        let mut crc = crc64nvme(b"");
+        let mut offset = 0;
+        while offset < size {
+            let len = READ_BACK_CHUNK.min(size - offset);
+            let chunk = self.dest.read(key, offset, len).await?;
+            crc = combine(crc, crc64nvme(&chunk), len);
+            offset += len;
+        }
+        Ok(crc)
+    }
+
+    /// The key was taken when we wrote: decide between ours (from an earlier attempt that
+    /// crashed before it was recorded), already present, and conflict.
+    async fn settle_existing(
+        &self,
+        claimed: &ClaimedObject,
+        meta: &ObjectMeta,
+        crc: Crc64Nvme,
+        body: Option<&Bytes>,
+    ) -> Result<Done, StorageError> {
+        let Some(found) = self.dest.head(&meta.key).await? else {
+            return Err(StorageError::new(
+                ErrorKind::Unclear,
+                format!(
+                    "{}: the destination refused the write as existing, then had no object",
+                    meta.key
+                ),
+            ));
+        };
+        let receipt = WriteReceipt {
+            etag: found.etag.clone(),
+            crc64nvme: found.crc64nvme,
+            version_id: found.version_id.clone(),
+        };
+        Ok(match self.compare(meta, crc, body, &found).await? {
+            Comparison::Same(how) => Done {
+                // An earlier attempt's write that was never recorded is ours: copied.
+                state: if claimed.attempts > 1 {
+                    ObjectState::Copied
+                } else {
+                    ObjectState::AlreadyPresent
+                },
+                checksum: crc,
+                receipt: Some(receipt),
+                verified_by: Some(how),
+                note: None,
+            },
+            Comparison::Different(why) => Done {
+                state: ObjectState::Conflict,
+                checksum: crc,
+                receipt: Some(receipt),
+                verified_by: None,
+                note: Some(format!(
+                    "{}: a different object is already at the destination ({why}); it was left alone",
+                    meta.key
+                )),
+            },
+        })
+    }
+
+    /// Aborts and forgets a multipart upload the object no longer needs.
+    async fn drop_upload(
+        &self,
+        claimed: &ClaimedObject,
+        meta: &ObjectMeta,
+        upload: &mut Option<UploadRecord>,
+    ) -> Result<(), StoreError> {
+        if let Some(record) = upload.take() {
+            if let Err(error) = self.dest.abort_upload(&meta.key, &record.upload_id).await {
+                tracing::warn!(key = %meta.key, %error, "could not abort an unneeded multipart upload");
+            }
+            self.store.clear_upload(claimed.id).await?;
+        }
+        Ok(())
+    }
+
+    async fn copy_multipart(
+        &self,
+        claimed: &ClaimedObject,
+        meta: &ObjectMeta,
+        upload: &mut Option<UploadRecord>,
+    ) -> Result<Result<Done, StorageError>, StoreError> {
+        let caps = self.dest.capabilities();
+        let part_size = part_size_for(
+            meta.size,
+            self.options.part_size,
+            caps.min_part_size,
+            caps.max_part_size,
+            caps.max_parts,
+        );
+        let n_parts = meta.size.div_ceil(part_size) as u32;
+
+        // Resume the recorded upload when it was cut the same way; otherwise start afresh.
+        if upload.as_ref().is_some_and(|u| u.part_size != part_size) {
+            self.drop_upload(claimed, meta, upload).await?;
+        }
+        let record = match upload {
+            Some(record) => record,
+            None => {
+                let upload_id = match self.dest.create_upload(&meta.key).await {
+                    Ok(id) => id,
+                    Err(error) => return Ok(Err(error)),
+                };
+                self.store
+                    .record_upload(claimed.id, &upload_id, part_size)
+                    .await?;
+                upload.insert(UploadRecord {
+                    upload_id,
+                    part_size,
+                    parts: Vec::new(),
+                })
+            }
+        };
+        let upload_id = record.upload_id.clone();
+        let mut parts: BTreeMap<u32, UploadedPart> = record
+            .parts
+            .iter()
+            .filter_map(|p| {
+                Some((
+                    p.part_number,
+                    UploadedPart {
+                        part_number: p.part_number,
+                        etag: p.etag.clone(),
+                        crc64nvme: Crc64Nvme::from_base64(&p.checksum)?,
+                        size: p.size,
+                    },
+                ))
+            })
+            .collect();
+
+        let missing: Vec<u32> = (1..=n_parts).filter(|n| !parts.contains_key(n)).collect();
+        let mut uploads = futures::stream::iter(missing)
+            .map(|part_number| {
+                let offset = u64::from(part_number - 1) * part_size;
+                let len = part_size.min(meta.size - offset);
+                let upload_id = &upload_id;
+                async move {
+                    let (body, _permit) = self.read_budgeted(meta, offset, len).await?;
+                    let crc = crc64nvme(&body);
+                    let etag = self
+                        .dest
+                        .upload_part(&meta.key, upload_id, part_number, body, crc)
+                        .await?;
+                    Ok::<_, StorageError>(UploadedPart {
+                        part_number,
+                        etag,
+                        crc64nvme: crc,
+                        size: len,
+                    })
+                }
+            })
+            .buffer_unordered(self.options.part_concurrency.max(1));
+        let mut failure = None;
+        while let Some(result) = uploads.next().await {
+            match result {
+                Ok(part) => {
+                    let recorded = PartRecord {
+                        part_number: part.part_number,
+                        etag: part.etag.clone(),
+                        checksum: part.crc64nvme.to_base64(),
+                        size: part.size,
+                    };
+                    self.store.record_part(claimed.id, recorded.clone()).await?;
+                    if let Some(record) = upload.as_mut() {
+                        record.parts.push(recorded);
+                    }
+                    Progress::add(&self.progress.bytes_sent, part.size);
+                    parts.insert(part.part_number, part);
+                }
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
+            }
+        }
+        drop(uploads);
+        if let Some(error) = failure {
+            if error.kind() == ErrorKind::NoSuchUpload {
+                // The server forgot the upload: the next attempt starts a new one.
+                self.store.clear_upload(claimed.id).await?;
+                *upload = None;
+            }
+            return Ok(Err(error));
+        }
+
+        let parts: Vec<UploadedPart> = parts.into_values().collect();
+        let crc = parts
+            .iter()
+            .fold(crc64nvme(b""), |acc, p| combine(acc, p.crc64nvme, p.size));
+        let answer = self
+            .dest
+            .complete_upload_new(&meta.key, &upload_id, &parts, crc)
+            .await;
+        let done = match answer {
+            Ok(Written::Created(receipt)) => {
+                self.store.clear_upload(claimed.id).await?;
+                *upload = None;
+                self.verify_written(meta, crc, None, receipt).await
+            }
+            Ok(Written::AlreadyExists) => {
+                self.drop_upload(claimed, meta, upload).await?;
+                self.settle_existing(claimed, meta, crc, None).await
+            }
+            Err(error) if matches!(error.kind(), ErrorKind::Unclear | ErrorKind::NoSuchUpload) => {
+                // Whether the upload completed is unknown: the object at the key settles it.
+                match self.dest.head(&meta.key).await {
+                    Ok(Some(found)) if found.size == meta.size => {
+                        match self.compare(meta, crc, None, &found).await {
+                            Ok(Comparison::Same(how)) => {
+                                self.store.clear_upload(claimed.id).await?;
+                                *upload = None;
+                                Ok(Done {
+                                    state: ObjectState::Copied,
+                                    checksum: crc,
+                                    receipt: Some(WriteReceipt {
+                                        etag: found.etag,
+                                        crc64nvme: found.crc64nvme,
+                                        version_id: found.version_id,
+                                    }),
+                                    verified_by: Some(how),
+                                    note: None,
+                                })
+                            }
+                            Ok(Comparison::Different(_)) => Err(error),
+                            Err(other) => Err(other),
+                        }
+                    }
+                    Ok(_) => {
+                        if error.kind() == ErrorKind::NoSuchUpload {
+                            self.store.clear_upload(claimed.id).await?;
+                            *upload = None;
+                        }
+                        Err(error)
+                    }
+                    Err(other) => Err(other),
+                }
+            }
+            Err(error) => Err(error),
+        };
+        Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_sizes_grow_to_fit_the_part_limit() {
+        const MIB: u64 = 1 << 20;
+        assert_eq!(
+            part_size_for(100 * MIB, 16 * MIB, 5 * MIB, 5 << 30, 10_000),
+            16 * MIB
+        );
+        assert_eq!(
+            part_size_for(100 * MIB, MIB, 5 * MIB, 5 << 30, 10_000),
+            5 * MIB
+        );
+        // 1 TiB in 10,000 parts needs parts of at least 105 MiB (rounded up to whole MiB).
+        let size = 1u64 << 40;
+        let part = part_size_for(size, 16 * MIB, 5 * MIB, 5 << 30, 10_000);
+        assert!(size.div_ceil(part) <= 10_000);
+        assert_eq!(part, 105 * MIB);
+    }
+
+    #[test]
+    fn md5_etags_are_recognised() {
+        assert_eq!(
+            is_md5_etag("\"900150983cd24fb0d6963f7d28e17f72\""),
+            Some("900150983cd24fb0d6963f7d28e17f72")
+        );
+        assert_eq!(is_md5_etag("\"900150983cd24fb0d6963f7d28e17f72-2\""), None);
+        assert_eq!(md5_hex(b"abc"), "900150983cd24fb0d6963f7d28e17f72");
+    }
+}

@@ -1,0 +1,154 @@
+//! Command-line arguments.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::size::Size;
+
+/// Move objects into S3 and prove it: nothing lost, nothing corrupted, nothing overwritten.
+#[derive(Debug, Parser)]
+#[command(name = "godwit", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Copy every object of SOURCE to DEST, verify it, and record it in the ledger.
+    ///
+    /// Re-running the same command resumes; a finished migration re-run copies nothing.
+    /// Exit codes: 0 all objects copied, already present or excluded; 1 some conflict or failed;
+    /// 2 usage or configuration error; 130 stopped by Ctrl-C (re-run to resume).
+    Migrate(MigrateArgs),
+    /// Show the migrations in a ledger and their counts per state.
+    Status(StatusArgs),
+    /// Put a migration's failed objects back in the queue; the next `migrate` retries them.
+    RetryFailed(RetryArgs),
+    /// Serve a directory as a local S3 endpoint (each sub-directory is a bucket).
+    ServeS3(ServeS3Args),
+    /// Run a self-contained demonstration: sample data, a local S3 endpoint, a migration, a re-run.
+    Demo(DemoArgs),
+}
+
+/// Where the ledger lives.
+#[derive(Debug, Args)]
+pub struct LedgerArgs {
+    /// The ledger file (SQLite). Default: $GODWIT_STATE, else
+    /// $XDG_STATE_HOME/godwit/ledger.db, else ~/.local/state/godwit/ledger.db.
+    #[arg(long, value_name = "PATH")]
+    pub state: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// A directory (or file://PATH) or s3://BUCKET[/PREFIX].
+    pub source: String,
+    /// s3://BUCKET[/PREFIX]. A key is PREFIX plus the object's path below SOURCE.
+    pub dest: String,
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+    /// The migration's name in the ledger. Default: "SOURCE -> DEST".
+    #[arg(long)]
+    pub name: Option<String>,
+    /// List the source and report what would be copied; write nothing anywhere.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print one JSON object with the summary on stdout at the end.
+    #[arg(long)]
+    pub json: bool,
+    /// Hide the progress bar (it only shows on a terminal anyway).
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Only take keys matching this glob (repeatable; `*` matches across `/`).
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Leave out keys matching this glob (repeatable; applied after --include).
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Objects in flight at once.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub concurrency: u32,
+    /// Objects larger than this are uploaded in parallel parts.
+    #[arg(long, default_value = "64MiB", value_name = "SIZE")]
+    pub multipart_threshold: Size,
+    /// The part size of multipart uploads (it grows so no object needs more than 10,000 parts).
+    #[arg(long, default_value = "16MiB", value_name = "SIZE")]
+    pub part_size: Size,
+    /// Parts of one object in flight at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub part_concurrency: u32,
+    /// Object data held in memory at once, across all transfers.
+    #[arg(long, default_value = "1GiB", value_name = "SIZE")]
+    pub memory_budget: Size,
+    /// Attempts at one object before it goes to the fail queue.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_attempts: u32,
+    #[command(flatten)]
+    pub sides: SideArgs,
+}
+
+/// Per-side S3 settings; unset ones fall back to the standard AWS variables and files.
+#[derive(Debug, Args)]
+pub struct SideArgs {
+    /// S3 endpoint URL of the source (default: AWS_ENDPOINT_URL, else AWS).
+    #[arg(long, value_name = "URL")]
+    pub source_endpoint: Option<String>,
+    /// S3 endpoint URL of the destination (default: AWS_ENDPOINT_URL, else AWS).
+    #[arg(long, value_name = "URL")]
+    pub dest_endpoint: Option<String>,
+    /// AWS profile for the source.
+    #[arg(long)]
+    pub source_profile: Option<String>,
+    /// AWS profile for the destination.
+    #[arg(long)]
+    pub dest_profile: Option<String>,
+    /// Region of the source.
+    #[arg(long)]
+    pub source_region: Option<String>,
+    /// Region of the destination.
+    #[arg(long)]
+    pub dest_region: Option<String>,
+    /// Addressing style: path-style is the default when a custom endpoint is set, virtual-hosted otherwise.
+    #[arg(long, value_parser = ["path", "virtual"])]
+    pub addressing: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RetryArgs {
+    /// The migration's name (see `godwit status`).
+    pub name: String,
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeS3Args {
+    /// The directory to serve; its sub-directories are buckets.
+    pub dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    pub listen: SocketAddr,
+    /// Create these buckets (sub-directories) before serving.
+    #[arg(long, value_name = "NAME")]
+    pub bucket: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Work directory for the sample data, the local S3 endpoint and the ledger (default: a
+    /// temporary directory, removed at the end).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}

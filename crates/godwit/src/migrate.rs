@@ -1,0 +1,187 @@
+//! `godwit migrate`: parse, open the parts, run the engine, render.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use godwit_engine::{EngineError, Filter, MigrateOptions, Migrator, Progress, TransferOptions};
+use godwit_state::{MigrationSpec, SqliteStore};
+use godwit_storage::{Location, S3Settings};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{MigrateArgs, SideArgs};
+use crate::exit;
+use crate::render;
+
+/// The default ledger path (see `LedgerArgs::state`).
+pub fn default_state_path() -> PathBuf {
+    if let Some(path) = std::env::var_os("GODWIT_STATE").filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("godwit/ledger.db")
+}
+
+fn settings(
+    endpoint: &Option<String>,
+    region: &Option<String>,
+    profile: &Option<String>,
+    sides: &SideArgs,
+) -> S3Settings {
+    S3Settings {
+        endpoint: endpoint.clone(),
+        region: region.clone(),
+        profile: profile.clone(),
+        path_style: sides.addressing.as_deref().map(|style| style == "path"),
+    }
+}
+
+/// The canonical text of a location, so `./files` and `files` name the same migration.
+fn canonical(location: &Location) -> String {
+    match location {
+        Location::Local(path) => std::path::absolute(path)
+            .unwrap_or_else(|_| path.clone())
+            .display()
+            .to_string(),
+        Location::S3 { .. } => location.to_string(),
+    }
+}
+
+/// Prints a configuration error and returns the exit code for it.
+fn config_error(message: impl std::fmt::Display) -> u8 {
+    eprintln!("godwit: {message}");
+    exit::CONFIG
+}
+
+pub async fn run(args: MigrateArgs) -> anyhow::Result<u8> {
+    let source_location = match Location::parse(&args.source) {
+        Ok(location) => location,
+        Err(error) => return Ok(config_error(format_args!("source: {error}"))),
+    };
+    let dest_location = match Location::parse(&args.dest) {
+        Ok(location) => location,
+        Err(error) => return Ok(config_error(format_args!("destination: {error}"))),
+    };
+    let filter = match Filter::new(&args.include, &args.exclude) {
+        Ok(filter) => filter,
+        Err(error) => return Ok(config_error(error)),
+    };
+    if args.multipart_threshold.0 > 5 << 30 {
+        return Ok(config_error(
+            "--multipart-threshold: S3 takes at most 5 GiB in one PUT; choose 5GiB or less",
+        ));
+    }
+    let sides = &args.sides;
+    let source_settings = settings(
+        &sides.source_endpoint,
+        &sides.source_region,
+        &sides.source_profile,
+        sides,
+    );
+    let dest_settings = settings(
+        &sides.dest_endpoint,
+        &sides.dest_region,
+        &sides.dest_profile,
+        sides,
+    );
+    let source = match godwit_storage::open_source(&source_location, &source_settings).await {
+        Ok(source) => source,
+        Err(error) => return Ok(config_error(format_args!("source: {error}"))),
+    };
+    let dest = match godwit_storage::open_destination(&dest_location, &dest_settings).await {
+        Ok(dest) => dest,
+        Err(error) => return Ok(config_error(format_args!("destination: {error}"))),
+    };
+
+    let options = MigrateOptions {
+        concurrency: args.concurrency as usize,
+        filter,
+        transfer: TransferOptions {
+            multipart_threshold: args.multipart_threshold.0,
+            part_size: args.part_size.0,
+            part_concurrency: args.part_concurrency as usize,
+            max_attempts: args.max_attempts,
+            memory_budget: args.memory_budget.0,
+        },
+        ..MigrateOptions::default()
+    };
+    let stop = CancellationToken::new();
+    watch_ctrl_c(stop.clone());
+
+    if args.dry_run {
+        // A dry run opens no ledger: it writes nothing anywhere.
+        let progress = Arc::new(Progress::default());
+        let bar = render::ProgressBar::start(Arc::clone(&progress), !args.no_progress);
+        let plan = godwit_engine::plan(
+            source.as_ref(),
+            dest.as_ref(),
+            &options.filter,
+            &progress,
+            &stop,
+        )
+        .await;
+        bar.finish();
+        return Ok(match plan {
+            Ok(plan) => render::plan(&plan, args.json),
+            Err(error) => engine_error(error),
+        });
+    }
+
+    let state_path = args.ledger.state.clone().unwrap_or_else(default_state_path);
+    let store = match SqliteStore::open(&state_path) {
+        Ok(store) => Arc::new(store),
+        Err(error) => return Ok(config_error(error)),
+    };
+    let spec = MigrationSpec {
+        name: args.name.clone().unwrap_or_else(|| {
+            format!(
+                "{} -> {}",
+                canonical(&source_location),
+                canonical(&dest_location)
+            )
+        }),
+        source_url: canonical(&source_location),
+        dest_url: canonical(&dest_location),
+    };
+    let migrator = Migrator::new(source, dest, store, options, stop.clone());
+    let bar = render::ProgressBar::start(migrator.progress(), !args.no_progress);
+    let summary = migrator.run(&spec).await;
+    bar.finish();
+    let summary = match summary {
+        Ok(summary) => summary,
+        Err(error) => return Ok(engine_error(error)),
+    };
+    render::summary(&summary, &state_path, args.json).context("writing the summary")?;
+    Ok(if summary.interrupted && summary.pending > 0 {
+        exit::INTERRUPTED
+    } else if summary.all_good() {
+        exit::OK
+    } else {
+        exit::PROBLEMS
+    })
+}
+
+fn engine_error(error: EngineError) -> u8 {
+    config_error(error)
+}
+
+/// First Ctrl-C: stop cleanly (objects in flight finish, the rest stays queued). Second: quit now;
+/// the ledger is crash-safe, so the next run resumes either way.
+fn watch_ctrl_c(stop: CancellationToken) {
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_err() {
+            return;
+        }
+        eprintln!(
+            "\ngodwit: stopping: finishing the objects in flight (Ctrl-C again to quit at once; a re-run resumes)"
+        );
+        stop.cancel();
+        if tokio::signal::ctrl_c().await.is_ok() {
+            std::process::exit(i32::from(exit::INTERRUPTED));
+        }
+    });
+}

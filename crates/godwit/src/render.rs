@@ -1,0 +1,247 @@
+//! What the user sees: the progress bar, the summary, the problems.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use godwit_engine::{Plan, Progress, Summary};
+use godwit_state::Problem;
+
+use crate::exit;
+
+/// Binary-prefixed byte counts: `1.5 GiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn duration(seconds: f64) -> String {
+    let whole = seconds.round() as u64;
+    match whole {
+        0..60 => format!("{seconds:.1}s"),
+        60..3600 => format!("{}m{:02}s", whole / 60, whole % 60),
+        _ => format!("{}h{:02}m", whole / 3600, whole / 60 % 60),
+    }
+}
+
+/// A progress bar on stderr, drawn only on a terminal.
+pub struct ProgressBar {
+    ticker: Option<(indicatif::ProgressBar, tokio::task::JoinHandle<()>)>,
+}
+
+impl ProgressBar {
+    pub fn start(progress: Arc<Progress>, wanted: bool) -> Self {
+        if !wanted || !std::io::stderr().is_terminal() {
+            return Self { ticker: None };
+        }
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr_with_hz(4));
+        let style =
+            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+        bar.set_style(style);
+        let shown = bar.clone();
+        let started = Instant::now();
+        let ticker = tokio::spawn(async move {
+            loop {
+                shown.set_message(line(&progress, started.elapsed()));
+                shown.tick();
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        });
+        Self {
+            ticker: Some((bar, ticker)),
+        }
+    }
+
+    pub fn finish(self) {
+        if let Some((bar, ticker)) = self.ticker {
+            ticker.abort();
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn line(progress: &Progress, elapsed: Duration) -> String {
+    let get = Progress::get;
+    let n_done = get(&progress.n_done);
+    let bytes_sent = get(&progress.bytes_sent);
+    let seconds = elapsed.as_secs_f64().max(0.001);
+    let rate = bytes_sent as f64 / seconds;
+    let objects_rate = n_done as f64 / seconds;
+    if !progress.scan_complete.load(Ordering::Relaxed) {
+        return format!(
+            "scanning: {} objects found ({}) | {} done, {}/s, {:.0} objects/s",
+            get(&progress.n_scanned),
+            bytes(get(&progress.bytes_scanned)),
+            n_done,
+            bytes(rate as u64),
+            objects_rate
+        );
+    }
+    let n_to_do = get(&progress.n_to_do).max(n_done);
+    let bytes_to_do = get(&progress.bytes_to_do);
+    let bytes_left = bytes_to_do.saturating_sub(get(&progress.bytes_done));
+    let eta = if rate > 0.0 && bytes_left > 0 {
+        duration(bytes_left as f64 / rate)
+    } else if objects_rate > 0.0 {
+        duration(n_to_do.saturating_sub(n_done) as f64 / objects_rate)
+    } else {
+        "-".to_owned()
+    };
+    let percent = if bytes_to_do > 0 {
+        100.0 * get(&progress.bytes_done) as f64 / bytes_to_do as f64
+    } else if n_to_do > 0 {
+        100.0 * n_done as f64 / n_to_do as f64
+    } else {
+        100.0
+    };
+    let problems = get(&progress.n_problems);
+    let problems = if problems > 0 {
+        format!(" | {problems} problems")
+    } else {
+        String::new()
+    };
+    format!(
+        "{percent:5.1}% | {n_done}/{n_to_do} objects | {}/{} | {}/s, {objects_rate:.0} objects/s | ETA {eta}{problems}",
+        bytes(get(&progress.bytes_done)),
+        bytes(bytes_to_do),
+        bytes(rate as u64),
+    )
+}
+
+fn list_problems(problems: &[Problem], more: u64) {
+    let mut err = std::io::stderr().lock();
+    for problem in problems {
+        let reason = problem.message.as_deref().unwrap_or("no reason recorded");
+        let _ = writeln!(
+            err,
+            "  {:<8} {}: {reason}",
+            problem.state.as_str(),
+            problem.key
+        );
+    }
+    if more > problems.len() as u64 {
+        let _ = writeln!(
+            err,
+            "  … and {} more (see `godwit status`)",
+            more - problems.len() as u64
+        );
+    }
+}
+
+/// Prints the end-of-run summary (JSON on stdout with `json`), and the first problems on stderr.
+pub fn summary(summary: &Summary, ledger: &Path, json: bool) -> anyhow::Result<()> {
+    let n_problems = summary.conflict + summary.failed;
+    if !summary.problems.is_empty() {
+        eprintln!("godwit: {n_problems} objects need attention:");
+        list_problems(&summary.problems, n_problems);
+        if summary.failed > 0 {
+            eprintln!(
+                "godwit: fix the cause, then `godwit retry-failed '{}'` and run the same migrate command again",
+                summary.migration
+            );
+        }
+    }
+    if json {
+        let mut value = serde_json::to_value(summary)?;
+        value["ledger"] = serde_json::Value::String(ledger.display().to_string());
+        println!("{value}");
+        return Ok(());
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "migration '{}' (pass {}): {} objects, {} in {}",
+        summary.migration,
+        summary.pass,
+        summary.scanned,
+        bytes(summary.bytes_scanned),
+        duration(summary.seconds)
+    )?;
+    let rows = [
+        ("copied", summary.copied),
+        ("already_present", summary.already_present),
+        ("conflict", summary.conflict),
+        ("excluded", summary.excluded),
+        ("source_vanished", summary.source_vanished),
+        ("failed", summary.failed),
+        ("pending", summary.pending),
+    ];
+    for (name, n) in rows {
+        if n > 0 || name == "copied" {
+            writeln!(out, "  {name:<16} {n:>10}")?;
+        }
+    }
+    let rate = summary.bytes_copied_this_run as f64 / summary.seconds.max(0.001);
+    writeln!(
+        out,
+        "this run copied {} objects ({}, {}/s); ledger: {}",
+        summary.copied_this_run,
+        bytes(summary.bytes_copied_this_run),
+        bytes(rate as u64),
+        ledger.display()
+    )?;
+    if summary.interrupted && summary.pending > 0 {
+        writeln!(
+            out,
+            "stopped before the end: run the same command again to resume"
+        )?;
+    }
+    Ok(())
+}
+
+/// Prints a dry run's findings; returns the exit code.
+pub fn plan(plan: &Plan, json: bool) -> u8 {
+    if !plan.problems.is_empty() {
+        eprintln!("godwit: {} objects cannot be read:", plan.unreadable);
+        list_problems(&plan.problems, plan.unreadable);
+    }
+    if json {
+        let mut value = serde_json::to_value(plan).unwrap_or_default();
+        value["dry_run"] = serde_json::Value::Bool(true);
+        println!("{value}");
+    } else {
+        println!(
+            "dry run: {} objects ({}) found; {} ({}) would be copied, {} excluded, {} unreadable; nothing was written",
+            plan.scanned,
+            bytes(plan.bytes_scanned),
+            plan.to_copy,
+            bytes(plan.bytes_to_copy),
+            plan.excluded,
+            plan.unreadable
+        );
+    }
+    if plan.unreadable > 0 {
+        exit::PROBLEMS
+    } else {
+        exit::OK
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_bytes_and_durations() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(3 << 30), "3.0 GiB");
+        assert_eq!(duration(2.25), "2.2s");
+        assert_eq!(duration(75.0), "1m15s");
+        assert_eq!(duration(7300.0), "2h01m");
+    }
+}

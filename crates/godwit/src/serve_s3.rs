@@ -1,0 +1,46 @@
+//! `godwit serve-s3`: a local S3 endpoint on a directory, to try godwit with nothing else installed.
+
+use godwit_s3_server::LocalS3;
+
+use crate::cli::ServeS3Args;
+use crate::exit;
+
+pub async fn run(args: ServeS3Args) -> anyhow::Result<u8> {
+    let (Ok(access_key), Ok(secret_key)) = (
+        std::env::var("AWS_ACCESS_KEY_ID"),
+        std::env::var("AWS_SECRET_ACCESS_KEY"),
+    ) else {
+        eprintln!(
+            "godwit: serve-s3 accepts requests signed with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY: set both (any values) in its environment and in godwit's"
+        );
+        return Ok(exit::CONFIG);
+    };
+    for bucket in &args.bucket {
+        let path = args.dir.join(bucket);
+        if let Err(error) = std::fs::create_dir_all(&path) {
+            eprintln!(
+                "godwit: cannot create bucket directory {}: {error}",
+                path.display()
+            );
+            return Ok(exit::CONFIG);
+        }
+    }
+    let server = match LocalS3::start(&args.dir, args.listen, &access_key, &secret_key).await {
+        Ok(server) => server,
+        Err(error) => {
+            eprintln!("godwit: {error}");
+            return Ok(exit::CONFIG);
+        }
+    };
+    eprintln!(
+        "serving {} as S3 at {} (Ctrl-C to stop); e.g. godwit migrate ./files s3://BUCKET/ --dest-endpoint {}",
+        args.dir.display(),
+        server.endpoint(),
+        server.endpoint()
+    );
+    tokio::select! {
+        () = server.wait() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(exit::OK)
+}

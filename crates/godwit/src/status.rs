@@ -1,0 +1,93 @@
+//! `godwit status` and `godwit retry-failed`: read or nudge the ledger.
+
+use godwit_state::{Migration, ObjectState, SqliteStore, Store};
+
+use crate::cli::{RetryArgs, StatusArgs};
+use crate::exit;
+use crate::migrate::default_state_path;
+use crate::render::bytes;
+
+fn open(state: Option<std::path::PathBuf>) -> Result<(SqliteStore, std::path::PathBuf), u8> {
+    let path = state.unwrap_or_else(default_state_path);
+    if !path.exists() {
+        eprintln!(
+            "godwit: no ledger at {}; run `godwit migrate` first, or pass --state",
+            path.display()
+        );
+        return Err(exit::CONFIG);
+    }
+    match SqliteStore::open(&path) {
+        Ok(store) => Ok((store, path)),
+        Err(error) => {
+            eprintln!("godwit: {error}");
+            Err(exit::CONFIG)
+        }
+    }
+}
+
+pub async fn run(args: StatusArgs) -> anyhow::Result<u8> {
+    let (store, path) = match open(args.ledger.state) {
+        Ok(opened) => opened,
+        Err(code) => return Ok(code),
+    };
+    let mut rows = Vec::new();
+    for migration in store.migrations().await? {
+        let tally = store.tally(migration.id).await?;
+        let counts: serde_json::Map<String, serde_json::Value> = ObjectState::ALL
+            .iter()
+            .map(|state| (state.as_str().to_owned(), tally.n(*state).into()))
+            .collect();
+        if !args.json {
+            println!(
+                "{}\n  {} -> {} | pass {} | {} objects, {}",
+                migration.spec.name,
+                migration.spec.source_url,
+                migration.spec.dest_url,
+                migration.last_pass.map_or(0, |p| p.number),
+                tally.n_total(),
+                bytes(tally.bytes_total())
+            );
+            let line: Vec<String> = ObjectState::ALL
+                .iter()
+                .filter(|state| tally.n(**state) > 0)
+                .map(|state| format!("{} {}", state.as_str(), tally.n(*state)))
+                .collect();
+            println!("  {}", line.join(", "));
+        }
+        rows.push(serde_json::json!({
+            "name": migration.spec.name,
+            "source": migration.spec.source_url,
+            "dest": migration.spec.dest_url,
+            "pass": migration.last_pass.map(|p| p.number),
+            "objects": counts,
+            "bytes": tally.bytes_total(),
+        }));
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "ledger": path.display().to_string(), "migrations": rows })
+        );
+    } else if rows.is_empty() {
+        println!("no migrations in {}", path.display());
+    }
+    Ok(exit::OK)
+}
+
+pub async fn retry_failed(args: RetryArgs) -> anyhow::Result<u8> {
+    let (store, _) = match open(args.ledger.state) {
+        Ok(opened) => opened,
+        Err(code) => return Ok(code),
+    };
+    let migrations: Vec<Migration> = store.migrations().await?;
+    let Some(migration) = migrations.iter().find(|m| m.spec.name == args.name) else {
+        eprintln!(
+            "godwit: no migration named '{}'; `godwit status` lists them",
+            args.name
+        );
+        return Ok(exit::CONFIG);
+    };
+    let n = store.requeue_failed(migration.id).await?;
+    println!("{n} failed objects queued again; run the migrate command again to retry them");
+    Ok(exit::OK)
+}
