@@ -453,6 +453,15 @@ impl Transfers {
         if upload.as_ref().is_some_and(|u| u.part_size != part_size) {
             self.drop_upload(claimed, meta, upload).await?;
         }
+        // An upload recorded by an earlier run may have been completed or expired since. Servers
+        // say so differently (NoSuchUpload; s3s-fs answers AccessDenied), so for a resumed upload
+        // those answers mean "gone" too.
+        let resumed = upload.is_some();
+        let upload_gone = |error: &StorageError| {
+            error.kind() == ErrorKind::NoSuchUpload
+                || (resumed
+                    && matches!(error.kind(), ErrorKind::AccessDenied | ErrorKind::NotFound))
+        };
         let record = match upload {
             Some(record) => record,
             None => {
@@ -534,10 +543,15 @@ impl Transfers {
         }
         drop(uploads);
         if let Some(error) = failure {
-            if error.kind() == ErrorKind::NoSuchUpload {
-                // The server forgot the upload: the next attempt starts a new one.
+            if upload_gone(&error) {
+                // The server forgot the upload: the next attempt starts a new one (and finds the
+                // object, should the old upload have completed).
                 self.store.clear_upload(claimed.id).await?;
                 *upload = None;
+                return Ok(Err(StorageError::new(
+                    ErrorKind::NoSuchUpload,
+                    error.message(),
+                )));
             }
             return Ok(Err(error));
         }
@@ -560,7 +574,7 @@ impl Transfers {
                 self.drop_upload(claimed, meta, upload).await?;
                 self.settle_existing(claimed, meta, crc, None).await
             }
-            Err(error) if matches!(error.kind(), ErrorKind::Unclear | ErrorKind::NoSuchUpload) => {
+            Err(error) if error.kind() == ErrorKind::Unclear || upload_gone(&error) => {
                 // Whether the upload completed is unknown: the object at the key settles it.
                 match self.dest.head(&meta.key).await {
                     Ok(Some(found)) if found.size == meta.size => {
@@ -585,9 +599,13 @@ impl Transfers {
                         }
                     }
                     Ok(_) => {
-                        if error.kind() == ErrorKind::NoSuchUpload {
+                        if upload_gone(&error) {
                             self.store.clear_upload(claimed.id).await?;
                             *upload = None;
+                            return Ok(Err(StorageError::new(
+                                ErrorKind::NoSuchUpload,
+                                error.message(),
+                            )));
                         }
                         Err(error)
                     }

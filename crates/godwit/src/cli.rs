@@ -22,7 +22,7 @@ pub enum Command {
     /// Re-running the same command resumes; a finished migration re-run copies nothing.
     /// Exit codes: 0 all objects copied, already present or excluded; 1 some conflict or failed;
     /// 2 usage or configuration error; 130 stopped by Ctrl-C (re-run to resume).
-    Migrate(MigrateArgs),
+    Migrate(Box<MigrateArgs>),
     /// Show the migrations in a ledger and their counts per state.
     Status(StatusArgs),
     /// Put a migration's failed objects back in the queue; the next `migrate` retries them.

@@ -49,7 +49,7 @@ fn main() -> ExitCode {
 
 async fn run(args: cli::Cli) -> anyhow::Result<u8> {
     match args.command {
-        cli::Command::Migrate(args) => migrate::run(args).await,
+        cli::Command::Migrate(args) => migrate::run(*args).await,
         cli::Command::Status(args) => status::run(args).await,
         cli::Command::RetryFailed(args) => status::retry_failed(args).await,
         cli::Command::ServeS3(args) => serve_s3::run(args).await,

@@ -37,6 +37,7 @@ fn settings(
         region: region.clone(),
         profile: profile.clone(),
         path_style: sides.addressing.as_deref().map(|style| style == "path"),
+        credentials: None,
     }
 }
 

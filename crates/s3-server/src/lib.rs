@@ -4,11 +4,14 @@
 //! the README's demo, and the test suites, which talk to it over real HTTP on loopback.
 //! It is not a production S3 server: its `If-None-Match` is a check-then-write inside the server.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use s3s::access::{S3Access, S3AccessContext};
 use s3s::auth::SimpleAuth;
 use s3s::service::S3ServiceBuilder;
 use tokio::net::TcpListener;
@@ -17,6 +20,42 @@ use tokio::net::TcpListener;
 pub struct LocalS3 {
     addr: SocketAddr,
     accept_loop: tokio::task::JoinHandle<()>,
+    requests: RequestCounts,
+}
+
+/// How many requests of each S3 operation (`PutObject`, `UploadPart`, ...) the endpoint received.
+#[derive(Clone, Default)]
+pub struct RequestCounts(Arc<Mutex<BTreeMap<String, u64>>>);
+
+impl RequestCounts {
+    /// Requests of operation `name` so far.
+    pub fn get(&self, name: &str) -> u64 {
+        self.0
+            .lock()
+            .map_or(0, |counts| counts.get(name).copied().unwrap_or(0))
+    }
+
+    /// Every operation and its count.
+    pub fn all(&self) -> BTreeMap<String, u64> {
+        self.0
+            .lock()
+            .map(|counts| counts.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Counts each request, then lets signed requests through (what s3s does by default).
+#[async_trait::async_trait]
+impl S3Access for RequestCounts {
+    async fn check(&self, cx: &mut S3AccessContext<'_>) -> s3s::S3Result<()> {
+        if let Ok(mut counts) = self.0.lock() {
+            *counts.entry(cx.s3_op().name().to_owned()).or_default() += 1;
+        }
+        match cx.credentials() {
+            Some(_) => Ok(()),
+            None => Err(s3s::s3_error!(AccessDenied, "Signature is required")),
+        }
+    }
 }
 
 /// Why a local S3 endpoint could not start.
@@ -46,6 +85,8 @@ impl LocalS3 {
             .map_err(|e| StartError(format!("cannot serve {}: {e:?}", root.display())))?;
         let mut builder = S3ServiceBuilder::new(fs);
         builder.set_auth(SimpleAuth::from_single(access_key, secret_key));
+        let requests = RequestCounts::default();
+        builder.set_access(requests.clone());
         let service = builder.build();
 
         let listener = TcpListener::bind(bind)
@@ -74,7 +115,11 @@ impl LocalS3 {
                 });
             }
         });
-        Ok(Self { addr, accept_loop })
+        Ok(Self {
+            addr,
+            accept_loop,
+            requests,
+        })
     }
 
     /// The address the endpoint listens on.
@@ -85,6 +130,11 @@ impl LocalS3 {
     /// The endpoint URL to give an S3 client, e.g. `http://127.0.0.1:39411`.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The requests received so far, by operation.
+    pub fn requests(&self) -> RequestCounts {
+        self.requests.clone()
     }
 
     /// Runs until the accept loop ends (it only ends when the task is aborted).

@@ -297,6 +297,28 @@ pub struct S3Settings {
     pub profile: Option<String>,
     /// Path-style addressing; by default on when a custom endpoint is set.
     pub path_style: Option<bool>,
+    /// Credentials to use instead of the standard chain (e.g. read from a file or a secrets manager).
+    pub credentials: Option<StaticCredentials>,
+}
+
+/// An access key pair. `Debug` never shows the secret.
+#[derive(Clone)]
+pub struct StaticCredentials {
+    /// The access key id.
+    pub access_key_id: String,
+    /// The secret access key.
+    pub secret_access_key: String,
+    /// A session token, for temporary credentials.
+    pub session_token: Option<String>,
+}
+
+impl fmt::Debug for StaticCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StaticCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .finish()
+    }
 }
 
 /// Opens `location` for reading.

@@ -62,6 +62,15 @@ impl S3Client {
         if let Some(region) = region {
             loader = loader.region(Region::new(region));
         }
+        if let Some(keys) = &settings.credentials {
+            loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+                &keys.access_key_id,
+                &keys.secret_access_key,
+                keys.session_token.clone(),
+                None,
+                "godwit",
+            ));
+        }
         if let Some(url) = &endpoint {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(StorageError::new(
@@ -252,7 +261,7 @@ impl Bucket {
             Err(err) if Self::is_status(&err, 403) => Err(StorageError::new(
                 ErrorKind::Credentials,
                 format!(
-                    "{} refused access to bucket '{}' (HTTP 403): check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the profile, and the bucket's permissions",
+                    "{} refused access to bucket '{}' (HTTP 403): the credentials are wrong or lack permission; check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the profile, and the bucket's permissions",
                     self.s3.endpoint, self.name
                 ),
             )),

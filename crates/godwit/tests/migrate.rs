@@ -1,0 +1,536 @@
+//! `godwit migrate` end to end: the real binary against real S3 servers.
+
+mod support;
+
+use support::{Kind, bytes, ledger, migrate, path_str, targets, write_tree};
+
+/// Keys users' trees really hold, including the characters URLs and signatures trip on.
+const ODD_KEYS: [&str; 12] = [
+    "top.txt",
+    "a/b/c/deep.txt",
+    "with space.txt",
+    "ünïcødé/日本語.txt",
+    "plus+sign.txt",
+    "percent%20.txt",
+    "hash#.txt",
+    "question?.txt",
+    "equals=and&amp.txt",
+    "empty.bin",
+    "dir with space/file (1).txt",
+    "tilde~quote'.txt",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copies_a_tree_with_odd_keys_exactly() {
+    for target in targets().await {
+        let work = tempfile::tempdir().unwrap();
+        let source = work.path().join("src");
+        let files: Vec<(&str, Vec<u8>)> = ODD_KEYS
+            .iter()
+            .enumerate()
+            .map(|(i, key)| {
+                (
+                    *key,
+                    if key.ends_with("empty.bin") {
+                        Vec::new()
+                    } else {
+                        bytes(i as u64, 100 + i * 1000)
+                    },
+                )
+            })
+            .collect();
+        write_tree(&source, &files);
+        let bucket = target.bucket("tree").await;
+
+        let run = migrate(
+            &target,
+            &path_str(&source),
+            &format!("s3://{bucket}/pre/fix"),
+            &ledger(&work),
+            &[],
+        )
+        .await;
+
+        assert_eq!(run.code, Some(0), "{:?}: {run:?}", target.kind);
+        assert_eq!(run.n("scanned"), ODD_KEYS.len() as u64);
+        assert_eq!(run.n("copied"), ODD_KEYS.len() as u64);
+        let total: u64 = files.iter().map(|(_, b)| b.len() as u64).sum();
+        assert_eq!(run.n("bytes_copied"), total);
+        let mut expected: Vec<String> = ODD_KEYS.iter().map(|k| format!("pre/fix/{k}")).collect();
+        expected.sort();
+        assert_eq!(target.keys(&bucket).await, expected, "{:?}", target.kind);
+        for (key, content) in &files {
+            assert_eq!(
+                &target.get(&bucket, &format!("pre/fix/{key}")).await,
+                content,
+                "{:?} {key}",
+                target.kind
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn multipart_objects_arrive_byte_for_byte() {
+    for target in targets().await {
+        let work = tempfile::tempdir().unwrap();
+        let source = work.path().join("src");
+        // 5 MiB parts (the S3 minimum): 12 MiB + 1 byte is three parts, the last one byte long... plus one.
+        let big = bytes(42, (12 << 20) + 1);
+        let small = bytes(43, 1000);
+        write_tree(
+            &source,
+            &[("video/big.bin", big.clone()), ("small.txt", small.clone())],
+        );
+        let bucket = target.bucket("multipart").await;
+        let before = target.requests().map(|r| r.get("UploadPart"));
+
+        let run = migrate(
+            &target,
+            &path_str(&source),
+            &format!("s3://{bucket}"),
+            &ledger(&work),
+            &["--multipart-threshold", "6MiB", "--part-size", "5MiB"],
+        )
+        .await;
+
+        assert_eq!(run.code, Some(0), "{:?}: {run:?}", target.kind);
+        assert_eq!(run.n("copied"), 2);
+        assert!(
+            target.get(&bucket, "video/big.bin").await == big,
+            "{:?}: multipart object differs",
+            target.kind
+        );
+        assert_eq!(target.get(&bucket, "small.txt").await, small);
+        if let (Some(before), Some(requests)) = (before, target.requests()) {
+            assert_eq!(
+                requests.get("UploadPart") - before,
+                3,
+                "three parts of 5 MiB"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_finished_migration_rerun_sends_nothing() {
+    for target in targets().await {
+        let work = tempfile::tempdir().unwrap();
+        let source = work.path().join("src");
+        write_tree(
+            &source,
+            &[
+                ("a.txt", bytes(1, 10)),
+                ("b/c.txt", bytes(2, 20)),
+                ("big.bin", bytes(3, 7 << 20)),
+            ],
+        );
+        let bucket = target.bucket("rerun").await;
+        let dest = format!("s3://{bucket}/x");
+        let args = ["--multipart-threshold", "6MiB", "--part-size", "5MiB"];
+        let first = migrate(&target, &path_str(&source), &dest, &ledger(&work), &args).await;
+        assert_eq!(first.code, Some(0), "{first:?}");
+        assert_eq!(first.n("copied_this_run"), 3);
+        let writes = |t: &support::Target| {
+            t.requests().map(|r| {
+                [
+                    "PutObject",
+                    "UploadPart",
+                    "CreateMultipartUpload",
+                    "CompleteMultipartUpload",
+                    "CopyObject",
+                ]
+                .iter()
+                .map(|op| r.get(op))
+                .sum::<u64>()
+            })
+        };
+        let writes_before = writes(&target);
+
+        let second = migrate(&target, &path_str(&source), &dest, &ledger(&work), &args).await;
+
+        assert_eq!(second.code, Some(0), "{second:?}");
+        assert_eq!(second.n("copied_this_run"), 0);
+        assert_eq!(second.n("copied"), 3, "the ledger still knows all three");
+        assert_eq!(
+            second.n("pass"),
+            2,
+            "a finished migration re-run is a delta pass"
+        );
+        if let Some(before) = writes_before {
+            assert_eq!(
+                writes(&target),
+                Some(before),
+                "a re-run sent a write request"
+            );
+        }
+
+        // A new file in the source is picked up by the next run, and only it is sent.
+        write_tree(&source, &[("new.txt", bytes(4, 5))]);
+        let third = migrate(&target, &path_str(&source), &dest, &ledger(&work), &args).await;
+        assert_eq!(third.code, Some(0), "{third:?}");
+        assert_eq!(third.n("copied_this_run"), 1);
+        assert_eq!(target.get(&bucket, "x/new.txt").await, bytes(4, 5));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn existing_objects_are_already_present_or_conflict_and_never_replaced() {
+    for target in targets().await {
+        let work = tempfile::tempdir().unwrap();
+        let source = work.path().join("src");
+        write_tree(
+            &source,
+            &[
+                ("same.txt", bytes(1, 100)),
+                ("different.txt", bytes(2, 100)),
+                ("longer.txt", bytes(3, 10)),
+                ("new.txt", bytes(4, 10)),
+            ],
+        );
+        let bucket = target.bucket("exists").await;
+        target.put(&bucket, "same.txt", &bytes(1, 100)).await;
+        let theirs = bytes(99, 100);
+        target.put(&bucket, "different.txt", &theirs).await;
+        target.put(&bucket, "longer.txt", &bytes(3, 11)).await;
+
+        let run = migrate(
+            &target,
+            &path_str(&source),
+            &format!("s3://{bucket}"),
+            &ledger(&work),
+            &[],
+        )
+        .await;
+
+        assert_eq!(
+            run.code,
+            Some(1),
+            "{:?}: conflicts exit 1: {run:?}",
+            target.kind
+        );
+        assert_eq!(run.n("scanned"), 4);
+        assert_eq!(run.n("copied"), 1);
+        assert_eq!(run.n("already_present"), 1);
+        assert_eq!(run.n("conflict"), 2);
+        assert_eq!(
+            target.get(&bucket, "different.txt").await,
+            theirs,
+            "a conflict was overwritten"
+        );
+        assert_eq!(
+            target.get(&bucket, "longer.txt").await,
+            bytes(3, 11),
+            "a conflict was overwritten"
+        );
+        assert!(
+            run.stderr.contains("different.txt") && run.stderr.contains("conflict"),
+            "{}",
+            run.stderr
+        );
+        assert!(run.stderr.contains("left alone"), "{}", run.stderr);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_writes_nothing() {
+    for target in targets().await {
+        let work = tempfile::tempdir().unwrap();
+        let source = work.path().join("src");
+        write_tree(
+            &source,
+            &[
+                ("a.txt", bytes(1, 10)),
+                ("b.log", bytes(2, 20)),
+                ("c/d.txt", bytes(3, 30)),
+            ],
+        );
+        let bucket = target.bucket("dry").await;
+        let state = ledger(&work);
+
+        let run = migrate(
+            &target,
+            &path_str(&source),
+            &format!("s3://{bucket}"),
+            &state,
+            &["--dry-run", "--exclude", "*.log"],
+        )
+        .await;
+
+        assert_eq!(run.code, Some(0), "{run:?}");
+        assert_eq!(run.n("scanned"), 3);
+        assert_eq!(run.n("to_copy"), 2);
+        assert_eq!(run.n("bytes_to_copy"), 40);
+        assert_eq!(run.n("excluded"), 1);
+        assert_eq!(target.keys(&bucket).await, Vec::<String>::new());
+        assert!(!state.exists(), "a dry run created the ledger");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn filters_exclude_objects_and_count_them() {
+    for target in targets().await {
+        let work = tempfile::tempdir().unwrap();
+        let source = work.path().join("src");
+        write_tree(
+            &source,
+            &[
+                ("keep/a.txt", bytes(1, 10)),
+                ("keep/b.tmp", bytes(2, 10)),
+                ("skip/c.txt", bytes(3, 10)),
+            ],
+        );
+        let bucket = target.bucket("filter").await;
+
+        let run = migrate(
+            &target,
+            &path_str(&source),
+            &format!("s3://{bucket}"),
+            &ledger(&work),
+            &["--include", "keep/**", "--exclude", "*.tmp"],
+        )
+        .await;
+
+        assert_eq!(run.code, Some(0), "{run:?}");
+        assert_eq!(
+            (run.n("scanned"), run.n("copied"), run.n("excluded")),
+            (3, 1, 2)
+        );
+        assert_eq!(target.keys(&bucket).await, vec!["keep/a.txt".to_owned()]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bucket_to_bucket() {
+    for target in targets().await {
+        let work = tempfile::tempdir().unwrap();
+        let from = target.bucket("from").await;
+        let to = target.bucket("to").await;
+        let objects: Vec<(String, Vec<u8>)> = (0..30)
+            .map(|i| (format!("photos/{i:02} é+%.jpg"), bytes(i, 500 + i as usize)))
+            .collect();
+        for (key, content) in &objects {
+            target.put(&from, key, content).await;
+        }
+        target.put(&from, "other/outside-prefix.txt", b"no").await;
+
+        let run = migrate(
+            &target,
+            &format!("s3://{from}/photos"),
+            &format!("s3://{to}/archive"),
+            &ledger(&work),
+            &[],
+        )
+        .await;
+
+        assert_eq!(run.code, Some(0), "{:?}: {run:?}", target.kind);
+        assert_eq!(run.n("copied"), 30);
+        for (key, content) in &objects {
+            let relative = key.strip_prefix("photos/").unwrap();
+            assert_eq!(
+                &target.get(&to, &format!("archive/{relative}")).await,
+                content
+            );
+        }
+        assert_eq!(target.keys(&to).await.len(), 30);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_entry_fails_with_its_name_and_the_rest_is_copied() {
+    for target in targets().await {
+        let work = tempfile::tempdir().unwrap();
+        let source = work.path().join("src");
+        write_tree(&source, &[("good.txt", bytes(1, 10))]);
+        std::os::unix::fs::symlink(work.path().join("nowhere"), source.join("dangling-link"))
+            .unwrap();
+        let bucket = target.bucket("unreadable").await;
+
+        let run = migrate(
+            &target,
+            &path_str(&source),
+            &format!("s3://{bucket}"),
+            &ledger(&work),
+            &[],
+        )
+        .await;
+
+        assert_eq!(run.code, Some(1), "{run:?}");
+        assert_eq!(
+            (run.n("scanned"), run.n("copied"), run.n("failed")),
+            (2, 1, 1)
+        );
+        assert!(run.stderr.contains("dangling-link"), "{}", run.stderr);
+        assert!(run.stderr.contains("retry-failed"), "{}", run.stderr);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_killed_midway_resumes_to_the_same_end() {
+    for target in targets().await {
+        let work = tempfile::tempdir().unwrap();
+        let source = work.path().join("src");
+        let mut files: Vec<(String, Vec<u8>)> = (0..1500)
+            .map(|i| (format!("d{}/f{i}.txt", i % 17), bytes(i, 2000)))
+            .collect();
+        files.push(("big/one.bin".to_owned(), bytes(7, 26 << 20)));
+        let borrowed: Vec<(&str, Vec<u8>)> =
+            files.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        write_tree(&source, &borrowed);
+        let bucket = target.bucket("killed").await;
+        let dest = format!("s3://{bucket}");
+        let state = ledger(&work);
+        let args = [
+            "--multipart-threshold",
+            "6MiB",
+            "--part-size",
+            "5MiB",
+            "--concurrency",
+            "8",
+        ];
+
+        let mut first = support::godwit();
+        first
+            .arg("migrate")
+            .arg(&source)
+            .arg(&dest)
+            .arg("--state")
+            .arg(&state)
+            .arg("--no-progress")
+            .arg("--dest-endpoint")
+            .arg(&target.endpoint)
+            .args(args);
+        let mut child = first.spawn().unwrap();
+        // Kill once the ledger shows work under way.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let copied = rusqlite::Connection::open_with_flags(
+                &state,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
+            .and_then(|db| {
+                db.query_row("SELECT COUNT(*) FROM objects WHERE state = 2", [], |row| {
+                    row.get::<_, i64>(0)
+                })
+            })
+            .unwrap_or(0);
+            if copied >= 100 || std::time::Instant::now() > deadline {
+                break;
+            }
+        }
+        child.start_kill().unwrap();
+        let status = child.wait().await.unwrap();
+        assert_eq!(
+            status.code(),
+            None,
+            "the first run ended before it was killed; the test proves nothing"
+        );
+
+        let second = migrate(&target, &path_str(&source), &dest, &state, &args).await;
+
+        assert_eq!(second.code, Some(0), "{:?}: {second:?}", target.kind);
+        assert_eq!(second.n("scanned"), files.len() as u64);
+        assert_eq!(second.n("copied"), files.len() as u64, "{second:?}");
+        assert!(
+            second.n("copied_this_run") < files.len() as u64,
+            "the re-run started over"
+        );
+        assert_eq!(target.keys(&bucket).await.len(), files.len());
+        assert!(target.get(&bucket, "big/one.bin").await == files.last().unwrap().1);
+        for (key, content) in files.iter().step_by(97) {
+            assert_eq!(&target.get(&bucket, key).await, content, "{key}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn configuration_errors_exit_2_with_a_message_that_says_what_to_fix() {
+    for target in targets().await {
+        let work = tempfile::tempdir().unwrap();
+        let source = work.path().join("src");
+        write_tree(&source, &[("a.txt", bytes(1, 10))]);
+        let src = path_str(&source);
+        let state = ledger(&work);
+
+        let check = |run: support::Run, needles: &[&str]| {
+            assert_eq!(run.code, Some(2), "{:?}: {run:?}", target.kind);
+            for needle in needles {
+                assert!(
+                    run.stderr.contains(needle),
+                    "{:?}: '{needle}' not in: {}",
+                    target.kind,
+                    run.stderr
+                );
+            }
+        };
+        check(
+            migrate(&target, &src, "s3://no-such-bucket-godwit", &state, &[]).await,
+            &["no-such-bucket-godwit", "does not exist"],
+        );
+        check(
+            migrate(&target, &src, "gs://bucket", &state, &[]).await,
+            &["unsupported scheme"],
+        );
+        check(
+            migrate(&target, &src, "/tmp/local-dest", &state, &[]).await,
+            &["godwit writes to S3"],
+        );
+        check(
+            migrate(&target, "/no/such/dir", "s3://x", &state, &[]).await,
+            &["/no/such/dir", "does not exist"],
+        );
+        check(
+            migrate(&target, &src, "s3://x", &state, &["--exclude", "a["]).await,
+            &["bad pattern 'a['"],
+        );
+        check(
+            migrate(
+                &target,
+                &src,
+                "s3://x",
+                &state,
+                &["--part-size", "12 parsecs"],
+            )
+            .await,
+            &["unknown unit"],
+        );
+
+        let mut unreachable = support::godwit();
+        unreachable
+            .args([
+                "migrate",
+                &src,
+                "s3://x",
+                "--json",
+                "--dest-endpoint",
+                "http://127.0.0.1:9",
+            ])
+            .arg("--state")
+            .arg(&state);
+        check(
+            support::run(unreachable).await,
+            &["could not be reached", "127.0.0.1:9"],
+        );
+
+        if target.kind == Kind::S3sFs {
+            // moto accepts any credentials; s3s-fs checks them.
+            let bucket = target.bucket("creds").await;
+            let mut wrong = support::godwit();
+            wrong
+                .args([
+                    "migrate",
+                    &src,
+                    &format!("s3://{bucket}"),
+                    "--dest-endpoint",
+                    &target.endpoint,
+                ])
+                .arg("--state")
+                .arg(&state)
+                .env("AWS_SECRET_ACCESS_KEY", "wrong-secret");
+            let run = support::run(wrong).await;
+            check(run, &["credentials"]);
+            assert!(target.keys(&bucket).await.is_empty());
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! Test harness: real S3 servers and the real `godwit` binary.
+//!
+//! Every end-to-end test runs against each target: the in-process s3s-fs server (always), and the
+//! moto server that `scripts/test.sh` starts and names in `GODWIT_TEST_MOTO_ENDPOINT`. Under CI
+//! (`CI` set) a missing moto endpoint fails the test instead of narrowing it to one server.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::primitives::ByteStream;
+use godwit_s3_server::{LocalS3, RequestCounts};
+
+/// Test-only credentials of the in-process server (moto accepts any). Not secrets.
+pub const ACCESS_KEY: &str = "godwit-test-key";
+pub const SECRET_KEY: &str = "godwit-test-secret";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    S3sFs,
+    Moto,
+}
+
+pub struct Target {
+    pub kind: Kind,
+    pub endpoint: String,
+    pub client: Client,
+    server: Option<LocalS3>,
+    _storage: Option<tempfile::TempDir>,
+}
+
+pub async fn client(endpoint: &str, access_key: &str, secret_key: &str) -> Client {
+    let credentials =
+        aws_sdk_s3::config::Credentials::new(access_key, secret_key, None, None, "test");
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .credentials_provider(credentials)
+        .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired)
+        .build();
+    Client::from_conf(config)
+}
+
+/// Every S3 server the suite runs against.
+pub async fn targets() -> Vec<Target> {
+    let mut targets = vec![Target::s3s_fs().await];
+    match std::env::var("GODWIT_TEST_MOTO_ENDPOINT") {
+        Ok(endpoint) if !endpoint.is_empty() => {
+            targets.push(Target {
+                kind: Kind::Moto,
+                client: client(&endpoint, ACCESS_KEY, SECRET_KEY).await,
+                endpoint,
+                server: None,
+                _storage: None,
+            });
+        }
+        _ if std::env::var_os("CI").is_some() => {
+            panic!(
+                "GODWIT_TEST_MOTO_ENDPOINT is not set: run the tests with scripts/test.sh, which starts moto"
+            )
+        }
+        _ => eprintln!(
+            "note: GODWIT_TEST_MOTO_ENDPOINT unset; testing against s3s-fs only (scripts/test.sh adds moto)"
+        ),
+    }
+    targets
+}
+
+static BUCKETS: AtomicU32 = AtomicU32::new(0);
+
+impl Target {
+    pub async fn s3s_fs() -> Target {
+        let storage = tempfile::tempdir().unwrap();
+        let server = LocalS3::start(
+            storage.path(),
+            "127.0.0.1:0".parse().unwrap(),
+            ACCESS_KEY,
+            SECRET_KEY,
+        )
+        .await
+        .unwrap();
+        let endpoint = server.endpoint();
+        Target {
+            kind: Kind::S3sFs,
+            client: client(&endpoint, ACCESS_KEY, SECRET_KEY).await,
+            endpoint,
+            server: Some(server),
+            _storage: Some(storage),
+        }
+    }
+
+    /// Request counts by operation; only the in-process server keeps them.
+    pub fn requests(&self) -> Option<RequestCounts> {
+        self.server.as_ref().map(LocalS3::requests)
+    }
+
+    /// A new, empty bucket with a unique name.
+    pub async fn bucket(&self, hint: &str) -> String {
+        let n = BUCKETS.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{hint}-{}-{n}", std::process::id());
+        self.client
+            .create_bucket()
+            .bucket(&name)
+            .send()
+            .await
+            .unwrap();
+        name
+    }
+
+    pub async fn put(&self, bucket: &str, key: &str, bytes: &[u8]) {
+        self.client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(ByteStream::from(bytes.to_vec()))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    pub async fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
+        let object = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "GET {bucket}/{key}: {}",
+                    aws_sdk_s3::error::DisplayErrorContext(e)
+                )
+            });
+        object.body.collect().await.unwrap().into_bytes().to_vec()
+    }
+
+    pub async fn keys(&self, bucket: &str) -> Vec<String> {
+        let mut keys = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(bucket)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            keys.extend(
+                page.unwrap()
+                    .contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_owned)),
+            );
+        }
+        keys.sort();
+        keys
+    }
+}
+
+/// What a run of the binary left.
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+
+    pub fn n(&self, field: &str) -> u64 {
+        self.json()[field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no number '{field}' in {}", self.stdout))
+    }
+}
+
+pub fn godwit() -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_godwit"));
+    command
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_PROFILE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+pub async fn run(mut command: tokio::process::Command) -> Run {
+    let output = command.output().await.unwrap();
+    Run {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// `godwit migrate SOURCE DEST --json` against `target`, with the ledger at `state`.
+pub async fn migrate(
+    target: &Target,
+    source: &str,
+    dest: &str,
+    state: &Path,
+    extra: &[&str],
+) -> Run {
+    let mut command = godwit();
+    command
+        .arg("migrate")
+        .arg(source)
+        .arg(dest)
+        .arg("--state")
+        .arg(state)
+        .arg("--json")
+        .arg("--no-progress")
+        .arg("--source-endpoint")
+        .arg(&target.endpoint)
+        .arg("--dest-endpoint")
+        .arg(&target.endpoint)
+        .args(extra);
+    run(command).await
+}
+
+/// Writes files below `root`.
+pub fn write_tree(root: &Path, files: &[(&str, Vec<u8>)]) {
+    for (relative, bytes) in files {
+        let path = root.join(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+}
+
+/// Deterministic bytes that differ by seed.
+pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+pub fn path_str(path: &Path) -> String {
+    path.to_str().unwrap().to_owned()
+}
+
+pub fn ledger(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("ledger.db")
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The test command: unit tests, then the end-to-end suite against two independent S3 servers —
+# s3s-fs in process, and a moto server this script installs (if needed) and starts — then the
+# format and lint gates. Extra arguments go to `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v moto_server >/dev/null 2>&1; then
+  echo "installing moto (the second S3 server of the suite) from PyPI"
+  python3 -m pip install --quiet 'moto[server]>=5,<6'
+fi
+
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+log=$(mktemp -t godwit-moto.XXXXXX)
+moto_server -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
+moto_pid=$!
+trap 'kill "$moto_pid" 2>/dev/null || true; rm -f "$log"' EXIT
+for _ in $(seq 1 100); do
+  if python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/moto-api/')" 2>/dev/null; then
+    break
+  fi
+  sleep 0.2
+done
+python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/moto-api/')" \
+  || { echo "moto did not start:"; cat "$log"; exit 1; }
+
+export GODWIT_TEST_MOTO_ENDPOINT="http://127.0.0.1:$port"
+# Never let an SDK look for instance metadata: this machine has no network beyond loopback.
+export AWS_EC2_METADATA_DISABLED=true
+
+cargo test --workspace --locked "$@"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
