@@ -28,6 +28,9 @@ pub enum ErrorKind {
     Unsupported,
     /// The request or the configuration is wrong (a bad URL, a bad key).
     InvalidInput,
+    /// Something is at the destination that godwit can neither verify nor prove its own (a
+    /// server kept an upload whose checksum it rejected). Needs a person.
+    Unverifiable,
     /// A local I/O error.
     Io,
     /// Anything else.
@@ -50,6 +53,7 @@ impl ErrorKind {
             ErrorKind::Busy => "busy",
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::InvalidInput => "invalid_input",
+            ErrorKind::Unverifiable => "unverifiable",
             ErrorKind::Io => "io",
             ErrorKind::Other => "other",
         }
