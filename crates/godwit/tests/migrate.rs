@@ -534,3 +534,61 @@ async fn configuration_errors_exit_2_with_a_message_that_says_what_to_fix() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_stops_cleanly_with_exit_130_and_a_rerun_finishes() {
+    let target = support::Target::s3s_fs().await;
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("src");
+    let files: Vec<(String, Vec<u8>)> = (0..3000)
+        .map(|i| (format!("d{}/f{i}", i % 13), bytes(i, 500)))
+        .collect();
+    let borrowed: Vec<(&str, Vec<u8>)> =
+        files.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    write_tree(&source, &borrowed);
+    let bucket = target.bucket("ctrlc").await;
+    let dest = format!("s3://{bucket}");
+    let state = ledger(&work);
+
+    let mut first = support::godwit();
+    first
+        .args([
+            "migrate",
+            &path_str(&source),
+            &dest,
+            "--json",
+            "--no-progress",
+            "--concurrency",
+            "4",
+        ])
+        .arg("--state")
+        .arg(&state)
+        .args(["--dest-endpoint", &target.endpoint]);
+    let child = first.spawn().unwrap();
+    let pid = child.id().unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let output = child.wait_with_output().await.unwrap();
+    let stopped = support::Run {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    assert_eq!(stopped.code, Some(130), "{stopped:?}");
+    assert!(stopped.json()["interrupted"].as_bool().unwrap());
+    assert!(stopped.n("pending") > 0, "{stopped:?}");
+    assert!(stopped.stderr.contains("stopping"), "{}", stopped.stderr);
+
+    let second = migrate(&target, &path_str(&source), &dest, &state, &[]).await;
+    assert_eq!(second.code, Some(0), "{second:?}");
+    assert_eq!(second.n("copied"), 3000);
+    assert_eq!(
+        second.n("copied") - second.n("copied_this_run"),
+        stopped.n("copied")
+    );
+    assert_eq!(target.keys(&bucket).await.len(), 3000);
+}

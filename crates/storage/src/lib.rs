@@ -85,6 +85,23 @@ impl Location {
     }
 }
 
+impl Location {
+    /// Whether `other` lies inside this location (same bucket, `other`'s prefix below ours), as when
+    /// a destination is a sub-prefix of the source: a scan could then find its own copies.
+    pub fn contains(&self, other: &Location) -> bool {
+        match (self, other) {
+            (
+                Location::S3 { bucket, prefix },
+                Location::S3 {
+                    bucket: other_bucket,
+                    prefix: other_prefix,
+                },
+            ) => bucket == other_bucket && other_prefix.starts_with(prefix.as_str()),
+            _ => false,
+        }
+    }
+}
+
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -378,6 +395,15 @@ mod tests {
         check("s3://b/p/q/", s3("b", "p/q/"));
         check("./files", Location::Local("./files".into()));
         check("file:///data", Location::Local("/data".into()));
+    }
+
+    #[test]
+    fn knows_when_one_location_holds_another() {
+        assert!(s3("b", "").contains(&s3("b", "copy/")));
+        assert!(s3("b", "p/").contains(&s3("b", "p/q/")));
+        assert!(!s3("b", "p/").contains(&s3("b", "q/")));
+        assert!(!s3("b", "p/").contains(&s3("c", "p/")));
+        assert!(!s3("b", "p/q/").contains(&s3("b", "p/")));
     }
 
     #[test]
