@@ -213,7 +213,7 @@ impl Migrator {
                 self.stop.clone(),
             ))),
             PassPlan::Resume(_) => {
-                self.mark_work_known(migration.id).await?;
+                mark_work_known(self.store.as_ref(), migration.id, &self.progress).await?;
                 None
             }
         };
@@ -243,23 +243,6 @@ impl Migrator {
             }
             None => PassPlan::Scan(self.store.start_pass(migration.id).await?.number),
         })
-    }
-
-    /// Once the scan is over, the pending work is known in full: record it for ETAs.
-    async fn mark_work_known(&self, migration: MigrationId) -> Result<(), StoreError> {
-        let tally = self.store.tally(migration).await?;
-        let n = tally.n(ObjectState::Pending) + tally.n(ObjectState::InProgress);
-        let bytes = tally.bytes_in(ObjectState::Pending) + tally.bytes_in(ObjectState::InProgress);
-        let progress = &self.progress;
-        progress
-            .n_to_do
-            .store(n + Progress::get(&progress.n_done), Ordering::Relaxed);
-        progress.bytes_to_do.store(
-            bytes + Progress::get(&progress.bytes_done),
-            Ordering::Relaxed,
-        );
-        progress.scan_complete.store(true, Ordering::Relaxed);
-        Ok(())
     }
 
     /// Claims packets and runs a transfer per object until the queue is empty and the scan over.
@@ -324,14 +307,8 @@ impl Migrator {
                         let scanned = finished.await;
                         scanner = None;
                         match scanned {
-                            Ok(Ok(())) => {
-                                if let Err(error) = self.mark_work_known(migration).await {
-                                    result = Err(error.into());
-                                    break;
-                                }
-                                // Look once more: the last page may have queued objects.
-                                continue;
-                            }
+                            // Look once more: the last page may have queued objects.
+                            Ok(Ok(())) => continue,
                             Ok(Err(error)) => result = Err(error),
                             Err(join) => {
                                 result = Err(EngineError::Internal(format!("scan task: {join}")))
@@ -545,6 +522,27 @@ async fn scan(
         notify.notify_one();
     }
     store.finish_scan(migration, pass).await?;
+    mark_work_known(store.as_ref(), migration, &progress).await?;
+    Ok(())
+}
+
+/// Once the scan is over, the pending work is known in full: record it for the ETA.
+async fn mark_work_known(
+    store: &dyn Store,
+    migration: MigrationId,
+    progress: &Progress,
+) -> Result<(), StoreError> {
+    let tally = store.tally(migration).await?;
+    let n = tally.n(ObjectState::Pending) + tally.n(ObjectState::InProgress);
+    let bytes = tally.bytes_in(ObjectState::Pending) + tally.bytes_in(ObjectState::InProgress);
+    progress
+        .n_to_do
+        .store(n + Progress::get(&progress.n_done), Ordering::Relaxed);
+    progress.bytes_to_do.store(
+        bytes + Progress::get(&progress.bytes_done),
+        Ordering::Relaxed,
+    );
+    progress.scan_complete.store(true, Ordering::Relaxed);
     Ok(())
 }
 

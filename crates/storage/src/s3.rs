@@ -265,6 +265,13 @@ impl Bucket {
                     self.s3.endpoint, self.name
                 ),
             )),
+            Err(err) if Self::is_status(&err, 400) => Err(StorageError::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "{} refused the bucket name '{}' (HTTP 400): S3 bucket names are 3-63 characters of lowercase letters, digits, dots and hyphens",
+                    self.s3.endpoint, self.name
+                ),
+            )),
             Err(err) => Err(self.error("checking", None, err)),
         }
     }
