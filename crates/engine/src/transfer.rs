@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -60,6 +61,19 @@ pub(crate) struct Transfers {
     pub progress: Arc<Progress>,
     /// The memory budget in KiB permits.
     budget: Semaphore,
+    /// Whether the destination keeps a checksum of multipart objects: `UNKNOWN`, `KEPT`, `NOT_KEPT`.
+    multipart_checksums: AtomicU8,
+}
+
+const UNKNOWN: u8 = 0;
+const KEPT: u8 = 1;
+const NOT_KEPT: u8 = 2;
+
+/// The CRC-64/NVME of a part, and its MD5 when asked, off the async threads.
+async fn digest(body: Bytes, md5: bool) -> Result<(Crc64Nvme, Option<String>), StorageError> {
+    tokio::task::spawn_blocking(move || (crc64nvme(&body), md5.then(|| md5_hex(&body))))
+        .await
+        .map_err(|e| StorageError::new(ErrorKind::Other, format!("checksum task failed: {e}")))
 }
 
 /// How a copy attempt ended, short of an error.
@@ -70,6 +84,52 @@ struct Done {
     verified_by: Option<&'static str>,
     /// Why, for a conflict.
     note: Option<String>,
+}
+
+/// What we can show of the bytes we sent, beyond their CRC-64/NVME: the ETag a server that
+/// computes MD5 ETags would give them.
+enum Evidence<'a> {
+    /// The whole body (a single PUT): its MD5 is the ETag.
+    Body(&'a Bytes),
+    /// The multipart ETag `md5(part md5s)-N`, when every part's MD5 is known.
+    MultipartEtag(String),
+    /// Nothing beyond the checksum.
+    Nothing,
+}
+
+impl Evidence<'_> {
+    /// Whether `etag` is the one our bytes give. A mismatch proves nothing (SSE-KMS and some
+    /// servers make other ETags), so callers fall back to a read-back instead of a verdict.
+    fn etag_matches(&self, etag: Option<&str>) -> bool {
+        let Some(etag) = etag.map(|e| e.trim_matches('"')) else {
+            return false;
+        };
+        match self {
+            Evidence::Body(body) => {
+                is_md5_etag(etag).is_some_and(|hex| md5_hex(body).eq_ignore_ascii_case(hex))
+            }
+            Evidence::MultipartEtag(expected) => expected.eq_ignore_ascii_case(etag),
+            Evidence::Nothing => false,
+        }
+    }
+}
+
+/// The ETag of a multipart object made of parts with these MD5s (hex).
+fn multipart_etag(part_md5s: &[&str]) -> Option<String> {
+    let mut digest = Md5::new();
+    for hex in part_md5s {
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+            .collect::<Option<_>>()?;
+        digest.update(&bytes);
+    }
+    let whole: String = digest
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Some(format!("{whole}-{}", part_md5s.len()))
 }
 
 /// What comparing an object at the destination with ours found.
@@ -119,6 +179,7 @@ impl Transfers {
             options,
             progress,
             budget: Semaphore::new(permits),
+            multipart_checksums: AtomicU8::new(UNKNOWN),
         }
     }
 
@@ -265,10 +326,12 @@ impl Transfers {
         match self.dest.put_new(&meta.key, body.clone(), crc).await {
             Ok(Written::Created(receipt)) => {
                 Progress::add(&self.progress.bytes_sent, meta.size);
-                self.verify_written(meta, crc, Some(&body), receipt).await
+                self.verify_written(meta, crc, &Evidence::Body(&body), receipt)
+                    .await
             }
             Ok(Written::AlreadyExists) => {
-                self.settle_existing(claimed, meta, crc, Some(&body)).await
+                self.settle_existing(claimed, meta, crc, &Evidence::Body(&body))
+                    .await
             }
             Err(error) if error.kind() == ErrorKind::ChecksumMismatch => {
                 Err(self.rejected_but_stored(meta, error).await)
@@ -302,7 +365,7 @@ impl Transfers {
         &self,
         meta: &ObjectMeta,
         crc: Crc64Nvme,
-        body: Option<&Bytes>,
+        evidence: &Evidence<'_>,
         receipt: WriteReceipt,
     ) -> Result<Done, StorageError> {
         let verdict = match receipt.crc64nvme {
@@ -310,8 +373,9 @@ impl Transfers {
             Some(reported) => Comparison::Different(format!(
                 "the destination computed checksum {reported}, the source bytes have {crc}"
             )),
+            None if evidence.etag_matches(receipt.etag.as_deref()) => Comparison::Same("etag_md5"),
             None => match self.dest.head(&meta.key).await? {
-                Some(found) => self.compare(meta, crc, body, &found).await?,
+                Some(found) => self.compare(meta, crc, evidence, &found).await?,
                 None => {
                     return Err(StorageError::new(
                         ErrorKind::Unclear,
@@ -341,12 +405,13 @@ impl Transfers {
         }
     }
 
-    /// Compares the destination's object with ours (size, then checksum, MD5 ETag or read-back).
+    /// Compares the destination's object with ours: size, then its checksum, then its ETag, and
+    /// when neither settles it, a read-back.
     async fn compare(
         &self,
         meta: &ObjectMeta,
         crc: Crc64Nvme,
-        body: Option<&Bytes>,
+        evidence: &Evidence<'_>,
         found: &DestObject,
     ) -> Result<Comparison, StorageError> {
         if found.size != meta.size {
@@ -364,12 +429,8 @@ impl Transfers {
                 ))
             });
         }
-        if let (Some(body), Some(etag)) = (body, found.etag.as_deref().and_then(is_md5_etag)) {
-            return Ok(if md5_hex(body).eq_ignore_ascii_case(etag) {
-                Comparison::Same("etag_md5")
-            } else {
-                Comparison::Different("contents differ (MD5 ETag)".to_owned())
-            });
+        if evidence.etag_matches(found.etag.as_deref()) {
+            return Ok(Comparison::Same("etag_md5"));
         }
         let theirs = self.read_back(&meta.key, meta.size).await?;
         Ok(if theirs == crc {
@@ -401,7 +462,7 @@ impl Transfers {
         claimed: &ClaimedObject,
         meta: &ObjectMeta,
         crc: Crc64Nvme,
-        body: Option<&Bytes>,
+        evidence: &Evidence<'_>,
     ) -> Result<Done, StorageError> {
         let Some(found) = self.dest.head(&meta.key).await? else {
             return Err(StorageError::new(
@@ -417,7 +478,7 @@ impl Transfers {
             crc64nvme: found.crc64nvme,
             version_id: found.version_id.clone(),
         };
-        Ok(match self.compare(meta, crc, body, &found).await? {
+        Ok(match self.compare(meta, crc, evidence, &found).await? {
             Comparison::Same(how) => Done {
                 // An earlier attempt's write that was never recorded is ours: copied.
                 state: if claimed.attempts > 1 {
@@ -506,22 +567,24 @@ impl Transfers {
             }
         };
         let upload_id = record.upload_id.clone();
-        let mut parts: BTreeMap<u32, UploadedPart> = record
+        // Each part with the MD5 of its bytes, when known (see `Evidence::MultipartEtag`).
+        let mut parts: BTreeMap<u32, (UploadedPart, Option<String>)> = record
             .parts
             .iter()
             .filter_map(|p| {
-                Some((
-                    p.part_number,
-                    UploadedPart {
-                        part_number: p.part_number,
-                        etag: p.etag.clone(),
-                        crc64nvme: Crc64Nvme::from_base64(&p.checksum)?,
-                        size: p.size,
-                    },
-                ))
+                let part = UploadedPart {
+                    part_number: p.part_number,
+                    etag: p.etag.clone(),
+                    crc64nvme: Crc64Nvme::from_base64(&p.checksum)?,
+                    size: p.size,
+                };
+                Some((p.part_number, (part, p.md5.clone())))
             })
             .collect();
 
+        // Where the destination keeps no checksum of multipart objects, the parts' MD5s are the
+        // cheapest proof of what it stored (its multipart ETag is made of them).
+        let want_md5 = self.multipart_checksums.load(Ordering::Relaxed) == NOT_KEPT;
         let missing: Vec<u32> = (1..=n_parts).filter(|n| !parts.contains_key(n)).collect();
         let mut uploads = futures::stream::iter(missing)
             .map(|part_number| {
@@ -530,36 +593,42 @@ impl Transfers {
                 let upload_id = &upload_id;
                 async move {
                     let (body, _permit) = self.read_budgeted(meta, offset, len).await?;
-                    let crc = crc64nvme(&body);
+                    let (crc, md5) = digest(body.clone(), want_md5).await?;
                     let etag = self
                         .dest
                         .upload_part(&meta.key, upload_id, part_number, body, crc)
                         .await?;
-                    Ok::<_, StorageError>(UploadedPart {
+                    // An ETag that is not our MD5 proves nothing either way (SSE-KMS makes others).
+                    let md5 = md5.filter(|md5| {
+                        is_md5_etag(&etag).is_some_and(|hex| hex.eq_ignore_ascii_case(md5))
+                    });
+                    let part = UploadedPart {
                         part_number,
                         etag,
                         crc64nvme: crc,
                         size: len,
-                    })
+                    };
+                    Ok::<_, StorageError>((part, md5))
                 }
             })
             .buffer_unordered(self.options.part_concurrency.max(1));
         let mut failure = None;
         while let Some(result) = uploads.next().await {
             match result {
-                Ok(part) => {
+                Ok((part, md5)) => {
                     let recorded = PartRecord {
                         part_number: part.part_number,
                         etag: part.etag.clone(),
                         checksum: part.crc64nvme.to_base64(),
                         size: part.size,
+                        md5: md5.clone(),
                     };
                     self.store.record_part(claimed.id, recorded.clone()).await?;
                     if let Some(record) = upload.as_mut() {
                         record.parts.push(recorded);
                     }
                     Progress::add(&self.progress.bytes_sent, part.size);
-                    parts.insert(part.part_number, part);
+                    parts.insert(part.part_number, (part, md5));
                 }
                 Err(error) => {
                     failure = Some(error);
@@ -582,7 +651,11 @@ impl Transfers {
             return Ok(Err(error));
         }
 
-        let parts: Vec<UploadedPart> = parts.into_values().collect();
+        let md5s: Option<Vec<&str>> = parts.values().map(|(_, md5)| md5.as_deref()).collect();
+        let evidence = md5s
+            .and_then(|md5s| multipart_etag(&md5s))
+            .map_or(Evidence::Nothing, Evidence::MultipartEtag);
+        let parts: Vec<UploadedPart> = parts.into_values().map(|(part, _)| part).collect();
         let crc = parts
             .iter()
             .fold(crc64nvme(b""), |acc, p| combine(acc, p.crc64nvme, p.size));
@@ -594,17 +667,26 @@ impl Transfers {
             Ok(Written::Created(receipt)) => {
                 self.store.clear_upload(claimed.id).await?;
                 *upload = None;
-                self.verify_written(meta, crc, None, receipt).await
+                let verified = self.verify_written(meta, crc, &evidence, receipt).await;
+                if let Ok(done) = &verified {
+                    let kept = if done.verified_by == Some("checksum") {
+                        KEPT
+                    } else {
+                        NOT_KEPT
+                    };
+                    self.multipart_checksums.store(kept, Ordering::Relaxed);
+                }
+                verified
             }
             Ok(Written::AlreadyExists) => {
                 self.drop_upload(claimed, meta, upload).await?;
-                self.settle_existing(claimed, meta, crc, None).await
+                self.settle_existing(claimed, meta, crc, &evidence).await
             }
             Err(error) if error.kind() == ErrorKind::Unclear || upload_gone(&error) => {
                 // Whether the upload completed is unknown: the object at the key settles it.
                 match self.dest.head(&meta.key).await {
                     Ok(Some(found)) if found.size == meta.size => {
-                        match self.compare(meta, crc, None, &found).await {
+                        match self.compare(meta, crc, &evidence, &found).await {
                             Ok(Comparison::Same(how)) => {
                                 self.store.clear_upload(claimed.id).await?;
                                 *upload = None;
@@ -664,6 +746,23 @@ mod tests {
         let part = part_size_for(size, 16 * MIB, 5 * MIB, 5 << 30, 10_000);
         assert!(size.div_ceil(part) <= 10_000);
         assert_eq!(part, 105 * MIB);
+    }
+
+    #[test]
+    fn multipart_etags_are_made_of_part_md5s() {
+        // Two parts "abc" and "def": md5(md5("abc") ++ md5("def")) with the part count.
+        let parts = [md5_hex(b"abc"), md5_hex(b"def")];
+        let mut joined = Md5::digest(b"abc").to_vec();
+        joined.extend_from_slice(&Md5::digest(b"def"));
+        let expected = format!("{}-2", md5_hex(&joined));
+        assert_eq!(
+            multipart_etag(&[&parts[0], &parts[1]]),
+            Some(expected.clone())
+        );
+        let evidence = Evidence::MultipartEtag(expected.clone());
+        assert!(evidence.etag_matches(Some(&format!("\"{expected}\""))));
+        assert!(!evidence.etag_matches(Some("\"00000000000000000000000000000000-2\"")));
+        assert!(!Evidence::Nothing.etag_matches(Some(&expected)));
     }
 
     #[test]

@@ -221,6 +221,8 @@ pub struct PartRecord {
     pub checksum: String,
     /// Size in bytes.
     pub size: u64,
+    /// The MD5 (hex) of the part's bytes, when godwit computed it and the server's ETag matched.
+    pub md5: Option<String>,
 }
 
 /// An object handed to a worker.

@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS parts (
     etag TEXT NOT NULL,
     checksum TEXT NOT NULL,
     size INTEGER NOT NULL,
+    md5 TEXT,
     PRIMARY KEY (object_id, part_number)
 ) WITHOUT ROWID;
 ";
@@ -379,7 +380,7 @@ impl Store for SqliteStore {
                      RETURNING key, size, version, attempts, upload_id, part_size",
                 )?;
                 let mut parts = transaction.prepare_cached(
-                    "SELECT part_number, etag, checksum, size FROM parts WHERE object_id = ?1 ORDER BY part_number",
+                    "SELECT part_number, etag, checksum, size, md5 FROM parts WHERE object_id = ?1 ORDER BY part_number",
                 )?;
                 for id in ids {
                     let (key, size, version, attempts, upload_id, part_size) =
@@ -404,6 +405,7 @@ impl Store for SqliteStore {
                                         etag: row.get(1)?,
                                         checksum: row.get(2)?,
                                         size: row.get::<_, i64>(3)? as u64,
+                                        md5: row.get(4)?,
                                     })
                                 })?
                                 .collect::<rusqlite::Result<_>>()?,
@@ -493,15 +495,16 @@ impl Store for SqliteStore {
         self.with(move |connection| {
             connection
                 .prepare_cached(
-                    "INSERT OR REPLACE INTO parts (object_id, part_number, etag, checksum, size)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT OR REPLACE INTO parts (object_id, part_number, etag, checksum, size, md5)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )?
                 .execute(params![
                     object.0,
                     part.part_number,
                     part.etag,
                     part.checksum,
-                    part.size as i64
+                    part.size as i64,
+                    part.md5
                 ])?;
             Ok(())
         })
@@ -747,6 +750,7 @@ mod tests {
                 etag: "\"e\"".into(),
                 checksum: "x".into(),
                 size: 10,
+                md5: None,
             };
             store.record_part(claimed[0].id, part).await.unwrap();
             let failed = Outcome {
