@@ -553,8 +553,22 @@ async fn write_outcomes(
     progress: Arc<Progress>,
 ) -> Result<(), StoreError> {
     const BATCH: usize = 1024;
+    // Each commit costs WAL writes whatever its size: gather for a moment before writing. A kill
+    // loses at most this window of outcomes, and those objects are settled by their next claim.
+    const GATHER: Duration = Duration::from_millis(25);
     let mut batch = Vec::with_capacity(BATCH);
+    let mut more = Vec::with_capacity(BATCH);
     while receiver.recv_many(&mut batch, BATCH).await > 0 {
+        let deadline = tokio::time::Instant::now() + GATHER;
+        while batch.len() < BATCH {
+            tokio::select! {
+                n = receiver.recv_many(&mut more, BATCH) => {
+                    batch.append(&mut more);
+                    if n == 0 { break }
+                }
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
         let finished: Vec<(ObjectState, u64)> = batch
             .iter()
             .filter(|o| o.state.is_terminal())

@@ -582,9 +582,10 @@ impl Transfers {
             })
             .collect();
 
-        // Where the destination keeps no checksum of multipart objects, the parts' MD5s are the
-        // cheapest proof of what it stored (its multipart ETag is made of them).
-        let want_md5 = self.multipart_checksums.load(Ordering::Relaxed) == NOT_KEPT;
+        // Unless the destination is known to keep a checksum of multipart objects, the parts'
+        // MD5s are the cheapest proof of what it stored (its multipart ETag is made of them): far
+        // cheaper than reading every object back while the first ones settle the question.
+        let want_md5 = self.multipart_checksums.load(Ordering::Relaxed) != KEPT;
         let missing: Vec<u32> = (1..=n_parts).filter(|n| !parts.contains_key(n)).collect();
         let mut uploads = futures::stream::iter(missing)
             .map(|part_number| {

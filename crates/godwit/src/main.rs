@@ -5,6 +5,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+// The AWS SDK allocates a lot per request; mimalloc keeps that cheap across threads.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod cli;
 mod demo;
 mod migrate;
@@ -28,10 +32,11 @@ pub(crate) mod exit {
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = std::env::var("GODWIT_THREADS").ok().and_then(|t| t.parse().ok()) {
+        builder.worker_threads(threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("godwit: cannot start the async runtime: {error}");

@@ -19,6 +19,9 @@ use crate::{
 /// How many entries one listing page holds.
 const PAGE: usize = 1000;
 
+/// Reads up to this size run on the async threads; larger ones on the blocking pool.
+const INLINE_READ: u64 = 256 << 10;
+
 /// A directory tree read as objects: each regular file is one, keyed by its path below the root.
 pub struct LocalSource {
     root: PathBuf,
@@ -271,6 +274,11 @@ impl Source for LocalSource {
         len: u64,
     ) -> Result<Bytes, StorageError> {
         let path = self.path_of(&expected.key);
+        if len <= INLINE_READ {
+            // A small read is answered from the page cache in microseconds; a hop to the blocking
+            // pool would cost more than the read.
+            return read_blocking(&path, expected, offset, len);
+        }
         let expected = expected.clone();
         tokio::task::spawn_blocking(move || read_blocking(&path, &expected, offset, len))
             .await
