@@ -33,7 +33,10 @@ fn main() -> ExitCode {
     let args = cli::Cli::parse();
     init_logging();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = std::env::var("GODWIT_THREADS").ok().and_then(|t| t.parse().ok()) {
+    if let Some(threads) = std::env::var("GODWIT_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+    {
         builder.worker_threads(threads);
     }
     let runtime = match builder.enable_all().build() {
