@@ -441,7 +441,7 @@ def write_results(out, table, args, expected_small, expected_large):
         r = table["resume"]
         lines += ["## resume", "", f"A godwit run of the large dataset killed (SIGKILL) once {r['killed_at_bytes'] / MIB:.0f} MiB "
                   f"were recorded, then re-run: re-run {r['rerun_seconds']:.2f} s against a full run of {r['full_seconds']:.2f} s "
-                  f"(**{100 * r['rerun_seconds'] / r['full_seconds']:.0f}%**); bytes sent by the re-run: {r['rerun_bytes_copied']}; "
+                  f"(**{100 * r['rerun_seconds'] / r['full_seconds']:.0f}%**); bytes of the objects the re-run completed: {r['rerun_bytes_copied']}; "
                   f"complete: {r['complete']}.", ""]
     out.write_text("\n".join(lines) + "\n")
 
