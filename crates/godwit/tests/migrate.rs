@@ -389,18 +389,9 @@ async fn a_run_killed_midway_resumes_to_the_same_end() {
             "8",
         ];
 
-        let mut first = support::godwit();
-        first
-            .arg("migrate")
-            .arg(&source)
-            .arg(&dest)
-            .arg("--state")
-            .arg(&state)
-            .arg("--no-progress")
-            .arg("--dest-endpoint")
-            .arg(&target.endpoint)
-            .args(args);
-        let mut child = first.spawn().unwrap();
+        let mut child = support::migrate_command(&target, &path_str(&source), &dest, &state, &args)
+            .spawn()
+            .unwrap();
         // Kill once the ledger shows work under way.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
@@ -550,21 +541,15 @@ async fn ctrl_c_stops_cleanly_with_exit_130_and_a_rerun_finishes() {
     let dest = format!("s3://{bucket}");
     let state = ledger(&work);
 
-    let mut first = support::godwit();
-    first
-        .args([
-            "migrate",
-            &path_str(&source),
-            &dest,
-            "--json",
-            "--no-progress",
-            "--concurrency",
-            "4",
-        ])
-        .arg("--state")
-        .arg(&state)
-        .args(["--dest-endpoint", &target.endpoint]);
-    let child = first.spawn().unwrap();
+    let child = support::migrate_command(
+        &target,
+        &path_str(&source),
+        &dest,
+        &state,
+        &["--concurrency", "4"],
+    )
+    .spawn()
+    .unwrap();
     let pid = child.id().unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(700)).await;
     let sent = std::process::Command::new("kill")

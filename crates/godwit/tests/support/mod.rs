@@ -212,14 +212,15 @@ pub async fn run(mut command: tokio::process::Command) -> Run {
     }
 }
 
-/// `godwit migrate SOURCE DEST --json` against `target`, with the ledger at `state`.
-pub async fn migrate(
+/// The command `godwit migrate SOURCE DEST --json` against `target`, with the ledger at `state`,
+/// for tests that start it themselves (to kill or interrupt it).
+pub fn migrate_command(
     target: &Target,
     source: &str,
     dest: &str,
     state: &Path,
     extra: &[&str],
-) -> Run {
+) -> tokio::process::Command {
     let mut command = godwit();
     command
         .arg("migrate")
@@ -234,7 +235,18 @@ pub async fn migrate(
         .arg("--dest-endpoint")
         .arg(&target.endpoint)
         .args(extra);
-    run(command).await
+    command
+}
+
+/// Runs `migrate_command` to its end.
+pub async fn migrate(
+    target: &Target,
+    source: &str,
+    dest: &str,
+    state: &Path,
+    extra: &[&str],
+) -> Run {
+    run(migrate_command(target, source, dest, state, extra)).await
 }
 
 /// Writes files below `root`.
