@@ -36,6 +36,9 @@ pub struct MigrateOptions {
     pub transfer: TransferOptions,
     /// This worker's name in leases.
     pub worker: String,
+    /// Let the destination copy objects server-side when it shares the source's endpoint and
+    /// refuses copies onto existing keys.
+    pub server_side_copy: bool,
 }
 
 impl Default for MigrateOptions {
@@ -45,6 +48,7 @@ impl Default for MigrateOptions {
             filter: Filter::default(),
             transfer: TransferOptions::default(),
             worker: format!("pid-{}", std::process::id()),
+            server_side_copy: true,
         }
     }
 }
@@ -85,6 +89,9 @@ pub struct Summary {
     pub seconds: f64,
     /// Whether the run was stopped before it finished.
     pub interrupted: bool,
+    /// Whether the destination copied objects server-side in this run (the bytes did not pass
+    /// through godwit).
+    pub server_side_copy: bool,
     /// The first conflicts and failures.
     pub problems: Vec<Problem>,
 }
@@ -221,11 +228,34 @@ impl Migrator {
             PassPlan::Scan(n) | PassPlan::Resume(n) => n,
         };
 
-        let dispatched = self.dispatch(migration.id, scanner, &notify).await;
+        let copy_candidate = self
+            .options
+            .server_side_copy
+            .then(|| self.source.copy_origin())
+            .flatten();
+        let transfers = Arc::new(Transfers::new(
+            Arc::clone(&self.source),
+            Arc::clone(&self.dest),
+            Arc::clone(&self.store),
+            self.options.transfer.clone(),
+            Arc::clone(&self.progress),
+            copy_candidate,
+        ));
+        let dispatched = self
+            .dispatch(migration.id, scanner, &notify, Arc::clone(&transfers))
+            .await;
+        let server_side_copy = transfers.copied_server_side();
         let tally = self.store.tally(migration.id).await?;
         let problems = self.store.problems(migration.id, PROBLEMS_LISTED).await?;
         dispatched?;
-        Ok(self.summary(&migration, pass_number, &tally, problems, started))
+        Ok(self.summary(
+            &migration,
+            pass_number,
+            &tally,
+            problems,
+            started,
+            server_side_copy,
+        ))
     }
 
     async fn choose_pass(&self, migration: &Migration) -> Result<PassPlan, EngineError> {
@@ -251,6 +281,7 @@ impl Migrator {
         migration: MigrationId,
         mut scanner: Option<tokio::task::JoinHandle<Result<(), EngineError>>>,
         notify: &Notify,
+        transfers: Arc<Transfers>,
     ) -> Result<(), EngineError> {
         let concurrency = self.options.concurrency.max(1);
         let limits = PacketLimits {
@@ -258,13 +289,6 @@ impl Migrator {
             max_bytes: 200 << 20,
             lease: Duration::from_secs(300),
         };
-        let transfers = Arc::new(Transfers::new(
-            Arc::clone(&self.source),
-            Arc::clone(&self.dest),
-            Arc::clone(&self.store),
-            self.options.transfer.clone(),
-            Arc::clone(&self.progress),
-        ));
         let (outcomes, receiver) = mpsc::channel::<Outcome>(4096);
         let writer = tokio::spawn(write_outcomes(
             Arc::clone(&self.store),
@@ -380,6 +404,7 @@ impl Migrator {
         tally: &Tally,
         problems: Vec<Problem>,
         started: Instant,
+        server_side_copy: bool,
     ) -> Summary {
         Summary {
             migration: migration.spec.name.clone(),
@@ -398,6 +423,7 @@ impl Migrator {
             bytes_copied_this_run: Progress::get(&self.progress.bytes_copied),
             seconds: started.elapsed().as_secs_f64(),
             interrupted: self.stop.is_cancelled(),
+            server_side_copy,
             problems,
         }
     }

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,8 +16,8 @@ use godwit_state::{
     ClaimedObject, ObjectState, Outcome, PartRecord, Store, StoreError, UploadRecord,
 };
 use godwit_storage::{
-    Crc64Nvme, DestObject, Destination, ErrorKind, ObjectMeta, Source, StorageError, UploadedPart,
-    WriteReceipt, Written,
+    CopyOrigin, CopySupport, Crc64Nvme, DestObject, Destination, ErrorKind, MAX_COPY_SIZE,
+    ObjectMeta, Source, StorageError, UploadedPart, WriteReceipt, Written,
 };
 use md5::{Digest, Md5};
 use tokio::sync::Semaphore;
@@ -45,7 +45,7 @@ impl Default for TransferOptions {
         Self {
             multipart_threshold: 64 << 20,
             part_size: 16 << 20,
-            part_concurrency: 4,
+            part_concurrency: 8,
             max_attempts: 5,
             memory_budget: 1 << 30,
         }
@@ -61,6 +61,16 @@ pub(crate) struct Transfers {
     pub progress: Arc<Progress>,
     /// The memory budget in KiB permits.
     budget: Semaphore,
+    /// Multipart objects in flight at once (see [`MULTIPART_OBJECTS`]).
+    multipart_objects: Semaphore,
+    /// Where the destination might copy from server-side (the source's origin, unless the
+    /// options say to stream everything).
+    copy_candidate: Option<CopyOrigin>,
+    /// Whether it can, found out when the first object could go that way (so a run with nothing
+    /// to copy writes nothing, not even the probe).
+    copy_from: tokio::sync::OnceCell<Option<CopyOrigin>>,
+    /// Cleared when the destination turns server-side copies down mid-run.
+    copy_from_on: AtomicBool,
     /// Whether the destination keeps a checksum of multipart objects: `UNKNOWN`, `KEPT`, `NOT_KEPT`.
     multipart_checksums: AtomicU8,
 }
@@ -79,7 +89,8 @@ async fn digest(body: Bytes, md5: bool) -> Result<(Crc64Nvme, Option<String>), S
 /// How a copy attempt ended, short of an error.
 struct Done {
     state: ObjectState,
-    checksum: Crc64Nvme,
+    /// The object's CRC-64/NVME, when known (a server-side copy may not say).
+    checksum: Option<Crc64Nvme>,
     receipt: Option<WriteReceipt>,
     verified_by: Option<&'static str>,
     /// Why, for a conflict.
@@ -139,8 +150,21 @@ enum Comparison {
 }
 
 const KIB: u64 = 1024;
+/// Multipart objects in flight at once. Their parts go in parallel (`part_concurrency` each), so a
+/// few objects keep the pipe full; spreading the same parts over every large object instead would
+/// leave all of them unfinished when a run stops, and each would be completed (a server-side
+/// rewrite of the whole object) by the next run.
+const MULTIPART_OBJECTS: usize = 2;
 /// Read-back verification reads at most this much at once.
 const READ_BACK_CHUNK: u64 = 8 << 20;
+
+/// Whether `etag` is the plain MD5 ETag `source_etag` (quotes and case aside).
+fn same_md5_etag(etag: Option<&str>, source_etag: &str) -> bool {
+    match (etag.and_then(is_md5_etag), is_md5_etag(source_etag)) {
+        (Some(ours), Some(theirs)) => ours.eq_ignore_ascii_case(theirs),
+        _ => false,
+    }
+}
 
 fn is_md5_etag(etag: &str) -> Option<&str> {
     let hex = etag.trim_matches('"');
@@ -170,6 +194,7 @@ impl Transfers {
         store: Arc<dyn Store>,
         options: TransferOptions,
         progress: Arc<Progress>,
+        copy_candidate: Option<CopyOrigin>,
     ) -> Self {
         let permits = (options.memory_budget / KIB).clamp(1, u64::from(u32::MAX >> 4)) as usize;
         Self {
@@ -179,6 +204,10 @@ impl Transfers {
             options,
             progress,
             budget: Semaphore::new(permits),
+            multipart_objects: Semaphore::new(MULTIPART_OBJECTS),
+            copy_from_on: AtomicBool::new(true),
+            copy_candidate,
+            copy_from: tokio::sync::OnceCell::new(),
             multipart_checksums: AtomicU8::new(UNKNOWN),
         }
     }
@@ -213,10 +242,16 @@ impl Transfers {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = if meta.size > self.options.multipart_threshold {
-                self.copy_multipart(&claimed, &meta, &mut upload).await?
-            } else {
-                self.copy_single(&claimed, &meta).await
+            let result = match self.server_copy_for(&meta, upload.is_some()).await {
+                Some(origin) => match self.copy_server_side(&claimed, &meta, origin).await {
+                    Ok(Some(done)) => Ok(done),
+                    Ok(None) => self.copy_streamed(&claimed, &meta, &mut upload).await?,
+                    Err(error) if self.server_copy_refused(&error) => {
+                        self.copy_streamed(&claimed, &meta, &mut upload).await?
+                    }
+                    Err(error) => Err(error),
+                },
+                None => self.copy_streamed(&claimed, &meta, &mut upload).await?,
             };
             let error = match result {
                 Ok(done) => {
@@ -242,8 +277,9 @@ impl Transfers {
                     }
                     Ok(Some(now)) if now != meta => {
                         tracing::debug!(key = %meta.key, "source changed; reading the new version");
+                        // Parts of the old version are of no use: abort their upload.
+                        self.drop_upload(&claimed, &meta, &mut upload).await?;
                         meta = now;
-                        upload = None;
                     }
                     Ok(Some(_)) | Err(_) => {}
                 }
@@ -269,6 +305,210 @@ impl Transfers {
         }
     }
 
+    /// Reads the object through godwit and writes it: one PUT, or a multipart upload.
+    async fn copy_streamed(
+        &self,
+        claimed: &ClaimedObject,
+        meta: &ObjectMeta,
+        upload: &mut Option<UploadRecord>,
+    ) -> Result<Result<Done, StorageError>, StoreError> {
+        if meta.size > self.options.multipart_threshold {
+            let _turn = self
+                .multipart_objects
+                .acquire()
+                .await
+                .expect("the multipart gate is never closed");
+            self.copy_multipart(claimed, meta, upload).await
+        } else {
+            Ok(self.copy_single(claimed, meta).await)
+        }
+    }
+
+    /// Where to copy `meta` from server-side, if it goes that way: the destination can (see
+    /// [`godwit_storage::CopySupport`]), the object fits one copy request, and its source ETag is
+    /// a plain MD5 (or unknown yet) that the copy's ETag can be checked against. An object with
+    /// parts of an earlier streamed upload recorded goes on streaming, from those parts.
+    async fn server_copy_for(&self, meta: &ObjectMeta, has_upload: bool) -> Option<&CopyOrigin> {
+        let candidate = self.copy_candidate.as_ref()?;
+        let suits = self.copy_from_on.load(Ordering::Relaxed)
+            && !has_upload
+            && meta.size <= MAX_COPY_SIZE
+            && (meta.version.is_empty() || is_md5_etag(&meta.version).is_some());
+        if !suits {
+            return None;
+        }
+        self.copy_from
+            .get_or_init(|| async {
+                match self.dest.copy_support(candidate).await {
+                    CopySupport::Conditional => {
+                        tracing::info!("the destination copies objects server-side");
+                        Some(candidate.clone())
+                    }
+                    CopySupport::No(why) => {
+                        tracing::info!("streaming objects through godwit: {why}");
+                        None
+                    }
+                }
+            })
+            .await
+            .as_ref()
+    }
+
+    /// Whether objects were copied server-side in this run.
+    pub fn copied_server_side(&self) -> bool {
+        self.copy_from_on.load(Ordering::Relaxed)
+            && self.copy_from.get().is_some_and(Option::is_some)
+    }
+
+    /// Whether `error` from a server-side copy means this run cannot copy server-side (the
+    /// destination's credentials may not read the source, say); the run then streams instead.
+    fn server_copy_refused(&self, error: &StorageError) -> bool {
+        let refused = matches!(
+            error.kind(),
+            ErrorKind::AccessDenied | ErrorKind::Unsupported | ErrorKind::Credentials
+        );
+        if refused && self.copy_from_on.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                "server-side copies are refused ({}); streaming the objects through godwit instead",
+                error.message()
+            );
+        }
+        refused
+    }
+
+    /// Lets the destination copy the object from the source without the bytes passing through
+    /// godwit, then checks the copy's ETag against the source's MD5 ETag. `None` when the object
+    /// turns out not to suit a server-side copy (its ETag is not an MD5): stream it instead.
+    async fn copy_server_side(
+        &self,
+        claimed: &ClaimedObject,
+        meta: &ObjectMeta,
+        origin: &CopyOrigin,
+    ) -> Result<Option<Done>, StorageError> {
+        // Listings of some servers (s3s-fs) carry no ETags: ask the source for this one.
+        let stated;
+        let meta = if meta.version.is_empty() {
+            match self.source.stat(&meta.key).await? {
+                None => {
+                    return Err(StorageError::new(
+                        ErrorKind::NotFound,
+                        format!("{} is no longer at the source", meta.key),
+                    ));
+                }
+                Some(now) if now.size == meta.size && is_md5_etag(&now.version).is_some() => {
+                    stated = now;
+                    &stated
+                }
+                Some(_) => return Ok(None),
+            }
+        } else {
+            meta
+        };
+        self.copy_server_side_checked(claimed, meta, origin)
+            .await
+            .map(Some)
+    }
+
+    async fn copy_server_side_checked(
+        &self,
+        claimed: &ClaimedObject,
+        meta: &ObjectMeta,
+        origin: &CopyOrigin,
+    ) -> Result<Done, StorageError> {
+        match self.dest.copy_new(&meta.key, origin, meta).await? {
+            Written::Created(receipt) => {
+                Progress::add(&self.progress.bytes_sent, meta.size);
+                let verdict = if same_md5_etag(receipt.etag.as_deref(), &meta.version) {
+                    Comparison::Same("copy_etag")
+                } else {
+                    match self.dest.head(&meta.key).await? {
+                        Some(found) => self.compare_copy(meta, &found).await?,
+                        None => {
+                            return Err(StorageError::new(
+                                ErrorKind::Unclear,
+                                format!("{} was copied but is not there any more", meta.key),
+                            ));
+                        }
+                    }
+                };
+                match verdict {
+                    Comparison::Same(how) => Ok(Done {
+                        state: ObjectState::Copied,
+                        checksum: receipt.crc64nvme,
+                        receipt: Some(receipt),
+                        verified_by: Some(how),
+                        note: None,
+                    }),
+                    Comparison::Different(why) => {
+                        if let Some(etag) = &receipt.etag {
+                            self.dest.delete_if_etag(&meta.key, etag).await?;
+                        }
+                        Err(StorageError::new(
+                            ErrorKind::ChecksumMismatch,
+                            format!(
+                                "{}: verification after a server-side copy failed: {why}",
+                                meta.key
+                            ),
+                        ))
+                    }
+                }
+            }
+            Written::AlreadyExists => {
+                let Some(found) = self.dest.head(&meta.key).await? else {
+                    return Err(StorageError::new(
+                        ErrorKind::Unclear,
+                        format!(
+                            "{}: the destination refused the copy as existing, then had no object",
+                            meta.key
+                        ),
+                    ));
+                };
+                let verdict = self.compare_copy(meta, &found).await?;
+                Ok(self.settled(claimed, meta, found.crc64nvme, found, verdict))
+            }
+        }
+    }
+
+    /// Compares the destination's object with the source's, neither having passed through
+    /// godwit: by the MD5 ETags, else by reading both and comparing their checksums.
+    async fn compare_copy(
+        &self,
+        meta: &ObjectMeta,
+        found: &DestObject,
+    ) -> Result<Comparison, StorageError> {
+        if found.size != meta.size {
+            return Ok(Comparison::Different(format!(
+                "the destination object has {} bytes, the source {}",
+                found.size, meta.size
+            )));
+        }
+        if same_md5_etag(found.etag.as_deref(), &meta.version) {
+            return Ok(Comparison::Same("copy_etag"));
+        }
+        let ours = self.read_source(meta).await?;
+        let theirs = self.read_back(&meta.key, meta.size).await?;
+        Ok(if theirs == ours {
+            Comparison::Same("read_back")
+        } else {
+            Comparison::Different(format!(
+                "contents differ (read back: destination {theirs}, source {ours})"
+            ))
+        })
+    }
+
+    /// Reads the source object in bounded chunks and returns its checksum.
+    async fn read_source(&self, meta: &ObjectMeta) -> Result<Crc64Nvme, StorageError> {
+        let mut crc = crc64nvme(b"");
+        let mut offset = 0;
+        while offset < meta.size {
+            let len = READ_BACK_CHUNK.min(meta.size - offset);
+            let (chunk, _permit) = self.read_budgeted(meta, offset, len).await?;
+            crc = combine(crc, crc64nvme(&chunk), len);
+            offset += len;
+        }
+        Ok(crc)
+    }
+
     fn outcome(
         &self,
         claimed: &ClaimedObject,
@@ -286,7 +526,7 @@ impl Transfers {
             attempts: claimed.attempts + attempt - 1,
             size: meta.size,
             version: meta.version.clone(),
-            checksum: Some(done.checksum.to_base64()),
+            checksum: done.checksum.map(Crc64Nvme::to_base64),
             dest_etag,
             dest_version,
             verified_by: done.verified_by,
@@ -387,7 +627,7 @@ impl Transfers {
         match verdict {
             Comparison::Same(how) => Ok(Done {
                 state: ObjectState::Copied,
-                checksum: crc,
+                checksum: Some(crc),
                 receipt: Some(receipt),
                 verified_by: Some(how),
                 note: None,
@@ -473,27 +713,41 @@ impl Transfers {
                 ),
             ));
         };
+        let verdict = self.compare(meta, crc, evidence, &found).await?;
+        Ok(self.settled(claimed, meta, Some(crc), found, verdict))
+    }
+
+    /// What the object found at a taken key makes of ours: the same is `already_present` (or
+    /// `copied`, when an earlier attempt of ours wrote it and crashed before recording it),
+    /// anything else a conflict, left alone.
+    fn settled(
+        &self,
+        claimed: &ClaimedObject,
+        meta: &ObjectMeta,
+        checksum: Option<Crc64Nvme>,
+        found: DestObject,
+        verdict: Comparison,
+    ) -> Done {
         let receipt = WriteReceipt {
-            etag: found.etag.clone(),
+            etag: found.etag,
             crc64nvme: found.crc64nvme,
-            version_id: found.version_id.clone(),
+            version_id: found.version_id,
         };
-        Ok(match self.compare(meta, crc, evidence, &found).await? {
+        match verdict {
             Comparison::Same(how) => Done {
-                // An earlier attempt's write that was never recorded is ours: copied.
                 state: if claimed.attempts > 1 {
                     ObjectState::Copied
                 } else {
                     ObjectState::AlreadyPresent
                 },
-                checksum: crc,
+                checksum,
                 receipt: Some(receipt),
                 verified_by: Some(how),
                 note: None,
             },
             Comparison::Different(why) => Done {
                 state: ObjectState::Conflict,
-                checksum: crc,
+                checksum,
                 receipt: Some(receipt),
                 verified_by: None,
                 note: Some(format!(
@@ -501,7 +755,7 @@ impl Transfers {
                     meta.key
                 )),
             },
-        })
+        }
     }
 
     /// Aborts and forgets a multipart upload the object no longer needs.
@@ -693,7 +947,7 @@ impl Transfers {
                                 *upload = None;
                                 Ok(Done {
                                     state: ObjectState::Copied,
-                                    checksum: crc,
+                                    checksum: Some(crc),
                                     receipt: Some(WriteReceipt {
                                         etag: found.etag,
                                         crc64nvme: found.crc64nvme,

@@ -78,11 +78,15 @@ pub struct MigrateArgs {
     #[arg(long, default_value = "16MiB", value_name = "SIZE")]
     pub part_size: Size,
     /// Parts of one object in flight at once.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub part_concurrency: u32,
     /// Object data held in memory at once, across all transfers.
     #[arg(long, default_value = "1GiB", value_name = "SIZE")]
     pub memory_budget: Size,
+    /// Read every object through godwit even when the destination could copy it server-side
+    /// (same endpoint, conditional copies): slower, but every byte is checked by godwit.
+    #[arg(long)]
+    pub no_server_side_copy: bool,
     /// Attempts at one object before it goes to the fail queue.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_attempts: u32,

@@ -116,6 +116,7 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<u8> {
             max_attempts: args.max_attempts,
             memory_budget: args.memory_budget.0,
         },
+        server_side_copy: !args.no_server_side_copy,
         ..MigrateOptions::default()
     };
     let stop = CancellationToken::new();

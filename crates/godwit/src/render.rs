@@ -194,6 +194,12 @@ pub fn summary(summary: &Summary, ledger: &Path, json: bool) -> anyhow::Result<(
         bytes(rate as u64),
         ledger.display()
     )?;
+    if summary.server_side_copy {
+        writeln!(
+            out,
+            "the destination copied objects server-side (conditionally; checked by their MD5 ETags)"
+        )?;
+    }
     if summary.interrupted && summary.pending > 0 {
         writeln!(
             out,

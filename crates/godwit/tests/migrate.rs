@@ -332,8 +332,106 @@ async fn bucket_to_bucket() {
                 content
             );
         }
-        assert_eq!(target.keys(&to).await.len(), 30);
+        assert_eq!(target.keys(&to).await.len(), 30, "probe objects were left");
+        // s3s-fs (as this suite runs it) refuses a copy onto an existing key, so the copies are
+        // server-side; moto ignores that condition, so godwit streams instead of risking a
+        // replaced object.
+        let server_side = target.kind == Kind::S3sFs;
+        assert_eq!(
+            run.json()["server_side_copy"],
+            server_side,
+            "{:?}",
+            target.kind
+        );
+        let verified = verified_by(&ledger(&work));
+        assert_eq!(verified.len(), 30);
+        assert_eq!(
+            verified.iter().all(|how| how == "copy_etag"),
+            server_side,
+            "{:?}: {verified:?}",
+            target.kind
+        );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_side_copies_send_no_bytes_and_never_replace() {
+    let target = support::Target::s3s_fs().await;
+    let requests = target.requests().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let from = target.bucket("from").await;
+    let to = target.bucket("to").await;
+    for i in 0..20u64 {
+        target
+            .put(&from, &format!("k/{i:02} ü+%#.bin"), &bytes(i, 3000))
+            .await;
+    }
+    target.put(&to, "k/00 ü+%#.bin", &bytes(0, 3000)).await;
+    let theirs = bytes(99, 3000);
+    target.put(&to, "k/01 ü+%#.bin", &theirs).await;
+    let before = requests.all();
+
+    let run = migrate(
+        &target,
+        &format!("s3://{from}"),
+        &format!("s3://{to}"),
+        &ledger(&work),
+        &[],
+    )
+    .await;
+
+    assert_eq!(run.code, Some(1), "the conflict exits 1: {run:?}");
+    let sent = |op: &str| requests.get(op) - before.get(op).copied().unwrap_or(0);
+    // One copy per object and one for the probe; the probe's two objects are the only PUTs.
+    // Only the conflict was read through godwit, both sides, to compare contents (ETags that
+    // differ prove nothing: encrypted objects have ETags that are not their MD5).
+    assert_eq!(sent("CopyObject"), 21);
+    assert_eq!(sent("PutObject"), 2);
+    assert_eq!(sent("GetObject"), 2);
+    assert_eq!(run.json()["server_side_copy"], true);
+    assert_eq!(run.n("copied"), 18);
+    assert_eq!(run.n("already_present"), 1);
+    assert_eq!(run.n("conflict"), 1);
+    assert_eq!(
+        target.get(&to, "k/01 ü+%#.bin").await,
+        theirs,
+        "a conflict was replaced"
+    );
+    for i in 2..20u64 {
+        assert_eq!(
+            target.get(&to, &format!("k/{i:02} ü+%#.bin")).await,
+            bytes(i, 3000)
+        );
+    }
+    assert_eq!(target.keys(&to).await.len(), 20, "probe objects were left");
+
+    // Asked not to, godwit reads the objects itself.
+    let again = target.bucket("streamed").await;
+    let second = work.path().join("second.db");
+    let run = migrate(
+        &target,
+        &format!("s3://{from}"),
+        &format!("s3://{again}"),
+        &second,
+        &["--no-server-side-copy"],
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(run.json()["server_side_copy"], false);
+    let verified = verified_by(&second);
+    assert_eq!(verified.len(), 20);
+    assert!(verified.iter().all(|how| how == "checksum"), "{verified:?}");
+}
+
+/// How the ledger says each object was verified, by key.
+fn verified_by(state: &std::path::Path) -> Vec<String> {
+    let db = rusqlite::Connection::open(state).unwrap();
+    db.prepare("SELECT verified_by FROM objects WHERE verified_by IS NOT NULL ORDER BY key")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -3,10 +3,14 @@
 //! godwit uses it for three things: `godwit serve-s3 DIR` (try godwit with nothing else installed),
 //! the README's demo, and the test suites, which talk to it over real HTTP on loopback.
 //! It is not a production S3 server: its `If-None-Match` is a check-then-write inside the server.
+//!
+//! One addition to s3s-fs: a CopyObject with `If-None-Match: *` onto an existing key is refused
+//! (412), as AWS S3 does; s3s-fs 0.14.1 ignores that header. Without it, no server that runs here
+//! would let the suite exercise godwit's server-side copies (see [`Access`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -44,17 +48,42 @@ impl RequestCounts {
     }
 }
 
-/// Counts each request, then lets signed requests through (what s3s does by default).
+/// The access hook: counts each request, lets signed requests through (what s3s does by
+/// default), and enforces `If-None-Match: *` on CopyObject.
+struct Access {
+    counts: RequestCounts,
+    root: PathBuf,
+}
+
 #[async_trait::async_trait]
-impl S3Access for RequestCounts {
+impl S3Access for Access {
     async fn check(&self, cx: &mut S3AccessContext<'_>) -> s3s::S3Result<()> {
-        if let Ok(mut counts) = self.0.lock() {
+        if let Ok(mut counts) = self.counts.0.lock() {
             *counts.entry(cx.s3_op().name().to_owned()).or_default() += 1;
         }
         match cx.credentials() {
             Some(_) => Ok(()),
             None => Err(s3s::s3_error!(AccessDenied, "Signature is required")),
         }
+    }
+
+    async fn copy_object(
+        &self,
+        req: &mut s3s::S3Request<s3s::dto::CopyObjectInput>,
+    ) -> s3s::S3Result<()> {
+        let wants_new = req
+            .headers
+            .get("if-none-match")
+            .is_some_and(|value| value.as_bytes() == b"*");
+        // s3s-fs keeps an object at ROOT/BUCKET/KEY.
+        let target = self.root.join(&req.input.bucket).join(&req.input.key);
+        if wants_new && target.is_file() {
+            return Err(s3s::s3_error!(
+                PreconditionFailed,
+                "At least one of the pre-conditions you specified did not hold"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -86,7 +115,10 @@ impl LocalS3 {
         let mut builder = S3ServiceBuilder::new(fs);
         builder.set_auth(SimpleAuth::from_single(access_key, secret_key));
         let requests = RequestCounts::default();
-        builder.set_access(requests.clone());
+        builder.set_access(Access {
+            counts: requests.clone(),
+            root: root.to_path_buf(),
+        });
         let service = builder.build();
 
         let listener = TcpListener::bind(bind)

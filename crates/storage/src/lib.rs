@@ -148,6 +148,27 @@ pub struct SourceCapabilities {
     pub ranged_reads: bool,
 }
 
+/// Where a destination could copy a source's objects from without the bytes passing through
+/// godwit: a bucket and prefix on one S3 endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyOrigin {
+    /// The endpoint, as the source reached it.
+    pub endpoint: String,
+    /// The source's bucket.
+    pub bucket: String,
+    /// The source's key prefix (empty, or ending in `/`).
+    pub prefix: String,
+}
+
+/// Whether a destination can copy server-side from a [`CopyOrigin`] without giving up a guarantee.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopySupport {
+    /// Same endpoint, and the server refuses a copy onto an existing key (`If-None-Match: *`).
+    Conditional,
+    /// Not possible, or not safe: the reason, for the log.
+    No(String),
+}
+
 /// Where objects are read from.
 #[async_trait]
 pub trait Source: Send + Sync {
@@ -171,6 +192,10 @@ pub trait Source: Send + Sync {
         offset: u64,
         len: u64,
     ) -> Result<Bytes, StorageError>;
+    /// Where a destination on the same endpoint could copy this source's objects from.
+    fn copy_origin(&self) -> Option<CopyOrigin> {
+        None
+    }
 }
 
 /// A CRC-64/NVME checksum, the full-object checksum godwit computes while reading and that S3
@@ -300,7 +325,32 @@ pub trait Destination: Send + Sync {
     async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), StorageError>;
     /// Deletes `key` only while its ETag is still `etag` (an object godwit wrote and must take back).
     async fn delete_if_etag(&self, key: &str, etag: &str) -> Result<(), StorageError>;
+    /// Whether this destination can copy from `origin` server-side, still conditionally. May write
+    /// and delete probe objects of its own to find out.
+    async fn copy_support(&self, origin: &CopyOrigin) -> CopySupport {
+        let _ = origin;
+        CopySupport::No("the destination cannot copy server-side".to_owned())
+    }
+    /// Copies the object `source` of `origin` to `key` server-side, unless an object exists at
+    /// `key` (then [`Written::AlreadyExists`]) or the source is no longer `source` (then an error
+    /// of kind [`ErrorKind::SourceChanged`]). Only called after [`Destination::copy_support`]
+    /// answered [`CopySupport::Conditional`], for objects up to [`MAX_COPY_SIZE`].
+    async fn copy_new(
+        &self,
+        key: &str,
+        origin: &CopyOrigin,
+        source: &ObjectMeta,
+    ) -> Result<Written, StorageError> {
+        let _ = (origin, source);
+        Err(StorageError::new(
+            ErrorKind::Unsupported,
+            format!("{key}: the destination cannot copy server-side"),
+        ))
+    }
 }
+
+/// The largest object one server-side copy request may create (S3's CopyObject limit).
+pub const MAX_COPY_SIZE: u64 = 5 << 30;
 
 /// How to reach S3 on one side of a migration. Unset fields fall back to the standard AWS
 /// settings (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_PROFILE`, the credentials chain).

@@ -15,13 +15,13 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, ChecksumMode, ChecksumType, CompletedMultipartUpload, CompletedPart,
 };
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
 use crate::{
-    Crc64Nvme, DestObject, Destination, DestinationCapabilities, ErrorKind, Listed, Listing,
-    Location, ObjectMeta, S3Settings, Source, SourceCapabilities, StorageError, UploadedPart,
-    WriteReceipt, Written,
+    CopyOrigin, CopySupport, Crc64Nvme, DestObject, Destination, DestinationCapabilities,
+    ErrorKind, Listed, Listing, Location, ObjectMeta, S3Settings, Source, SourceCapabilities,
+    StorageError, UploadedPart, WriteReceipt, Written,
 };
 
 /// A configured S3 client for one side of a migration.
@@ -329,7 +329,11 @@ impl Bucket {
             }
             Err(err) => return Err(self.error("reading", Some(key), err)),
         };
-        let body = answer.body.collect().await.map_err(|e| {
+        // Straight into one buffer of the asked size: no second copy, and a server that sends
+        // more than asked cannot grow it.
+        let mut body = answer.body;
+        let mut bytes = BytesMut::with_capacity(len as usize);
+        let broke_off = |e: &dyn std::fmt::Display| {
             StorageError::new(
                 ErrorKind::Unreachable,
                 format!(
@@ -338,20 +342,26 @@ impl Bucket {
                     self.key(key)
                 ),
             )
-        })?;
-        let bytes = body.into_bytes();
+        };
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| broke_off(&e))?;
+            if (bytes.len() + chunk.len()) as u64 > len {
+                bytes.clear();
+                break;
+            }
+            bytes.extend_from_slice(&chunk);
+        }
         if bytes.len() as u64 != len {
             return Err(StorageError::new(
                 ErrorKind::SourceChanged,
                 format!(
-                    "reading s3://{}/{}: expected {len} bytes at offset {offset}, got {}",
+                    "reading s3://{}/{}: expected {len} bytes at offset {offset}, got another amount",
                     self.name,
                     self.key(key),
-                    bytes.len()
                 ),
             ));
         }
-        Ok(bytes)
+        Ok(bytes.freeze())
     }
 }
 
@@ -439,6 +449,14 @@ impl Source for S3Source {
     ) -> Result<Bytes, StorageError> {
         let if_match = Some(expected.version.as_str()).filter(|v| !v.is_empty());
         self.bucket.read(&expected.key, if_match, offset, len).await
+    }
+    fn copy_origin(&self) -> Option<CopyOrigin> {
+        let b = &self.bucket;
+        Some(CopyOrigin {
+            endpoint: b.s3.endpoint.clone(),
+            bucket: b.name.clone(),
+            prefix: b.prefix.clone(),
+        })
     }
 }
 
@@ -645,5 +663,141 @@ impl Destination for S3Destination {
             Err(err) if Bucket::is_status(&err, 404) => Ok(()),
             Err(err) => Err(b.error("deleting", Some(key), err)),
         }
+    }
+    async fn copy_support(&self, origin: &CopyOrigin) -> CopySupport {
+        let b = &self.bucket;
+        if origin.endpoint != b.s3.endpoint {
+            return CopySupport::No(format!(
+                "the source ({}) and the destination ({}) are on different endpoints",
+                origin.endpoint, b.s3.endpoint
+            ));
+        }
+        b.probe_conditional_copy().await
+    }
+
+    async fn copy_new(
+        &self,
+        key: &str,
+        origin: &CopyOrigin,
+        source: &ObjectMeta,
+    ) -> Result<Written, StorageError> {
+        let b = &self.bucket;
+        let mut request = b
+            .client()
+            .copy_object()
+            .bucket(&b.name)
+            .key(b.key(key))
+            .copy_source(copy_source(
+                &origin.bucket,
+                &format!("{}{}", origin.prefix, source.key),
+            ))
+            // Ask the server for a CRC-64/NVME of what it wrote.
+            .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
+            .if_none_match("*");
+        if !source.version.is_empty() {
+            request = request.copy_source_if_match(&source.version);
+        }
+        match request.send().await {
+            Ok(out) => {
+                let result = out.copy_object_result();
+                Ok(Written::Created(receipt(
+                    result.and_then(|r| r.e_tag()),
+                    result.and_then(|r| r.checksum_crc64_nvme()),
+                    out.version_id(),
+                )))
+            }
+            // Either condition failing answers 412: the destination key taken, or the source
+            // changed. A HEAD of the key tells which.
+            Err(err) if Bucket::is_status(&err, 412) => match b.head(key).await? {
+                Some(_) => Ok(Written::AlreadyExists),
+                None => Err(StorageError::new(
+                    ErrorKind::SourceChanged,
+                    format!(
+                        "s3://{}/{}{} changed since it was listed; it will be read again",
+                        origin.bucket, origin.prefix, source.key
+                    ),
+                )),
+            },
+            Err(err) => Err(b.error("copying server-side to", Some(key), err)),
+        }
+    }
+}
+
+/// The `x-amz-copy-source` value for `key` in `bucket`: the key percent-encoded, `/` kept.
+fn copy_source(bucket: &str, key: &str) -> String {
+    let mut out = format!("{bucket}/");
+    for byte in key.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~' | b'/') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+impl Bucket {
+    /// Finds out whether the server refuses a CopyObject onto an existing key, as AWS does with
+    /// `If-None-Match: *` (s3s-fs and moto ignore the header and overwrite). Writes two probe
+    /// objects of godwit's own below the prefix, copies one onto the other, and deletes both.
+    async fn probe_conditional_copy(&self) -> CopySupport {
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let base = format!(".godwit-probe-{}-{nonce:x}", std::process::id());
+        let (from, onto) = (format!("{base}-a"), format!("{base}-b"));
+        let answer = async {
+            for key in [&from, &onto] {
+                self.client()
+                    .put_object()
+                    .bucket(&self.name)
+                    .key(self.key(key))
+                    .if_none_match("*")
+                    .body(ByteStream::from_static(b"godwit: probe for conditional copies"))
+                    .send()
+                    .await
+                    .map_err(|err| self.error("writing a probe object", Some(key), err))?;
+            }
+            let copied = self
+                .client()
+                .copy_object()
+                .bucket(&self.name)
+                .key(self.key(&onto))
+                .copy_source(copy_source(&self.name, &self.key(&from)))
+                .if_none_match("*")
+                .send()
+                .await;
+            Ok::<_, StorageError>(match copied {
+                Err(err) if Self::is_status(&err, 412) => CopySupport::Conditional,
+                Ok(_) => CopySupport::No(format!(
+                    "{} ignores If-None-Match on CopyObject: a server-side copy could replace an object",
+                    self.s3.endpoint
+                )),
+                Err(err) => CopySupport::No(
+                    self.error("probing a server-side copy to", Some(&onto), err)
+                        .message()
+                        .to_owned(),
+                ),
+            })
+        }
+        .await;
+        for key in [&from, &onto] {
+            if let Err(err) = self
+                .client()
+                .delete_object()
+                .bucket(&self.name)
+                .key(self.key(key))
+                .send()
+                .await
+            {
+                tracing::warn!(
+                    "could not delete the probe object s3://{}/{}: {}",
+                    self.name,
+                    self.key(key),
+                    DisplayErrorContext(&err)
+                );
+            }
+        }
+        answer.unwrap_or_else(|error| CopySupport::No(error.message().to_owned()))
     }
 }
