@@ -4,8 +4,8 @@
 //! vanishes after the scan.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -114,6 +114,10 @@ struct Faulty {
     parts_started: AtomicUsize,
     parts_done: AtomicUsize,
     creates: AtomicUsize,
+    /// Upload ids godwit aborted.
+    aborted: Mutex<Vec<String>>,
+    /// Runs once, after the first part is uploaded (to change the source mid-upload).
+    after_first_part: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 impl Faulty {
@@ -125,6 +129,8 @@ impl Faulty {
             parts_started: AtomicUsize::new(0),
             parts_done: AtomicUsize::new(0),
             creates: AtomicUsize::new(0),
+            aborted: Mutex::new(Vec::new()),
+            after_first_part: Mutex::new(None),
         }
     }
 }
@@ -182,6 +188,10 @@ impl Destination for Faulty {
             .upload_part(key, upload_id, part_number, body, crc)
             .await?;
         self.parts_done.fetch_add(1, Ordering::SeqCst);
+        let hook = self.after_first_part.lock().unwrap().take();
+        if let Some(hook) = hook {
+            hook();
+        }
         Ok(etag)
     }
     async fn complete_upload_new(
@@ -196,6 +206,7 @@ impl Destination for Faulty {
             .await
     }
     async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), StorageError> {
+        self.aborted.lock().unwrap().push(upload_id.to_owned());
         self.inner.abort_upload(key, upload_id).await
     }
     async fn delete_if_etag(&self, key: &str, etag: &str) -> Result<(), StorageError> {
@@ -435,6 +446,55 @@ async fn a_source_that_changed_or_vanished_after_the_scan_is_settled() {
         assert_eq!(summary.bytes_copied, 14, "the ledger holds the new size");
         let tally = store.tally(migration.id).await.unwrap();
         assert_eq!(tally.n(ObjectState::SourceVanished), 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_that_changes_mid_upload_is_copied_anew_and_its_old_upload_aborted() {
+    for server in servers().await {
+        let work = tempfile::tempdir().unwrap();
+        let source_dir = work.path().join("src");
+        std::fs::create_dir_all(&source_dir).unwrap();
+        let path = source_dir.join("big.bin");
+        std::fs::write(&path, bytes(7, (5 << 20) * 3)).unwrap();
+        let newer = bytes(8, (5 << 20) * 3 + 10);
+        let (real, _bucket) = server.destination().await;
+        let faulty = Arc::new(Faulty::new(Arc::clone(&real)));
+        let rewrite = (path.clone(), newer.clone());
+        *faulty.after_first_part.lock().unwrap() = Some(Box::new(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            std::fs::write(&rewrite.0, &rewrite.1).unwrap();
+        }));
+        let store = Arc::new(SqliteStore::open(&work.path().join("ledger.db")).unwrap());
+        let options = MigrateOptions {
+            transfer: TransferOptions {
+                part_concurrency: 1,
+                ..options().transfer
+            },
+            ..options()
+        };
+        let migrator = Migrator::new(
+            local_source(&source_dir),
+            faulty.clone(),
+            store,
+            options,
+            CancellationToken::new(),
+        );
+
+        let summary = migrator.run(&spec()).await.unwrap();
+
+        assert_eq!(summary.copied, 1, "{summary:?}");
+        assert!(read_all(real.as_ref(), "big.bin").await == newer);
+        assert_eq!(
+            faulty.creates.load(Ordering::SeqCst),
+            2,
+            "one upload per version"
+        );
+        assert_eq!(
+            faulty.aborted.lock().unwrap().len(),
+            1,
+            "the old version's upload was left behind"
+        );
     }
 }
 
