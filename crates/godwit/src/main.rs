@@ -33,12 +33,7 @@ fn main() -> ExitCode {
     let args = cli::Cli::parse();
     init_logging();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = std::env::var("GODWIT_THREADS")
-        .ok()
-        .and_then(|t| t.parse().ok())
-    {
-        builder.worker_threads(threads);
-    }
+    builder.worker_threads(worker_threads());
     let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -73,4 +68,21 @@ fn init_logging() {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
+}
+
+/// Async worker threads: `GODWIT_THREADS`, else one core fewer than the machine has (at least
+/// one). The async threads only drive requests; checksums, file reads and the ledger run on the
+/// blocking pool, and the spare core goes to it (and to an S3 server on the same machine). On 2
+/// cores, one worker instead of two cut godwit's CPU per small object by about 7% and the wall
+/// time of the bench's small case by 6%, with the large case unchanged.
+fn worker_threads() -> usize {
+    std::env::var("GODWIT_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .filter(|&t| t > 0)
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get().saturating_sub(1))
+                .max(1)
+        })
 }
