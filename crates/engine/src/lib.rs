@@ -13,6 +13,7 @@ pub mod checksum;
 mod filter;
 mod migrate;
 mod progress;
+mod throttle;
 mod transfer;
 
 pub use filter::{BadPattern, Filter};

@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use godwit_state::{
@@ -16,19 +16,20 @@ use godwit_state::{
 };
 use godwit_storage::{Destination, Listed, Source};
 use serde::Serialize;
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::EngineError;
 use crate::filter::Filter;
 use crate::progress::Progress;
+use crate::throttle::Climber;
 use crate::transfer::{TransferOptions, Transfers};
 
 /// How a migration runs.
 #[derive(Debug, Clone)]
 pub struct MigrateOptions {
-    /// Objects in flight at once.
+    /// The most objects in flight at once (the run finds its own number below it).
     pub concurrency: usize,
     /// Which keys to take.
     pub filter: Filter,
@@ -44,7 +45,7 @@ pub struct MigrateOptions {
 impl Default for MigrateOptions {
     fn default() -> Self {
         Self {
-            concurrency: 64,
+            concurrency: 256,
             filter: Filter::default(),
             transfer: TransferOptions::default(),
             worker: format!("pid-{}", std::process::id()),
@@ -284,8 +285,10 @@ impl Migrator {
         transfers: Arc<Transfers>,
     ) -> Result<(), EngineError> {
         let concurrency = self.options.concurrency.max(1);
-        let limits = PacketLimits {
-            max_objects: (concurrency * 2).clamp(16, 512) as u32,
+        // Packets of twice the objects in flight: enough to keep every slot busy between claims,
+        // few enough not to hoard work other workers could take.
+        let packet = |in_flight: usize| PacketLimits {
+            max_objects: (in_flight * 2).clamp(16, 512) as u32,
             max_bytes: 200 << 20,
             lease: Duration::from_secs(300),
         };
@@ -295,7 +298,20 @@ impl Migrator {
             receiver,
             Arc::clone(&self.progress),
         ));
-        let slots = Arc::new(Semaphore::new(concurrency));
+        // The limit on objects in flight moves with the measured throughput (see `throttle`);
+        // `concurrency` is its ceiling.
+        let climber = Climber::new(START_CONCURRENCY, MIN_CONCURRENCY, concurrency);
+        let slots = Arc::new(Semaphore::new(climber.limit()));
+        let debt = Arc::new(AtomicUsize::new(0));
+        let in_flight = Arc::new(AtomicUsize::new(climber.limit()));
+        let steering = tokio::spawn(steer(
+            climber,
+            Arc::clone(&slots),
+            Arc::clone(&debt),
+            Arc::clone(&in_flight),
+            Arc::clone(&self.progress),
+            self.stop.clone(),
+        ));
         let mut tasks: JoinSet<Result<(), StoreError>> = JoinSet::new();
         let mut result: Result<(), EngineError> = Ok(());
 
@@ -308,7 +324,11 @@ impl Migrator {
             }
             let packet = match self
                 .store
-                .claim(migration, &self.options.worker, limits)
+                .claim(
+                    migration,
+                    &self.options.worker,
+                    packet(in_flight.load(Ordering::Relaxed)),
+                )
                 .await
             {
                 Ok(packet) => packet,
@@ -347,7 +367,7 @@ impl Migrator {
             let mut packet: VecDeque<ClaimedObject> = packet.into();
             while let Some(object) = packet.pop_front() {
                 let slot = tokio::select! {
-                    slot = Arc::clone(&slots).acquire_owned() => slot.expect("the slots are never closed"),
+                    slot = acquire_slot(&slots, &debt) => slot,
                     () = self.stop.cancelled() => {
                         packet.push_front(object);
                         break;
@@ -370,6 +390,7 @@ impl Migrator {
             }
         }
 
+        steering.abort();
         if let Some(running) = scanner {
             // Stopped or failed before the scan ended: let it notice and finish its page.
             self.stop.cancel();
@@ -504,6 +525,82 @@ fn flatten(
 }
 
 /// The outcome that hands a claimed, unstarted object back to the queue unchanged.
+/// Objects in flight when a run starts; the limit then climbs or falls with the throughput.
+const START_CONCURRENCY: usize = 16;
+/// The limit never falls below this.
+const MIN_CONCURRENCY: usize = 4;
+/// How long each throughput measurement lasts.
+const WINDOW: Duration = Duration::from_millis(500);
+/// What finishing one object is worth in bytes, when throughput mixes objects and bytes: about
+/// what a request's fixed cost would send instead.
+const OBJECT_WORK: u64 = 128 << 10;
+
+/// A slot for one more object in flight, unless the limit was lowered: then slots coming free
+/// are retired first.
+async fn acquire_slot(slots: &Arc<Semaphore>, debt: &AtomicUsize) -> OwnedSemaphorePermit {
+    loop {
+        let slot = Arc::clone(slots)
+            .acquire_owned()
+            .await
+            .expect("the slots are never closed");
+        let owed = debt.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| d.checked_sub(1));
+        if owed.is_ok() {
+            slot.forget();
+            continue;
+        }
+        return slot;
+    }
+}
+
+/// Measures the throughput of each window and moves the limit on objects in flight.
+async fn steer(
+    mut climber: Climber,
+    slots: Arc<Semaphore>,
+    debt: Arc<AtomicUsize>,
+    limit: Arc<AtomicUsize>,
+    progress: Arc<Progress>,
+    stop: CancellationToken,
+) {
+    let work =
+        || Progress::get(&progress.bytes_sent) + Progress::get(&progress.n_done) * OBJECT_WORK;
+    let mut ticker = tokio::time::interval(WINDOW);
+    ticker.tick().await;
+    let mut last = (Instant::now(), work());
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let now = (Instant::now(), work());
+        let rate = (now.1 - last.1) as f64 / (now.0 - last.0).as_secs_f64().max(1e-3);
+        last = now;
+        // Only a window that used every slot says something about the limit (not one spent
+        // waiting for the scan, or draining the last objects).
+        if rate <= 0.0 || slots.available_permits() > 0 {
+            continue;
+        }
+        let before = climber.limit();
+        let after = climber.observe(rate);
+        tracing::debug!(before, after, rate, "objects in flight");
+        limit.store(after, Ordering::Relaxed);
+        if after > before {
+            let mut more = after - before;
+            let repaid = debt
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
+                    Some(d - d.min(more))
+                })
+                .map_or(0, |d| d.min(more));
+            more -= repaid;
+            slots.add_permits(more);
+        } else if after < before {
+            // Free slots go at once; slots in use go as their objects finish.
+            let fewer = before - after;
+            let retired = slots.forget_permits(fewer);
+            debt.fetch_add(fewer - retired, Ordering::Relaxed);
+        }
+    }
+}
+
 fn release(object: &ClaimedObject) -> Outcome {
     Outcome {
         id: object.id,

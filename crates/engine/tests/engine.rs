@@ -118,6 +118,10 @@ struct Faulty {
     aborted: Mutex<Vec<String>>,
     /// Runs once, after the first part is uploaded (to change the source mid-upload).
     after_first_part: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    /// Added to every PutObject, as a distant server's latency.
+    put_latency: Duration,
+    puts_in_flight: AtomicUsize,
+    most_puts_in_flight: AtomicUsize,
 }
 
 impl Faulty {
@@ -131,6 +135,9 @@ impl Faulty {
             creates: AtomicUsize::new(0),
             aborted: Mutex::new(Vec::new()),
             after_first_part: Mutex::new(None),
+            put_latency: Duration::ZERO,
+            puts_in_flight: AtomicUsize::new(0),
+            most_puts_in_flight: AtomicUsize::new(0),
         }
     }
 }
@@ -165,7 +172,14 @@ impl Destination for Faulty {
         } else {
             body
         };
-        self.inner.put_new(key, body, crc).await
+        let now = self.puts_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_puts_in_flight.fetch_max(now, Ordering::SeqCst);
+        if !self.put_latency.is_zero() {
+            tokio::time::sleep(self.put_latency).await;
+        }
+        let written = self.inner.put_new(key, body, crc).await;
+        self.puts_in_flight.fetch_sub(1, Ordering::SeqCst);
+        written
     }
     async fn create_upload(&self, key: &str) -> Result<String, StorageError> {
         self.creates.fetch_add(1, Ordering::SeqCst);
@@ -496,6 +510,45 @@ async fn a_source_that_changes_mid_upload_is_copied_anew_and_its_old_upload_abor
             "the old version's upload was left behind"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_distant_destination_gets_more_objects_in_flight() {
+    let server = Server::s3s_fs_only().await;
+    let work = tempfile::tempdir().unwrap();
+    let source_dir = work.path().join("src");
+    std::fs::create_dir_all(&source_dir).unwrap();
+    for i in 0..3000u64 {
+        std::fs::write(source_dir.join(format!("{i:04}")), bytes(i, 100)).unwrap();
+    }
+    let (real, _bucket) = server.destination().await;
+    // Every write waits 25 ms first: at the 16 objects a run starts with, throughput is bound
+    // by that latency, and more in flight pays.
+    let distant = Arc::new(Faulty {
+        put_latency: Duration::from_millis(25),
+        ..Faulty::new(Arc::clone(&real))
+    });
+    let store = Arc::new(SqliteStore::open(&work.path().join("ledger.db")).unwrap());
+    let migrator = Migrator::new(
+        local_source(&source_dir),
+        distant.clone(),
+        store,
+        MigrateOptions {
+            concurrency: 256,
+            ..options()
+        },
+        CancellationToken::new(),
+    );
+
+    let summary = migrator.run(&spec()).await.unwrap();
+
+    assert_eq!(summary.copied, 3000, "{summary:?}");
+    let most = distant.most_puts_in_flight.load(Ordering::SeqCst);
+    assert!(
+        most > 16,
+        "the limit never rose above its start: {most} in flight at most"
+    );
+    assert!(most <= 256, "the limit passed its ceiling: {most}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -68,8 +68,9 @@ pub struct MigrateArgs {
     /// Leave out keys matching this glob (repeatable; applied after --include).
     #[arg(long, value_name = "GLOB")]
     pub exclude: Vec<String>,
-    /// Objects in flight at once.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    /// The most objects in flight at once. A run starts with 16 and moves the number with the
+    /// throughput it measures, up to this.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub concurrency: u32,
     /// Objects larger than this are uploaded in parallel parts.
     #[arg(long, default_value = "64MiB", value_name = "SIZE")]
