@@ -429,6 +429,15 @@ def write_results(out, table, args, expected_small, expected_large):
             best = min(peers, key=lambda t: peers[t]["seconds"])
             ratio = peers[best]["seconds"] / rows["godwit"]["seconds"]
             lines += ["", f"godwit / fastest peer ({best}): **{ratio:.2f}x**"]
+            if key.startswith("s3-") and "s3sync" in peers:
+                # rclone, s5cmd and aws s3 cp have the server copy each object (CopyObject, with no
+                # condition on the destination key); s3sync streams the bytes through itself, as
+                # godwit does on s3s-fs, which ignores If-None-Match on CopyObject.
+                ratio = peers["s3sync"]["seconds"] / rows["godwit"]["seconds"]
+                lines += ["", f"godwit / fastest peer that streams the bytes through itself (s3sync): **{ratio:.2f}x**. "
+                          "rclone, s5cmd and aws s3 cp copy server-side with unconditional CopyObject; godwit copies "
+                          "server-side only where the server refuses a copy onto an existing key, which s3s-fs does not, "
+                          "so here it streams."]
         lines.append("")
     if "scale" in table:
         s = table["scale"]
