@@ -424,37 +424,10 @@ impl Transfers {
                 let verdict = if same_md5_etag(receipt.etag.as_deref(), &meta.version) {
                     Comparison::Same("copy_etag")
                 } else {
-                    match self.dest.head(&meta.key).await? {
-                        Some(found) => self.compare_copy(meta, &found).await?,
-                        None => {
-                            return Err(StorageError::new(
-                                ErrorKind::Unclear,
-                                format!("{} was copied but is not there any more", meta.key),
-                            ));
-                        }
-                    }
+                    let found = self.head_written(meta).await?;
+                    self.compare_copy(meta, &found).await?
                 };
-                match verdict {
-                    Comparison::Same(how) => Ok(Done {
-                        state: ObjectState::Copied,
-                        checksum: receipt.crc64nvme,
-                        receipt: Some(receipt),
-                        verified_by: Some(how),
-                        note: None,
-                    }),
-                    Comparison::Different(why) => {
-                        if let Some(etag) = &receipt.etag {
-                            self.dest.delete_if_etag(&meta.key, etag).await?;
-                        }
-                        Err(StorageError::new(
-                            ErrorKind::ChecksumMismatch,
-                            format!(
-                                "{}: verification after a server-side copy failed: {why}",
-                                meta.key
-                            ),
-                        ))
-                    }
-                }
+                self.judged(meta, receipt.crc64nvme, receipt, verdict).await
             }
             Written::AlreadyExists => {
                 let Some(found) = self.dest.head(&meta.key).await? else {
@@ -617,26 +590,42 @@ impl Transfers {
                 "the destination computed checksum {reported}, the source bytes have {crc}"
             )),
             None if evidence.etag_matches(receipt.etag.as_deref()) => Comparison::Same("etag_md5"),
-            None => match self.dest.head(&meta.key).await? {
-                Some(found) => self.compare(meta, crc, evidence, &found).await?,
-                None => {
-                    return Err(StorageError::new(
-                        ErrorKind::Unclear,
-                        format!("{} was written but is not there any more", meta.key),
-                    ));
-                }
-            },
+            None => {
+                let found = self.head_written(meta).await?;
+                self.compare(meta, crc, evidence, &found).await?
+            }
         };
+        self.judged(meta, Some(crc), receipt, verdict).await
+    }
+
+    /// The object just written (or copied) at the key.
+    async fn head_written(&self, meta: &ObjectMeta) -> Result<DestObject, StorageError> {
+        self.dest.head(&meta.key).await?.ok_or_else(|| {
+            StorageError::new(
+                ErrorKind::Unclear,
+                format!("{} was written but is not there any more", meta.key),
+            )
+        })
+    }
+
+    /// Our write is copied when the verdict says the same; otherwise it is corrupt: taken back
+    /// (only while it is still ours, by its ETag) and the object is tried again.
+    async fn judged(
+        &self,
+        meta: &ObjectMeta,
+        checksum: Option<Crc64Nvme>,
+        receipt: WriteReceipt,
+        verdict: Comparison,
+    ) -> Result<Done, StorageError> {
         match verdict {
             Comparison::Same(how) => Ok(Done {
                 state: ObjectState::Copied,
-                checksum: Some(crc),
+                checksum,
                 receipt: Some(receipt),
                 verified_by: Some(how),
                 note: None,
             }),
             Comparison::Different(why) => {
-                // Our own write is corrupt: take it back (only while it is still ours) and retry.
                 if let Some(etag) = &receipt.etag {
                     self.dest.delete_if_etag(&meta.key, etag).await?;
                 }
