@@ -93,6 +93,8 @@ pub struct Summary {
     /// Whether the destination copied objects server-side in this run (the bytes did not pass
     /// through godwit).
     pub server_side_copy: bool,
+    /// How many: objects this run copied server-side (counted in `copied_this_run`).
+    pub copied_server_side_this_run: u64,
     /// The first conflicts and failures.
     pub problems: Vec<Problem>,
 }
@@ -245,18 +247,10 @@ impl Migrator {
         let dispatched = self
             .dispatch(migration.id, scanner, &notify, Arc::clone(&transfers))
             .await;
-        let server_side_copy = transfers.copied_server_side();
         let tally = self.store.tally(migration.id).await?;
         let problems = self.store.problems(migration.id, PROBLEMS_LISTED).await?;
         dispatched?;
-        Ok(self.summary(
-            &migration,
-            pass_number,
-            &tally,
-            problems,
-            started,
-            server_side_copy,
-        ))
+        Ok(self.summary(&migration, pass_number, &tally, problems, started))
     }
 
     async fn choose_pass(&self, migration: &Migration) -> Result<PassPlan, EngineError> {
@@ -425,7 +419,6 @@ impl Migrator {
         tally: &Tally,
         problems: Vec<Problem>,
         started: Instant,
-        server_side_copy: bool,
     ) -> Summary {
         Summary {
             migration: migration.spec.name.clone(),
@@ -444,7 +437,8 @@ impl Migrator {
             bytes_copied_this_run: Progress::get(&self.progress.bytes_copied),
             seconds: started.elapsed().as_secs_f64(),
             interrupted: self.stop.is_cancelled(),
-            server_side_copy,
+            server_side_copy: Progress::get(&self.progress.n_copied_server_side) > 0,
+            copied_server_side_this_run: Progress::get(&self.progress.n_copied_server_side),
             problems,
         }
     }

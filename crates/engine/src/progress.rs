@@ -25,6 +25,8 @@ pub struct Progress {
     pub n_copied: AtomicU64,
     /// Their bytes.
     pub bytes_copied: AtomicU64,
+    /// Objects the destination copied server-side in this run (counted among `n_copied`).
+    pub n_copied_server_side: AtomicU64,
     /// Objects that ended in conflict or failed in this run.
     pub n_problems: AtomicU64,
 }

@@ -357,12 +357,6 @@ impl Transfers {
             .as_ref()
     }
 
-    /// Whether objects were copied server-side in this run.
-    pub fn copied_server_side(&self) -> bool {
-        self.copy_from_on.load(Ordering::Relaxed)
-            && self.copy_from.get().is_some_and(Option::is_some)
-    }
-
     /// Whether `error` from a server-side copy means this run cannot copy server-side (the
     /// destination's credentials may not read the source, say); the run then streams instead.
     fn server_copy_refused(&self, error: &StorageError) -> bool {
@@ -427,7 +421,11 @@ impl Transfers {
                     let found = self.head_written(meta).await?;
                     self.compare_copy(meta, &found).await?
                 };
-                self.judged(meta, receipt.crc64nvme, receipt, verdict).await
+                let done = self
+                    .judged(meta, receipt.crc64nvme, receipt, verdict)
+                    .await?;
+                Progress::add(&self.progress.n_copied_server_side, 1);
+                Ok(done)
             }
             Written::AlreadyExists => {
                 let Some(found) = self.dest.head(&meta.key).await? else {

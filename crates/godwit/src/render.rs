@@ -197,7 +197,8 @@ pub fn summary(summary: &Summary, ledger: &Path, json: bool) -> anyhow::Result<(
     if summary.server_side_copy {
         writeln!(
             out,
-            "the destination copied objects server-side (conditionally; checked by their MD5 ETags)"
+            "the destination copied {} of them server-side (conditionally; checked by their ETags)",
+            summary.copied_server_side_this_run
         )?;
     }
     if summary.interrupted && summary.pending > 0 {

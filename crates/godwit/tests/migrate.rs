@@ -343,6 +343,10 @@ async fn bucket_to_bucket() {
             "{:?}",
             target.kind
         );
+        assert_eq!(
+            run.n("copied_server_side_this_run"),
+            if server_side { 30 } else { 0 }
+        );
         let verified = verified_by(&ledger(&work));
         assert_eq!(verified.len(), 30);
         assert_eq!(
@@ -390,6 +394,7 @@ async fn server_side_copies_send_no_bytes_and_never_replace() {
     assert_eq!(sent("GetObject"), 2);
     assert_eq!(run.json()["server_side_copy"], true);
     assert_eq!(run.n("copied"), 18);
+    assert_eq!(run.n("copied_server_side_this_run"), 18);
     assert_eq!(run.n("already_present"), 1);
     assert_eq!(run.n("conflict"), 1);
     assert_eq!(
@@ -418,6 +423,7 @@ async fn server_side_copies_send_no_bytes_and_never_replace() {
     .await;
     assert_eq!(run.code, Some(0), "{run:?}");
     assert_eq!(run.json()["server_side_copy"], false);
+    assert_eq!(run.n("copied_server_side_this_run"), 0);
     let verified = verified_by(&second);
     assert_eq!(verified.len(), 20);
     assert!(verified.iter().all(|how| how == "checksum"), "{verified:?}");
