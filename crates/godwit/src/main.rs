@@ -73,7 +73,7 @@ fn init_logging() {
 /// Async worker threads: `GODWIT_THREADS`, else one core fewer than the machine has (at least
 /// one). The async threads only drive requests; checksums, file reads and the ledger run on the
 /// blocking pool, and the spare core goes to it (and to an S3 server on the same machine). On 2
-/// cores, one worker instead of two cut godwit's CPU per small object by about 7% and the wall
+/// cores, one worker instead of two cut godwit's CPU per small object by about 6% and the wall
 /// time of the bench's small case by 6%, with the large case unchanged.
 fn worker_threads() -> usize {
     std::env::var("GODWIT_THREADS")
