@@ -297,12 +297,12 @@ impl Migrator {
         let climber = Climber::new(START_CONCURRENCY, MIN_CONCURRENCY, concurrency);
         let slots = Arc::new(Semaphore::new(climber.limit()));
         let debt = Arc::new(AtomicUsize::new(0));
-        let in_flight = Arc::new(AtomicUsize::new(climber.limit()));
+        let limit = Arc::new(AtomicUsize::new(climber.limit()));
         let steering = tokio::spawn(steer(
             climber,
             Arc::clone(&slots),
             Arc::clone(&debt),
-            Arc::clone(&in_flight),
+            Arc::clone(&limit),
             Arc::clone(&self.progress),
             self.stop.clone(),
         ));
@@ -321,7 +321,7 @@ impl Migrator {
                 .claim(
                     migration,
                     &self.options.worker,
-                    packet(in_flight.load(Ordering::Relaxed)),
+                    packet(limit.load(Ordering::Relaxed)),
                 )
                 .await
             {
