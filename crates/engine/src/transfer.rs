@@ -17,7 +17,7 @@ use godwit_state::{
 };
 use godwit_storage::{
     CopyOrigin, CopySupport, Crc64Nvme, DestObject, Destination, ErrorKind, MAX_COPY_SIZE,
-    ObjectMeta, Source, StorageError, UploadedPart, WriteReceipt, Written,
+    ObjectMeta, PartLayout, Source, StorageError, UploadedPart, WriteReceipt, Written,
 };
 use md5::{Digest, Md5};
 use tokio::sync::Semaphore;
@@ -160,12 +160,25 @@ const MULTIPART_OBJECTS: usize = 2;
 /// Read-back verification reads at most this much at once.
 const READ_BACK_CHUNK: u64 = 8 << 20;
 
-/// Whether `etag` is the plain MD5 ETag `source_etag` (quotes and case aside).
-fn same_md5_etag(etag: Option<&str>, source_etag: &str) -> bool {
-    match (etag.and_then(is_md5_etag), is_md5_etag(source_etag)) {
+/// Whether `etag` is `source_etag` (quotes and case aside), both MD5-made: a plain MD5, or a
+/// multipart ETag `md5(part md5s)-N`. Equal ETags of either form mean equal bytes, however the
+/// parts were cut; unequal ones prove nothing (encrypted objects have other ETags).
+fn same_content_etag(etag: Option<&str>, source_etag: &str) -> bool {
+    fn md5_made(etag: &str) -> Option<&str> {
+        let etag = etag.trim_matches('"');
+        (is_md5_etag(etag).is_some() || multipart_etag_parts(etag).is_some()).then_some(etag)
+    }
+    match (etag.and_then(md5_made), md5_made(source_etag)) {
         (Some(ours), Some(theirs)) => ours.eq_ignore_ascii_case(theirs),
         _ => false,
     }
+}
+
+/// The part count of a multipart ETag `md5(part md5s)-N`, or `None` for any other ETag.
+fn multipart_etag_parts(etag: &str) -> Option<u32> {
+    let (md5, parts) = etag.trim_matches('"').split_once('-')?;
+    is_md5_etag(md5)?;
+    parts.parse().ok().filter(|&n| n > 0)
 }
 
 fn is_md5_etag(etag: &str) -> Option<&str> {
@@ -244,15 +257,21 @@ impl Transfers {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = match self.server_copy_for(&meta, upload.is_some()).await {
-                Some(origin) => match self.copy_server_side(&claimed, &meta, origin).await {
-                    Ok(Some(done)) => Ok(done),
-                    Ok(None) => self.copy_streamed(&claimed, &meta, &mut upload).await?,
-                    Err(error) if self.server_copy_refused(&error) => {
-                        self.copy_streamed(&claimed, &meta, &mut upload).await?
+            let result = match self.server_copy_for(&meta, upload.as_ref()).await {
+                Some(origin) => {
+                    match self
+                        .copy_server_side(&claimed, &meta, origin, &mut upload)
+                        .await?
+                    {
+                        Ok(Some(done)) => Ok(done),
+                        Err(error) if !self.server_copy_refused(&error) => Err(error),
+                        Ok(None) | Err(_) => {
+                            // Streaming starts afresh: parts copied server-side are no use to it.
+                            self.drop_upload(&claimed, &meta, &mut upload).await?;
+                            self.copy_streamed(&claimed, &meta, &mut upload).await?
+                        }
                     }
-                    Err(error) => Err(error),
-                },
+                }
                 None => self.copy_streamed(&claimed, &meta, &mut upload).await?,
             };
             let error = match result {
@@ -328,15 +347,21 @@ impl Transfers {
     }
 
     /// Where to copy `meta` from server-side, if it goes that way: the destination can (see
-    /// [`godwit_storage::CopySupport`]), the object fits one copy request, and its source ETag is
-    /// a plain MD5 (or unknown yet) that the copy's ETag can be checked against. An object with
-    /// parts of an earlier streamed upload recorded goes on streaming, from those parts.
-    async fn server_copy_for(&self, meta: &ObjectMeta, has_upload: bool) -> Option<&CopyOrigin> {
+    /// [`godwit_storage::CopySupport`]) and the source ETag (unknown yet, or) made of MD5s, that
+    /// the copy's ETag can be checked against: a plain MD5 for one copy request, a multipart ETag
+    /// for a copy in parts cut as the source's. An object with parts of an earlier streamed
+    /// upload recorded goes on streaming, from those parts.
+    async fn server_copy_for(
+        &self,
+        meta: &ObjectMeta,
+        upload: Option<&UploadRecord>,
+    ) -> Option<&CopyOrigin> {
         let candidate = self.copy_candidate.as_ref()?;
         let suits = self.copy_from_on.load(Ordering::Relaxed)
-            && !has_upload
-            && meta.size <= MAX_COPY_SIZE
-            && (meta.version.is_empty() || is_md5_etag(&meta.version).is_some());
+            && upload.is_none_or(|u| u.parts.iter().all(|p| p.checksum.is_empty()))
+            && (meta.version.is_empty()
+                || (is_md5_etag(&meta.version).is_some() && meta.size <= MAX_COPY_SIZE)
+                || multipart_etag_parts(&meta.version).is_some());
         if !suits {
             return None;
         }
@@ -374,36 +399,60 @@ impl Transfers {
     }
 
     /// Lets the destination copy the object from the source without the bytes passing through
-    /// godwit, then checks the copy's ETag against the source's MD5 ETag. `None` when the object
-    /// turns out not to suit a server-side copy (its ETag is not an MD5): stream it instead.
+    /// godwit, then checks the copy's ETag against the source's: in one request for an object
+    /// with a plain MD5 ETag, in parts cut as the source's for a multipart one. `None` when the
+    /// object turns out not to suit a server-side copy (its ETag is made otherwise, or the source
+    /// cannot say how it was cut): stream it instead.
     async fn copy_server_side(
         &self,
         claimed: &ClaimedObject,
         meta: &ObjectMeta,
         origin: &CopyOrigin,
-    ) -> Result<Option<Done>, StorageError> {
+        upload: &mut Option<UploadRecord>,
+    ) -> Result<Result<Option<Done>, StorageError>, StoreError> {
         // Listings of some servers (s3s-fs) carry no ETags: ask the source for this one.
         let stated;
         let meta = if meta.version.is_empty() {
-            match self.source.stat(&meta.key).await? {
-                None => {
-                    return Err(StorageError::new(
+            match self.source.stat(&meta.key).await {
+                Ok(None) => {
+                    return Ok(Err(StorageError::new(
                         ErrorKind::NotFound,
                         format!("{} is no longer at the source", meta.key),
-                    ));
+                    )));
                 }
-                Some(now) if now.size == meta.size && is_md5_etag(&now.version).is_some() => {
+                Ok(Some(now)) if now.size == meta.size => {
                     stated = now;
                     &stated
                 }
-                Some(_) => return Ok(None),
+                Ok(Some(_)) => return Ok(Ok(None)),
+                Err(error) => return Ok(Err(error)),
             }
         } else {
             meta
         };
-        self.copy_server_side_checked(claimed, meta, origin)
+        if is_md5_etag(&meta.version).is_some() && meta.size <= MAX_COPY_SIZE {
+            return Ok(self
+                .copy_server_side_checked(claimed, meta, origin)
+                .await
+                .map(Some));
+        }
+        let Some(parts) = multipart_etag_parts(&meta.version) else {
+            return Ok(Ok(None));
+        };
+        let layout = match self.source.part_layout(meta).await {
+            Ok(Some(layout)) if layout.parts == parts => layout,
+            Ok(_) => return Ok(Ok(None)),
+            Err(error) => return Ok(Err(error)),
+        };
+        let _turn = self
+            .multipart_objects
+            .acquire()
             .await
-            .map(Some)
+            .expect("the multipart gate is never closed");
+        Ok(self
+            .copy_parts_server_side(claimed, meta, origin, layout, upload)
+            .await?
+            .map(Some))
     }
 
     async fn copy_server_side_checked(
@@ -415,32 +464,49 @@ impl Transfers {
         match self.dest.copy_new(&meta.key, origin, meta).await? {
             Written::Created(receipt) => {
                 Progress::add(&self.progress.bytes_sent, meta.size);
-                let verdict = if same_md5_etag(receipt.etag.as_deref(), &meta.version) {
-                    Comparison::Same("copy_etag")
-                } else {
-                    let found = self.head_written(meta).await?;
-                    self.compare_copy(meta, &found).await?
-                };
-                let done = self
-                    .judged(meta, receipt.crc64nvme, receipt, verdict)
-                    .await?;
-                Progress::add(&self.progress.n_copied_server_side, 1);
-                Ok(done)
+                self.verify_copied(meta, receipt).await
             }
-            Written::AlreadyExists => {
-                let Some(found) = self.dest.head(&meta.key).await? else {
-                    return Err(StorageError::new(
-                        ErrorKind::Unclear,
-                        format!(
-                            "{}: the destination refused the copy as existing, then had no object",
-                            meta.key
-                        ),
-                    ));
-                };
-                let verdict = self.compare_copy(meta, &found).await?;
-                Ok(self.settled(claimed, meta, found.crc64nvme, found, verdict))
-            }
+            Written::AlreadyExists => self.settle_existing_copy(claimed, meta).await,
         }
+    }
+
+    /// Checks a server-side copy just made: its ETag equal to the source's proves it; otherwise
+    /// both sides are compared.
+    async fn verify_copied(
+        &self,
+        meta: &ObjectMeta,
+        receipt: WriteReceipt,
+    ) -> Result<Done, StorageError> {
+        let verdict = if same_content_etag(receipt.etag.as_deref(), &meta.version) {
+            Comparison::Same("copy_etag")
+        } else {
+            let found = self.head_written(meta).await?;
+            self.compare_copy(meta, &found).await?
+        };
+        let done = self
+            .judged(meta, receipt.crc64nvme, receipt, verdict)
+            .await?;
+        Progress::add(&self.progress.n_copied_server_side, 1);
+        Ok(done)
+    }
+
+    /// The destination refused a server-side copy because the key is taken: settle what is there.
+    async fn settle_existing_copy(
+        &self,
+        claimed: &ClaimedObject,
+        meta: &ObjectMeta,
+    ) -> Result<Done, StorageError> {
+        let Some(found) = self.dest.head(&meta.key).await? else {
+            return Err(StorageError::new(
+                ErrorKind::Unclear,
+                format!(
+                    "{}: the destination refused the copy as existing, then had no object",
+                    meta.key
+                ),
+            ));
+        };
+        let verdict = self.compare_copy(meta, &found).await?;
+        Ok(self.settled(claimed, meta, found.crc64nvme, found, verdict))
     }
 
     /// Compares the destination's object with the source's, neither having passed through
@@ -456,7 +522,7 @@ impl Transfers {
                 found.size, meta.size
             )));
         }
-        if same_md5_etag(found.etag.as_deref(), &meta.version) {
+        if same_content_etag(found.etag.as_deref(), &meta.version) {
             return Ok(Comparison::Same("copy_etag"));
         }
         let ours = self.read_source(meta).await?;
@@ -784,19 +850,12 @@ impl Transfers {
         if upload.as_ref().is_some_and(|u| u.part_size != part_size) {
             self.drop_upload(claimed, meta, upload).await?;
         }
-        // An upload recorded by an earlier run may have been completed or expired since. Servers
-        // say so differently (NoSuchUpload; s3s-fs answers AccessDenied), so for a resumed upload
-        // those answers mean "gone" too.
         let resumed = upload.is_some();
-        let upload_gone = |error: &StorageError| {
-            error.kind() == ErrorKind::NoSuchUpload
-                || (resumed
-                    && matches!(error.kind(), ErrorKind::AccessDenied | ErrorKind::NotFound))
-        };
+        let upload_gone = |error: &StorageError| upload_gone(error, resumed);
         let record = match upload {
             Some(record) => record,
             None => {
-                let upload_id = match self.dest.create_upload(&meta.key).await {
+                let upload_id = match self.dest.create_upload(&meta.key, true).await {
                     Ok(id) => id,
                     Err(error) => return Ok(Err(error)),
                 };
@@ -819,7 +878,7 @@ impl Transfers {
                 let part = UploadedPart {
                     part_number: p.part_number,
                     etag: p.etag.clone(),
-                    crc64nvme: Crc64Nvme::from_base64(&p.checksum)?,
+                    crc64nvme: Some(Crc64Nvme::from_base64(&p.checksum)?),
                     size: p.size,
                 };
                 Some((p.part_number, (part, p.md5.clone())))
@@ -850,7 +909,7 @@ impl Transfers {
                     let part = UploadedPart {
                         part_number,
                         etag,
-                        crc64nvme: crc,
+                        crc64nvme: Some(crc),
                         size: len,
                     };
                     Ok::<_, StorageError>((part, md5))
@@ -864,7 +923,9 @@ impl Transfers {
                     let recorded = PartRecord {
                         part_number: part.part_number,
                         etag: part.etag.clone(),
-                        checksum: part.crc64nvme.to_base64(),
+                        checksum: part
+                            .crc64nvme
+                            .map_or_else(String::new, Crc64Nvme::to_base64),
                         size: part.size,
                         md5: md5.clone(),
                     };
@@ -901,12 +962,16 @@ impl Transfers {
             .and_then(|md5s| multipart_etag(&md5s))
             .map_or(Evidence::Nothing, Evidence::MultipartEtag);
         let parts: Vec<UploadedPart> = parts.into_values().map(|(part, _)| part).collect();
-        let crc = parts
-            .iter()
-            .fold(crc64nvme(b""), |acc, p| combine(acc, p.crc64nvme, p.size));
+        let crc = parts.iter().fold(crc64nvme(b""), |acc, p| {
+            combine(
+                acc,
+                p.crc64nvme.expect("streamed parts have checksums"),
+                p.size,
+            )
+        });
         let answer = self
             .dest
-            .complete_upload_new(&meta.key, &upload_id, &parts, crc)
+            .complete_upload_new(&meta.key, &upload_id, &parts, Some(crc))
             .await;
         let done = match answer {
             Ok(Written::Created(receipt)) => {
@@ -928,47 +993,218 @@ impl Transfers {
                 self.settle_existing(claimed, meta, crc, &evidence).await
             }
             Err(error) if error.kind() == ErrorKind::Unclear || upload_gone(&error) => {
-                // Whether the upload completed is unknown: the object at the key settles it.
-                match self.dest.head(&meta.key).await {
-                    Ok(Some(found)) if found.size == meta.size => {
-                        match self.compare(meta, crc, &evidence, &found).await {
-                            Ok(Comparison::Same(how)) => {
-                                self.store.clear_upload(claimed.id).await?;
-                                *upload = None;
-                                Ok(Done {
-                                    state: ObjectState::Copied,
-                                    checksum: Some(crc),
-                                    receipt: Some(WriteReceipt {
-                                        etag: found.etag,
-                                        crc64nvme: found.crc64nvme,
-                                        version_id: found.version_id,
-                                    }),
-                                    verified_by: Some(how),
-                                    note: None,
-                                })
-                            }
-                            Ok(Comparison::Different(_)) => Err(error),
-                            Err(other) => Err(other),
-                        }
-                    }
-                    Ok(_) => {
-                        if upload_gone(&error) {
-                            self.store.clear_upload(claimed.id).await?;
-                            *upload = None;
-                            return Ok(Err(StorageError::new(
-                                ErrorKind::NoSuchUpload,
-                                error.message(),
-                            )));
-                        }
-                        Err(error)
-                    }
-                    Err(other) => Err(other),
-                }
+                let gone = upload_gone(&error);
+                let compare =
+                    async |found: &DestObject| self.compare(meta, crc, &evidence, found).await;
+                return self
+                    .settle_unclear_complete(
+                        claimed,
+                        meta,
+                        upload,
+                        (error, gone),
+                        Some(crc),
+                        compare,
+                    )
+                    .await;
             }
             Err(error) => Err(error),
         };
         Ok(done)
     }
+
+    /// A completion whose outcome is unclear, or whose upload the server no longer knows: the
+    /// object at the key settles it. Ours (by `compare`) is copied; otherwise the error stands,
+    /// and an upload that is gone is forgotten so that the next attempt starts a new one (and
+    /// finds the object, should the old upload have completed after all).
+    async fn settle_unclear_complete(
+        &self,
+        claimed: &ClaimedObject,
+        meta: &ObjectMeta,
+        upload: &mut Option<UploadRecord>,
+        (error, gone): (StorageError, bool),
+        checksum: Option<Crc64Nvme>,
+        compare: impl AsyncFnOnce(&DestObject) -> Result<Comparison, StorageError>,
+    ) -> Result<Result<Done, StorageError>, StoreError> {
+        let found = match self.dest.head(&meta.key).await {
+            Ok(Some(found)) if found.size == meta.size => found,
+            Ok(_) if gone => {
+                self.store.clear_upload(claimed.id).await?;
+                *upload = None;
+                return Ok(Err(StorageError::new(
+                    ErrorKind::NoSuchUpload,
+                    error.message(),
+                )));
+            }
+            Ok(_) => return Ok(Err(error)),
+            Err(other) => return Ok(Err(other)),
+        };
+        match compare(&found).await {
+            Ok(Comparison::Same(how)) => {
+                self.store.clear_upload(claimed.id).await?;
+                *upload = None;
+                Ok(Ok(Done {
+                    state: ObjectState::Copied,
+                    checksum,
+                    receipt: Some(WriteReceipt {
+                        etag: found.etag,
+                        crc64nvme: found.crc64nvme,
+                        version_id: found.version_id,
+                    }),
+                    verified_by: Some(how),
+                    note: None,
+                }))
+            }
+            Ok(Comparison::Different(_)) => Ok(Err(error)),
+            Err(other) => Ok(Err(other)),
+        }
+    }
+
+    /// Copies a multipart object server-side in parts cut as the source's (`layout`), under a
+    /// completion that never replaces an object. The copy's multipart ETag, made by the
+    /// destination from the MD5s of what it copied, must then equal the source's. Each copied
+    /// part is recorded (with no checksum: godwit never saw its bytes), so an interrupted copy
+    /// goes on from the parts it has.
+    async fn copy_parts_server_side(
+        &self,
+        claimed: &ClaimedObject,
+        meta: &ObjectMeta,
+        origin: &CopyOrigin,
+        layout: PartLayout,
+        upload: &mut Option<UploadRecord>,
+    ) -> Result<Result<Done, StorageError>, StoreError> {
+        // Only an upload of copied parts, cut the same way, can be gone on with.
+        if upload
+            .as_ref()
+            .is_some_and(|u| u.part_size != layout.part_size || u.parts.is_empty())
+        {
+            self.drop_upload(claimed, meta, upload).await?;
+        }
+        let resumed = upload.is_some();
+        let upload_gone = |error: &StorageError| upload_gone(error, resumed);
+        let record = match upload {
+            Some(record) => record,
+            None => {
+                let upload_id = match self.dest.create_upload(&meta.key, false).await {
+                    Ok(id) => id,
+                    Err(error) => return Ok(Err(error)),
+                };
+                self.store
+                    .record_upload(claimed.id, &upload_id, layout.part_size)
+                    .await?;
+                upload.insert(UploadRecord {
+                    upload_id,
+                    part_size: layout.part_size,
+                    parts: Vec::new(),
+                })
+            }
+        };
+        let upload_id = record.upload_id.clone();
+        let mut parts: BTreeMap<u32, UploadedPart> = record
+            .parts
+            .iter()
+            .map(|p| {
+                let part = UploadedPart {
+                    part_number: p.part_number,
+                    etag: p.etag.clone(),
+                    crc64nvme: None,
+                    size: p.size,
+                };
+                (p.part_number, part)
+            })
+            .collect();
+
+        let missing: Vec<u32> = (1..=layout.parts)
+            .filter(|n| !parts.contains_key(n))
+            .collect();
+        let mut copies = futures::stream::iter(missing)
+            .map(|part_number| {
+                let (offset, len) = layout.range(part_number, meta.size);
+                let upload_id = &upload_id;
+                async move {
+                    let etag = self
+                        .dest
+                        .copy_part(&meta.key, upload_id, part_number, origin, meta, offset, len)
+                        .await?;
+                    Ok::<_, StorageError>(UploadedPart {
+                        part_number,
+                        etag,
+                        crc64nvme: None,
+                        size: len,
+                    })
+                }
+            })
+            .buffer_unordered(self.options.part_concurrency.max(1));
+        let mut failure = None;
+        while let Some(result) = copies.next().await {
+            match result {
+                Ok(part) => {
+                    let recorded = PartRecord {
+                        part_number: part.part_number,
+                        etag: part.etag.clone(),
+                        checksum: String::new(),
+                        size: part.size,
+                        md5: None,
+                    };
+                    self.store.record_part(claimed.id, recorded.clone()).await?;
+                    if let Some(record) = upload.as_mut() {
+                        record.parts.push(recorded);
+                    }
+                    Progress::add(&self.progress.bytes_sent, part.size);
+                    parts.insert(part.part_number, part);
+                }
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
+            }
+        }
+        drop(copies);
+        if let Some(error) = failure {
+            if upload_gone(&error) {
+                self.store.clear_upload(claimed.id).await?;
+                *upload = None;
+                return Ok(Err(StorageError::new(
+                    ErrorKind::NoSuchUpload,
+                    error.message(),
+                )));
+            }
+            return Ok(Err(error));
+        }
+
+        let parts: Vec<UploadedPart> = parts.into_values().collect();
+        let answer = self
+            .dest
+            .complete_upload_new(&meta.key, &upload_id, &parts, None)
+            .await;
+        let done = match answer {
+            Ok(Written::Created(receipt)) => {
+                self.store.clear_upload(claimed.id).await?;
+                *upload = None;
+                self.verify_copied(meta, receipt).await
+            }
+            Ok(Written::AlreadyExists) => {
+                self.drop_upload(claimed, meta, upload).await?;
+                self.settle_existing_copy(claimed, meta).await
+            }
+            Err(error) if error.kind() == ErrorKind::Unclear || upload_gone(&error) => {
+                let gone = upload_gone(&error);
+                let compare = async |found: &DestObject| self.compare_copy(meta, found).await;
+                return self
+                    .settle_unclear_complete(claimed, meta, upload, (error, gone), None, compare)
+                    .await;
+            }
+            Err(error) => Err(error),
+        };
+        Ok(done)
+    }
+}
+
+/// Whether `error` says the server no longer knows the upload (it completed, or expired). Servers
+/// say so differently (NoSuchUpload; s3s-fs answers AccessDenied), so for an upload resumed from
+/// the ledger those answers mean "gone" too.
+fn upload_gone(error: &StorageError, resumed: bool) -> bool {
+    error.kind() == ErrorKind::NoSuchUpload
+        || (resumed && matches!(error.kind(), ErrorKind::AccessDenied | ErrorKind::NotFound))
 }
 
 #[cfg(test)]

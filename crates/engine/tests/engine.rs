@@ -1,7 +1,7 @@
 //! The engine against a real S3 server (in-process s3s-fs; moto too when `scripts/test.sh` names it
 //! in `GODWIT_TEST_MOTO_ENDPOINT`), with faults injected by wrapping the real destination: a
-//! crash in the middle of a multipart upload, bytes damaged on the way, a source that changes or
-//! vanishes after the scan.
+//! crash in the middle of a multipart upload or of a server-side copy in parts, bytes damaged on
+//! the way, a source that changes or vanishes after the scan.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -14,8 +14,8 @@ use godwit_engine::{MigrateOptions, Migrator, TransferOptions};
 use godwit_s3_server::LocalS3;
 use godwit_state::{MigrationSpec, ObjectState, Scanned, ScannedObject, SqliteStore, Store};
 use godwit_storage::{
-    Crc64Nvme, DestObject, Destination, DestinationCapabilities, Location, S3Settings, Source,
-    StaticCredentials, StorageError, UploadedPart, Written,
+    CopyOrigin, CopySupport, Crc64Nvme, DestObject, Destination, DestinationCapabilities, Location,
+    ObjectMeta, S3Settings, Source, StaticCredentials, StorageError, UploadedPart, Written,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -71,12 +71,8 @@ impl Server {
         self.local.is_none()
     }
 
-    async fn destination(&self) -> (Arc<dyn Destination>, String) {
-        let bucket = format!(
-            "engine-{}-{}",
-            std::process::id(),
-            BUCKETS.fetch_add(1, Ordering::Relaxed)
-        );
+    /// A plain SDK client, to set the scene.
+    fn client(&self) -> aws_sdk_s3::Client {
         let credentials = aws_sdk_s3::config::Credentials::new(KEY, SECRET, None, None, "test");
         let config = aws_sdk_s3::config::Builder::new()
             .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
@@ -84,8 +80,20 @@ impl Server {
             .endpoint_url(&self.endpoint)
             .force_path_style(true)
             .credentials_provider(credentials)
+            .request_checksum_calculation(
+                aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+            )
             .build();
         aws_sdk_s3::Client::from_conf(config)
+    }
+
+    async fn destination(&self) -> (Arc<dyn Destination>, String) {
+        let bucket = format!(
+            "engine-{}-{}",
+            std::process::id(),
+            BUCKETS.fetch_add(1, Ordering::Relaxed)
+        );
+        self.client()
             .create_bucket()
             .bucket(&bucket)
             .send()
@@ -181,9 +189,9 @@ impl Destination for Faulty {
         self.puts_in_flight.fetch_sub(1, Ordering::SeqCst);
         written
     }
-    async fn create_upload(&self, key: &str) -> Result<String, StorageError> {
+    async fn create_upload(&self, key: &str, checksummed: bool) -> Result<String, StorageError> {
         self.creates.fetch_add(1, Ordering::SeqCst);
-        self.inner.create_upload(key).await
+        self.inner.create_upload(key, checksummed).await
     }
     async fn upload_part(
         &self,
@@ -213,7 +221,7 @@ impl Destination for Faulty {
         key: &str,
         upload_id: &str,
         parts: &[UploadedPart],
-        crc: Crc64Nvme,
+        crc: Option<Crc64Nvme>,
     ) -> Result<Written, StorageError> {
         self.inner
             .complete_upload_new(key, upload_id, parts, crc)
@@ -222,6 +230,39 @@ impl Destination for Faulty {
     async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), StorageError> {
         self.aborted.lock().unwrap().push(upload_id.to_owned());
         self.inner.abort_upload(key, upload_id).await
+    }
+    async fn copy_support(&self, origin: &CopyOrigin) -> CopySupport {
+        self.inner.copy_support(origin).await
+    }
+    async fn copy_new(
+        &self,
+        key: &str,
+        origin: &CopyOrigin,
+        source: &ObjectMeta,
+    ) -> Result<Written, StorageError> {
+        self.inner.copy_new(key, origin, source).await
+    }
+    /// Counted and hung like `upload_part`.
+    async fn copy_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        origin: &CopyOrigin,
+        source: &ObjectMeta,
+        offset: u64,
+        len: u64,
+    ) -> Result<String, StorageError> {
+        let n = self.parts_started.fetch_add(1, Ordering::SeqCst);
+        if self.parts_before_hang.is_some_and(|limit| n >= limit) {
+            std::future::pending::<()>().await;
+        }
+        let etag = self
+            .inner
+            .copy_part(key, upload_id, part_number, origin, source, offset, len)
+            .await?;
+        self.parts_done.fetch_add(1, Ordering::SeqCst);
+        Ok(etag)
     }
     async fn delete_if_etag(&self, key: &str, etag: &str) -> Result<(), StorageError> {
         self.inner.delete_if_etag(key, etag).await
@@ -353,6 +394,129 @@ async fn a_crashed_multipart_upload_resumes_from_its_finished_parts() {
             "the resumed object differs"
         );
     }
+}
+
+/// Only the in-process server answers `HEAD ?partNumber` and refuses a copy onto a taken key, so
+/// only it copies server-side; moto streams (covered by the test above).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crashed_server_side_copy_in_parts_resumes_from_its_copied_parts() {
+    let server = Server::s3s_fs_only().await;
+    let work = tempfile::tempdir().unwrap();
+    let ledger = work.path().join("ledger.db");
+    let (real, _bucket) = server.destination().await;
+    let (_, from) = server.destination().await;
+    // Six parts of 5 MiB, the last one short, uploaded as any tool would.
+    let content = bytes(8, (5 << 20) * 5 + 321);
+    let client = server.client();
+    let upload = client
+        .create_multipart_upload()
+        .bucket(&from)
+        .key("big.bin")
+        .send()
+        .await
+        .unwrap();
+    let upload_id = upload.upload_id().unwrap();
+    let mut parts = Vec::new();
+    for (i, chunk) in content.chunks(5 << 20).enumerate() {
+        let number = i as i32 + 1;
+        let part = client
+            .upload_part()
+            .bucket(&from)
+            .key("big.bin")
+            .upload_id(upload_id)
+            .part_number(number)
+            .body(chunk.to_vec().into())
+            .send()
+            .await
+            .unwrap();
+        parts.push(
+            aws_sdk_s3::types::CompletedPart::builder()
+                .part_number(number)
+                .e_tag(part.e_tag().unwrap())
+                .build(),
+        );
+    }
+    let source_etag = client
+        .complete_multipart_upload()
+        .bucket(&from)
+        .key("big.bin")
+        .upload_id(upload_id)
+        .multipart_upload(
+            aws_sdk_s3::types::CompletedMultipartUpload::builder()
+                .set_parts(Some(parts))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .e_tag()
+        .unwrap()
+        .to_owned();
+    let source = || async {
+        let location = Location::S3 {
+            bucket: from.clone(),
+            prefix: String::new(),
+        };
+        godwit_storage::open_source(&location, &server.settings())
+            .await
+            .unwrap()
+    };
+
+    // First run: two parts are copied, then the "process" hangs and is dropped mid-copy.
+    {
+        let faulty = Arc::new(Faulty {
+            parts_before_hang: Some(2),
+            ..Faulty::new(Arc::clone(&real))
+        });
+        let store = Arc::new(SqliteStore::open(&ledger).unwrap());
+        let migrator = Migrator::new(
+            source().await,
+            faulty.clone(),
+            store,
+            options(),
+            CancellationToken::new(),
+        );
+        let spec = spec();
+        let run = migrator.run(&spec);
+        tokio::select! {
+            result = run => panic!("the run should hang, it ended: {result:?}"),
+            () = async {
+                while faulty.parts_done.load(Ordering::SeqCst) < 2 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            } => {}
+        }
+        assert_eq!(faulty.creates.load(Ordering::SeqCst), 1);
+    }
+
+    // Second run: only the four missing parts are copied, into the same upload.
+    let counting = Arc::new(Faulty::new(Arc::clone(&real)));
+    let store = Arc::new(open_when_released(&ledger).await);
+    let migrator = Migrator::new(
+        source().await,
+        counting.clone(),
+        store,
+        options(),
+        CancellationToken::new(),
+    );
+    let summary = migrator.run(&spec()).await.unwrap();
+
+    assert_eq!(summary.copied, 1, "{summary:?}");
+    assert!(summary.server_side_copy, "{summary:?}");
+    assert_eq!(
+        counting.creates.load(Ordering::SeqCst),
+        0,
+        "the copy started over"
+    );
+    assert_eq!(
+        counting.parts_started.load(Ordering::SeqCst),
+        4,
+        "copied parts were copied again"
+    );
+    let copied = real.head("big.bin").await.unwrap().unwrap();
+    assert_eq!(copied.etag.as_deref(), Some(source_etag.as_str()));
+    assert!(read_all(real.as_ref(), "big.bin").await == content);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -429,6 +429,84 @@ async fn server_side_copies_send_no_bytes_and_never_replace() {
     assert!(verified.iter().all(|how| how == "checksum"), "{verified:?}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn multipart_objects_are_copied_server_side_in_their_own_parts() {
+    const MIB: usize = 1 << 20;
+    let target = support::Target::s3s_fs().await;
+    let requests = target.requests().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let from = target.bucket("from").await;
+    let to = target.bucket("to").await;
+    // Cut 5 + 5 + 1 MiB and 6 + 6 MiB; a third with a plain MD5 ETag goes by one CopyObject.
+    let first = bytes(1, 11 * MIB);
+    let first_etag = target
+        .put_in_parts(&from, "parts/first ü+%.bin", &first, 5 * MIB)
+        .await;
+    let second = bytes(2, 12 * MIB);
+    let second_etag = target
+        .put_in_parts(&from, "parts/second.bin", &second, 6 * MIB)
+        .await;
+    target.put(&from, "plain.bin", &bytes(3, 1000)).await;
+    // Already at the destination: other bytes, and the same bytes cut otherwise (ETags that
+    // differ prove nothing, so both sides are read to tell these two apart).
+    let theirs = bytes(4, 12 * MIB);
+    target
+        .put_in_parts(&to, "parts/conflict.bin", &theirs, 5 * MIB)
+        .await;
+    target
+        .put_in_parts(&from, "parts/conflict.bin", &bytes(5, 12 * MIB), 6 * MIB)
+        .await;
+    let same = bytes(6, 11 * MIB);
+    target
+        .put_in_parts(&to, "parts/same.bin", &same, 6 * MIB)
+        .await;
+    target
+        .put_in_parts(&from, "parts/same.bin", &same, 5 * MIB)
+        .await;
+    let before = requests.all();
+
+    let run = migrate(
+        &target,
+        &format!("s3://{from}"),
+        &format!("s3://{to}"),
+        &ledger(&work),
+        &[],
+    )
+    .await;
+
+    assert_eq!(run.code, Some(1), "the conflict exits 1: {run:?}");
+    let sent = |op: &str| requests.get(op) - before.get(op).copied().unwrap_or(0);
+    // 3 + 2 parts copied; those of the two taken keys (2 + 3) too, then their completions refused.
+    assert_eq!(sent("UploadPartCopy"), 10);
+    assert_eq!(sent("UploadPart"), 0, "no part went through godwit");
+    // The probe's two objects are the only PUTs; the plain object and the probe are the copies.
+    assert_eq!(sent("PutObject"), 2);
+    assert_eq!(sent("CopyObject"), 2);
+    assert_eq!(run.n("copied"), 3);
+    assert_eq!(run.n("copied_server_side_this_run"), 3);
+    assert_eq!(run.n("already_present"), 1);
+    assert_eq!(run.n("conflict"), 1);
+    assert_eq!(
+        target.get(&to, "parts/conflict.bin").await,
+        theirs,
+        "a conflict was replaced"
+    );
+    assert_eq!(target.get(&to, "parts/first ü+%.bin").await, first);
+    assert_eq!(target.get(&to, "parts/second.bin").await, second);
+    // Cut as the source's, the copies have the source's ETags: that is the proof.
+    assert_eq!(target.etag(&to, "parts/first ü+%.bin").await, first_etag);
+    assert_eq!(target.etag(&to, "parts/second.bin").await, second_etag);
+    // By key: first, same, second, plain.
+    let verified = verified_by(&ledger(&work));
+    assert_eq!(
+        verified,
+        ["copy_etag", "read_back", "copy_etag", "copy_etag"],
+        "{verified:?}"
+    );
+    // The refused uploads were aborted, not left behind.
+    assert_eq!(sent("AbortMultipartUpload"), 2);
+}
+
 /// How the ledger says each object was verified, by key.
 fn verified_by(state: &std::path::Path) -> Vec<String> {
     let db = rusqlite::Connection::open(state).unwrap();

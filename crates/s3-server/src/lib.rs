@@ -4,11 +4,16 @@
 //! the README's demo, and the test suites, which talk to it over real HTTP on loopback.
 //! It is not a production S3 server: its `If-None-Match` is a check-then-write inside the server.
 //!
-//! One addition to s3s-fs: a CopyObject with `If-None-Match: *` onto an existing key is refused
-//! (412), as AWS S3 does; s3s-fs 0.14.1 ignores that header. Without it, no server that runs here
-//! would let the suite exercise godwit's server-side copies (see [`Access`]).
+//! Two additions to s3s-fs, each something AWS S3 does and s3s-fs 0.14.1 does not; without them,
+//! no server that runs here would let the suite exercise godwit's server-side copies:
+//! - a CopyObject with `If-None-Match: *` onto an existing key is refused with 412 (s3s-fs ignores
+//!   the header; see [`Access`]);
+//! - a HEAD with `partNumber=N` answers with that part's length and the object's part count
+//!   (s3s-fs answers with the whole object). s3s-fs forgets how an object was cut once its
+//!   multipart upload completes, so the hook notes the part sizes of each upload as its requests
+//!   pass, and [`PartHeads`] answers from those notes. It does not check `If-Match` there.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -49,10 +54,53 @@ impl RequestCounts {
 }
 
 /// The access hook: counts each request, lets signed requests through (what s3s does by
-/// default), and enforces `If-None-Match: *` on CopyObject.
+/// default), enforces `If-None-Match: *` on CopyObject, and notes how multipart objects are cut.
 struct Access {
     counts: RequestCounts,
     root: PathBuf,
+    cuts: Cuts,
+}
+
+/// How multipart uploads are cut, as their requests pass: part sizes by upload id while an upload
+/// is open, then by (bucket, key) once it completes.
+#[derive(Clone, Default)]
+struct Cuts(Arc<Mutex<CutsInner>>);
+
+#[derive(Default)]
+struct CutsInner {
+    uploads: HashMap<String, BTreeMap<i32, u64>>,
+    objects: HashMap<(String, String), Vec<u64>>,
+}
+
+impl Cuts {
+    fn part(&self, upload_id: &str, part_number: i32, size: u64) {
+        if let Ok(mut cuts) = self.0.lock() {
+            cuts.uploads
+                .entry(upload_id.to_owned())
+                .or_default()
+                .insert(part_number, size);
+        }
+    }
+
+    fn complete(&self, upload_id: &str, bucket: &str, key: &str, parts: &[i32]) {
+        if let Ok(mut cuts) = self.0.lock() {
+            let Some(sizes) = cuts.uploads.get(upload_id) else {
+                return;
+            };
+            let cut: Option<Vec<u64>> = parts.iter().map(|n| sizes.get(n).copied()).collect();
+            if let Some(cut) = cut {
+                cuts.objects
+                    .insert((bucket.to_owned(), key.to_owned()), cut);
+            }
+        }
+    }
+
+    fn of(&self, bucket: &str, key: &str) -> Option<Vec<u64>> {
+        let cuts = self.0.lock().ok()?;
+        cuts.objects
+            .get(&(bucket.to_owned(), key.to_owned()))
+            .cloned()
+    }
 }
 
 #[async_trait::async_trait]
@@ -85,6 +133,158 @@ impl S3Access for Access {
         }
         Ok(())
     }
+
+    async fn upload_part(
+        &self,
+        req: &mut s3s::S3Request<s3s::dto::UploadPartInput>,
+    ) -> s3s::S3Result<()> {
+        let input = &req.input;
+        if let Some(size) = input.content_length.and_then(|n| u64::try_from(n).ok()) {
+            self.cuts.part(&input.upload_id, input.part_number, size);
+        }
+        Ok(())
+    }
+
+    async fn upload_part_copy(
+        &self,
+        req: &mut s3s::S3Request<s3s::dto::UploadPartCopyInput>,
+    ) -> s3s::S3Result<()> {
+        let input = &req.input;
+        let size = match &input.copy_source_range {
+            Some(range) => range
+                .strip_prefix("bytes=")
+                .and_then(|r| r.split_once('-'))
+                .and_then(|(a, b)| Some(b.parse::<u64>().ok()? + 1 - a.parse::<u64>().ok()?)),
+            None => match &input.copy_source {
+                s3s::dto::CopySource::Bucket { bucket, key, .. } => {
+                    std::fs::metadata(self.root.join(&**bucket).join(&**key))
+                        .ok()
+                        .map(|m| m.len())
+                }
+                _ => None,
+            },
+        };
+        if let Some(size) = size {
+            self.cuts.part(&input.upload_id, input.part_number, size);
+        }
+        Ok(())
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: &mut s3s::S3Request<s3s::dto::CompleteMultipartUploadInput>,
+    ) -> s3s::S3Result<()> {
+        let input = &req.input;
+        let parts: Vec<i32> = input
+            .multipart_upload
+            .as_ref()
+            .and_then(|m| m.parts.as_ref())
+            .map(|parts| parts.iter().filter_map(|p| p.part_number).collect())
+            .unwrap_or_default();
+        // Noted before the server decides: should it refuse the completion, the object keeps its
+        // size, and `PartHeads` answers only while the noted cut adds up to that size.
+        self.cuts
+            .complete(&input.upload_id, &input.bucket, &input.key, &parts);
+        Ok(())
+    }
+}
+
+/// Answers a HEAD with `partNumber=N` as AWS S3 does: the part's length and the object's part
+/// count (`x-amz-mp-parts-count`), for an object whose cut [`Cuts`] noted; the whole object, with
+/// no part count, for any other (one that was not uploaded in parts).
+struct PartHeads {
+    root: PathBuf,
+    cuts: Cuts,
+}
+
+#[async_trait::async_trait]
+impl s3s::route::S3Route for PartHeads {
+    fn is_match(
+        &self,
+        method: &http::Method,
+        uri: &http::Uri,
+        _headers: &http::HeaderMap,
+        _extensions: &mut http::Extensions,
+    ) -> bool {
+        method == http::Method::HEAD && part_number(uri).is_some()
+    }
+
+    async fn call(
+        &self,
+        req: s3s::S3Request<s3s::Body>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::Body>> {
+        let number = part_number(&req.uri).unwrap_or(0);
+        let path = percent_decode(req.uri.path().trim_start_matches('/'));
+        let Some((bucket, key)) = path.split_once('/') else {
+            return Err(s3s::s3_error!(InvalidRequest, "partNumber needs an object"));
+        };
+        let size = std::fs::metadata(self.root.join(bucket).join(key))
+            .map_err(|_| s3s::s3_error!(NoSuchKey))?
+            .len();
+        let mut response = s3s::S3Response::new(s3s::Body::empty());
+        let (length, count) = match self.cuts.of(bucket, key) {
+            Some(cut) if cut.iter().sum::<u64>() == size => {
+                let index = usize::try_from(number).unwrap_or(usize::MAX);
+                let length = *index
+                    .checked_sub(1)
+                    .and_then(|i| cut.get(i))
+                    .ok_or_else(|| {
+                        s3s::s3_error!(InvalidRange, "The requested partnumber is not satisfiable")
+                    })?;
+                (length, Some(cut.len()))
+            }
+            _ if number == 1 => (size, None),
+            _ => {
+                return Err(s3s::s3_error!(
+                    InvalidRange,
+                    "The requested partnumber is not satisfiable"
+                ));
+            }
+        };
+        response.status = Some(http::StatusCode::PARTIAL_CONTENT);
+        response
+            .headers
+            .insert(http::header::CONTENT_LENGTH, length.into());
+        if let Some(count) = count {
+            response
+                .headers
+                .insert("x-amz-mp-parts-count", count.into());
+        }
+        Ok(response)
+    }
+}
+
+/// The `partNumber` of a request's query, if it has one.
+fn part_number(uri: &http::Uri) -> Option<u32> {
+    uri.query()?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("partNumber="))?
+        .parse()
+        .ok()
+}
+
+/// Decodes `%XX` escapes in a request path (`+` stays a plus in paths).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Why a local S3 endpoint could not start.
@@ -115,9 +315,15 @@ impl LocalS3 {
         let mut builder = S3ServiceBuilder::new(fs);
         builder.set_auth(SimpleAuth::from_single(access_key, secret_key));
         let requests = RequestCounts::default();
+        let cuts = Cuts::default();
         builder.set_access(Access {
             counts: requests.clone(),
             root: root.to_path_buf(),
+            cuts: cuts.clone(),
+        });
+        builder.set_route(PartHeads {
+            root: root.to_path_buf(),
+            cuts,
         });
         let service = builder.build();
 

@@ -196,6 +196,46 @@ pub trait Source: Send + Sync {
     fn copy_origin(&self) -> Option<CopyOrigin> {
         None
     }
+    /// How the object was cut into parts when it was uploaded, so that a server-side copy can cut
+    /// it the same way (and be proven by the multipart ETag). `None` when the source cannot say.
+    async fn part_layout(&self, meta: &ObjectMeta) -> Result<Option<PartLayout>, StorageError> {
+        let _ = meta;
+        Ok(None)
+    }
+}
+
+/// How a multipart object was cut: `parts` parts of `part_size` bytes, the last one no longer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartLayout {
+    /// The size of every part but the last.
+    pub part_size: u64,
+    /// How many parts.
+    pub parts: u32,
+}
+
+impl PartLayout {
+    /// The layout of an object of `size` bytes in `parts` parts, the first of `first` bytes, on the
+    /// assumption that all parts but the last are the same size (as every common tool cuts them).
+    /// `None` when the figures do not fit that.
+    pub fn uniform(size: u64, first: u64, parts: u32) -> Option<Self> {
+        let parts_u64 = u64::from(parts);
+        let fits = parts > 0
+            && first > 0
+            && first
+                .checked_mul(parts_u64 - 1)
+                .is_some_and(|before| before < size)
+            && first.checked_mul(parts_u64).is_some_and(|all| all >= size);
+        fits.then_some(Self {
+            part_size: first,
+            parts,
+        })
+    }
+
+    /// Where part `number` (1-based) of an object of `size` bytes starts, and its length.
+    pub fn range(&self, number: u32, size: u64) -> (u64, u64) {
+        let offset = u64::from(number - 1) * self.part_size;
+        (offset, self.part_size.min(size - offset))
+    }
 }
 
 /// A CRC-64/NVME checksum, the full-object checksum godwit computes while reading and that S3
@@ -263,8 +303,9 @@ pub struct UploadedPart {
     pub part_number: u32,
     /// The part's ETag as the server sent it.
     pub etag: String,
-    /// The part's CRC-64/NVME (what godwit computed and sent).
-    pub crc64nvme: Crc64Nvme,
+    /// The part's CRC-64/NVME (what godwit computed and sent); `None` for a part the destination
+    /// copied server-side, whose bytes godwit never saw.
+    pub crc64nvme: Option<Crc64Nvme>,
     /// The part's size in bytes.
     pub size: u64,
 }
@@ -301,8 +342,9 @@ pub trait Destination: Send + Sync {
         body: Bytes,
         crc64nvme: Crc64Nvme,
     ) -> Result<Written, StorageError>;
-    /// Starts a multipart upload for `key` with a full-object CRC-64/NVME; returns its upload id.
-    async fn create_upload(&self, key: &str) -> Result<String, StorageError>;
+    /// Starts a multipart upload for `key`, with a full-object CRC-64/NVME when `checksummed` (its
+    /// parts then carry theirs; not so for parts copied server-side); returns its upload id.
+    async fn create_upload(&self, key: &str, checksummed: bool) -> Result<String, StorageError>;
     /// Uploads one part; returns its ETag.
     async fn upload_part(
         &self,
@@ -312,14 +354,15 @@ pub trait Destination: Send + Sync {
         body: Bytes,
         crc64nvme: Crc64Nvme,
     ) -> Result<String, StorageError>;
-    /// Completes the upload unless an object exists at `key`. An unclear answer is an error of kind
-    /// [`ErrorKind::Unclear`]: the caller settles it with [`Destination::head`].
+    /// Completes the upload unless an object exists at `key`; `crc64nvme` is the whole object's,
+    /// for a checksummed upload. An unclear answer is an error of kind [`ErrorKind::Unclear`]: the
+    /// caller settles it with [`Destination::head`].
     async fn complete_upload_new(
         &self,
         key: &str,
         upload_id: &str,
         parts: &[UploadedPart],
-        crc64nvme: Crc64Nvme,
+        crc64nvme: Option<Crc64Nvme>,
     ) -> Result<Written, StorageError>;
     /// Aborts an upload godwit started. An upload that no longer exists is not an error.
     async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), StorageError>;
@@ -342,6 +385,27 @@ pub trait Destination: Send + Sync {
         source: &ObjectMeta,
     ) -> Result<Written, StorageError> {
         let _ = (origin, source);
+        Err(StorageError::new(
+            ErrorKind::Unsupported,
+            format!("{key}: the destination cannot copy server-side"),
+        ))
+    }
+    /// Copies `len` bytes from `offset` of the object `source` of `origin` server-side, as part
+    /// `part_number` of an upload (made with `checksummed` false); returns the part's ETag. Fails
+    /// with [`ErrorKind::SourceChanged`] when the source is no longer `source`. Only called after
+    /// [`Destination::copy_support`] answered [`CopySupport::Conditional`].
+    #[allow(clippy::too_many_arguments)]
+    async fn copy_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        origin: &CopyOrigin,
+        source: &ObjectMeta,
+        offset: u64,
+        len: u64,
+    ) -> Result<String, StorageError> {
+        let _ = (upload_id, part_number, origin, source, offset, len);
         Err(StorageError::new(
             ErrorKind::Unsupported,
             format!("{key}: the destination cannot copy server-side"),
@@ -462,6 +526,34 @@ mod tests {
             let err = Location::parse(text).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidInput, "{text}");
         }
+    }
+
+    #[test]
+    fn part_layouts_are_uniform_cuts() {
+        const MIB: u64 = 1 << 20;
+        let layout = PartLayout::uniform(11 * MIB, 5 * MIB, 3).unwrap();
+        assert_eq!(layout.range(1, 11 * MIB), (0, 5 * MIB));
+        assert_eq!(layout.range(3, 11 * MIB), (10 * MIB, MIB));
+        assert_eq!(
+            PartLayout::uniform(10 * MIB, 5 * MIB, 2)
+                .unwrap()
+                .range(2, 10 * MIB),
+            (5 * MIB, 5 * MIB)
+        );
+        assert_eq!(
+            PartLayout::uniform(7, 7, 1),
+            Some(PartLayout {
+                part_size: 7,
+                parts: 1
+            })
+        );
+        // A server that ignores partNumber answers with the whole object's length.
+        assert_eq!(PartLayout::uniform(11 * MIB, 11 * MIB, 3), None);
+        // Too few parts of that size to hold the object, or a first part of nothing.
+        assert_eq!(PartLayout::uniform(11 * MIB, 5 * MIB, 2), None);
+        assert_eq!(PartLayout::uniform(11 * MIB, 0, 3), None);
+        assert_eq!(PartLayout::uniform(11 * MIB, 5 * MIB, 0), None);
+        assert_eq!(PartLayout::uniform(u64::MAX, u64::MAX, 3), None);
     }
 
     #[test]

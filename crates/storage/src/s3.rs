@@ -20,8 +20,8 @@ use tokio::sync::mpsc;
 
 use crate::{
     CopyOrigin, CopySupport, Crc64Nvme, DestObject, Destination, DestinationCapabilities,
-    ErrorKind, Listed, Listing, Location, ObjectMeta, S3Settings, Source, SourceCapabilities,
-    StorageError, UploadedPart, WriteReceipt, Written,
+    ErrorKind, Listed, Listing, Location, ObjectMeta, PartLayout, S3Settings, Source,
+    SourceCapabilities, StorageError, UploadedPart, WriteReceipt, Written,
 };
 
 /// A configured S3 client for one side of a migration.
@@ -318,14 +318,7 @@ impl Bucket {
         let answer = match request.send().await {
             Ok(answer) => answer,
             Err(err) if Self::is_status(&err, 412) => {
-                return Err(StorageError::new(
-                    ErrorKind::SourceChanged,
-                    format!(
-                        "s3://{}/{} changed since it was listed; it will be read again",
-                        self.name,
-                        self.key(key)
-                    ),
-                ));
+                return Err(self.source_changed(&self.name, &self.key(key)));
             }
             Err(err) => return Err(self.error("reading", Some(key), err)),
         };
@@ -450,6 +443,7 @@ impl Source for S3Source {
         let if_match = Some(expected.version.as_str()).filter(|v| !v.is_empty());
         self.bucket.read(&expected.key, if_match, offset, len).await
     }
+
     fn copy_origin(&self) -> Option<CopyOrigin> {
         let b = &self.bucket;
         Some(CopyOrigin {
@@ -457,6 +451,39 @@ impl Source for S3Source {
             bucket: b.name.clone(),
             prefix: b.prefix.clone(),
         })
+    }
+
+    /// Asks for the first part (HEAD with `partNumber=1`): its length and the part count give the
+    /// cut, if it was uniform. A server that ignores `partNumber` (s3s-fs) sends no part count.
+    async fn part_layout(&self, meta: &ObjectMeta) -> Result<Option<PartLayout>, StorageError> {
+        let b = &self.bucket;
+        let mut request = b
+            .client()
+            .head_object()
+            .bucket(&b.name)
+            .key(b.key(&meta.key))
+            .part_number(1);
+        if !meta.version.is_empty() {
+            request = request.if_match(&meta.version);
+        }
+        match request.send().await {
+            Ok(out) => Ok(out.parts_count().and_then(|parts| {
+                let first = u64::try_from(out.content_length()?).ok()?;
+                PartLayout::uniform(meta.size, first, u32::try_from(parts).ok()?)
+            })),
+            Err(err) if Bucket::is_status(&err, 412) => {
+                Err(b.source_changed(&b.name, &b.key(&meta.key)))
+            }
+            Err(err) if Bucket::is_status(&err, 404) => Err(StorageError::new(
+                ErrorKind::NotFound,
+                format!(
+                    "s3://{}/{} is no longer at the source",
+                    b.name,
+                    b.key(&meta.key)
+                ),
+            )),
+            Err(err) => Err(b.error("reading the parts of", Some(&meta.key), err)),
+        }
     }
 }
 
@@ -532,15 +559,15 @@ impl Destination for S3Destination {
         }
     }
 
-    async fn create_upload(&self, key: &str) -> Result<String, StorageError> {
+    async fn create_upload(&self, key: &str, checksummed: bool) -> Result<String, StorageError> {
         let b = &self.bucket;
         let out = b
             .client()
             .create_multipart_upload()
             .bucket(&b.name)
             .key(b.key(key))
-            .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
-            .checksum_type(ChecksumType::FullObject)
+            .set_checksum_algorithm(checksummed.then_some(ChecksumAlgorithm::Crc64Nvme))
+            .set_checksum_type(checksummed.then_some(ChecksumType::FullObject))
             .send()
             .await
             .map_err(|err| b.error("starting a multipart upload of", Some(key), err))?;
@@ -589,7 +616,7 @@ impl Destination for S3Destination {
         key: &str,
         upload_id: &str,
         parts: &[UploadedPart],
-        crc64nvme: Crc64Nvme,
+        crc64nvme: Option<Crc64Nvme>,
     ) -> Result<Written, StorageError> {
         let b = &self.bucket;
         let completed: Vec<CompletedPart> = parts
@@ -598,7 +625,7 @@ impl Destination for S3Destination {
                 CompletedPart::builder()
                     .part_number(part.part_number as i32)
                     .e_tag(&part.etag)
-                    .checksum_crc64_nvme(part.crc64nvme.to_base64())
+                    .set_checksum_crc64_nvme(part.crc64nvme.map(Crc64Nvme::to_base64))
                     .build()
             })
             .collect();
@@ -614,8 +641,8 @@ impl Destination for S3Destination {
                     .set_parts(Some(completed))
                     .build(),
             )
-            .checksum_crc64_nvme(crc64nvme.to_base64())
-            .checksum_type(ChecksumType::FullObject)
+            .set_checksum_crc64_nvme(crc64nvme.map(Crc64Nvme::to_base64))
+            .set_checksum_type(crc64nvme.map(|_| ChecksumType::FullObject))
             .mpu_object_size(size as i64)
             .if_none_match("*")
             .send()
@@ -710,15 +737,53 @@ impl Destination for S3Destination {
             // changed. A HEAD of the key tells which.
             Err(err) if Bucket::is_status(&err, 412) => match b.head(key).await? {
                 Some(_) => Ok(Written::AlreadyExists),
-                None => Err(StorageError::new(
-                    ErrorKind::SourceChanged,
-                    format!(
-                        "s3://{}/{}{} changed since it was listed; it will be read again",
-                        origin.bucket, origin.prefix, source.key
-                    ),
-                )),
+                None => Err(
+                    b.source_changed(&origin.bucket, &format!("{}{}", origin.prefix, source.key))
+                ),
             },
             Err(err) => Err(b.error("copying server-side to", Some(key), err)),
+        }
+    }
+
+    async fn copy_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        origin: &CopyOrigin,
+        source: &ObjectMeta,
+        offset: u64,
+        len: u64,
+    ) -> Result<String, StorageError> {
+        let b = &self.bucket;
+        let full_source_key = format!("{}{}", origin.prefix, source.key);
+        let mut request = b
+            .client()
+            .upload_part_copy()
+            .bucket(&b.name)
+            .key(b.key(key))
+            .upload_id(upload_id)
+            .part_number(part_number as i32)
+            .copy_source(copy_source(&origin.bucket, &full_source_key))
+            .copy_source_range(format!("bytes={offset}-{}", offset + len - 1));
+        if !source.version.is_empty() {
+            request = request.copy_source_if_match(&source.version);
+        }
+        match request.send().await {
+            Ok(out) => out
+                .copy_part_result()
+                .and_then(|r| r.e_tag())
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    StorageError::new(
+                        ErrorKind::Unclear,
+                        format!("copying part {part_number} of {key}: the server sent no ETag"),
+                    )
+                }),
+            Err(err) if Bucket::is_status(&err, 412) => {
+                Err(b.source_changed(&origin.bucket, &full_source_key))
+            }
+            Err(err) => Err(b.error(&format!("copying part {part_number} of"), Some(key), err)),
         }
     }
 }
@@ -737,6 +802,14 @@ fn copy_source(bucket: &str, key: &str) -> String {
 }
 
 impl Bucket {
+    /// The error for a source object that is no longer the version that was listed.
+    fn source_changed(&self, bucket: &str, full_key: &str) -> StorageError {
+        StorageError::new(
+            ErrorKind::SourceChanged,
+            format!("s3://{bucket}/{full_key} changed since it was listed; it will be read again"),
+        )
+    }
+
     /// Finds out whether the server refuses a CopyObject onto an existing key, as AWS does with
     /// `If-None-Match: *` (s3s-fs and moto ignore the header and overwrite). Writes two probe
     /// objects of godwit's own below the prefix, copies one onto the other, and deletes both.

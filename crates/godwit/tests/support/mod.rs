@@ -124,6 +124,75 @@ impl Target {
             .unwrap();
     }
 
+    /// Uploads `bytes` in parts of `part_size` bytes (the last one shorter); returns the ETag.
+    pub async fn put_in_parts(
+        &self,
+        bucket: &str,
+        key: &str,
+        bytes: &[u8],
+        part_size: usize,
+    ) -> String {
+        use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+        let upload = self
+            .client
+            .create_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+        let upload_id = upload.upload_id().unwrap();
+        let mut parts = Vec::new();
+        for (i, chunk) in bytes.chunks(part_size).enumerate() {
+            let number = i as i32 + 1;
+            let part = self
+                .client
+                .upload_part()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .body(ByteStream::from(chunk.to_vec()))
+                .send()
+                .await
+                .unwrap();
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .e_tag(part.e_tag().unwrap())
+                    .build(),
+            );
+        }
+        let done = self
+            .client
+            .complete_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        done.e_tag().unwrap().to_owned()
+    }
+
+    /// The object's ETag.
+    pub async fn etag(&self, bucket: &str, key: &str) -> String {
+        let head = self
+            .client
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+        head.e_tag().unwrap().to_owned()
+    }
+
     pub async fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
         let object = self
             .client
