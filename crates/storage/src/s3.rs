@@ -812,24 +812,28 @@ impl Bucket {
 
     /// Finds out whether the server refuses a CopyObject onto an existing key, as AWS does with
     /// `If-None-Match: *` (s3s-fs and moto ignore the header and overwrite). Writes two probe
-    /// objects of godwit's own below the prefix, copies one onto the other, and deletes both.
+    /// objects of godwit's own below the prefix, copies one onto the other, and deletes both;
+    /// then deletes what an earlier probe left (see [`Bucket::remove_old_probes`]).
     async fn probe_conditional_copy(&self) -> CopySupport {
         let nonce = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        let base = format!(".godwit-probe-{}-{nonce:x}", std::process::id());
+        let base = format!("{PROBE_PREFIX}{}-{nonce:x}", std::process::id());
         let (from, onto) = (format!("{base}-a"), format!("{base}-b"));
+        let mut probe_etag = None;
         let answer = async {
             for key in [&from, &onto] {
-                self.client()
+                let written = self
+                    .client()
                     .put_object()
                     .bucket(&self.name)
                     .key(self.key(key))
                     .if_none_match("*")
-                    .body(ByteStream::from_static(b"godwit: probe for conditional copies"))
+                    .body(ByteStream::from_static(PROBE_BODY))
                     .send()
                     .await
                     .map_err(|err| self.error("writing a probe object", Some(key), err))?;
+                probe_etag = written.e_tag().map(str::to_owned);
             }
             let copied = self
                 .client()
@@ -871,6 +875,84 @@ impl Bucket {
                 );
             }
         }
+        if let Some(etag) = probe_etag {
+            self.remove_old_probes(&etag).await;
+        }
         answer.unwrap_or_else(|error| CopySupport::No(error.message().to_owned()))
     }
+
+    /// Deletes probe objects a run that stopped mid-probe left behind: only objects named as
+    /// godwit names them, holding exactly its probe body (the same ETag as the probe just written,
+    /// checked again by the delete's `If-Match`), and older than an hour, so a probe another
+    /// process is running is left alone. Best effort: a failure is only logged.
+    async fn remove_old_probes(&self, probe_etag: &str) {
+        let cutoff = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        let listed = self
+            .client()
+            .list_objects_v2()
+            .bucket(&self.name)
+            .prefix(self.key(PROBE_PREFIX))
+            .send()
+            .await;
+        let page = match listed {
+            Ok(page) => page,
+            Err(err) => {
+                tracing::debug!(
+                    "could not look for old probe objects: {}",
+                    DisplayErrorContext(&err)
+                );
+                return;
+            }
+        };
+        for object in page.contents() {
+            let old = object
+                .last_modified()
+                .and_then(|t| std::time::SystemTime::try_from(*t).ok())
+                .is_some_and(|t| t < cutoff);
+            let Some(key) = object
+                .key()
+                .filter(|_| old && object.size() == Some(PROBE_BODY.len() as i64))
+            else {
+                continue;
+            };
+            // Some listings (s3s-fs) carry no ETags: ask for this one.
+            let etag = match object.e_tag() {
+                Some(etag) => Some(etag.to_owned()),
+                None => {
+                    let relative = key.strip_prefix(self.prefix.as_str()).unwrap_or(key);
+                    self.head(relative)
+                        .await
+                        .ok()
+                        .flatten()
+                        .and_then(|o| o.etag)
+                }
+            };
+            if etag.as_deref() != Some(probe_etag) {
+                continue;
+            }
+            match self
+                .client()
+                .delete_object()
+                .bucket(&self.name)
+                .key(key)
+                .if_match(probe_etag)
+                .send()
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!("deleted s3://{}/{key}, left by an earlier probe", self.name)
+                }
+                Err(err) => tracing::warn!(
+                    "could not delete s3://{}/{key}, left by an earlier probe: {}",
+                    self.name,
+                    DisplayErrorContext(&err)
+                ),
+            }
+        }
+    }
 }
+
+/// The name every probe object starts with, below the destination prefix.
+const PROBE_PREFIX: &str = ".godwit-probe-";
+/// What a probe object holds.
+const PROBE_BODY: &[u8] = b"godwit: probe for conditional copies";

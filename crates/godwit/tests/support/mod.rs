@@ -95,6 +95,21 @@ impl Target {
         }
     }
 
+    /// Makes an object of the in-process server look `age` old (s3s-fs dates an object by its
+    /// file's modification time).
+    pub fn age(&self, bucket: &str, key: &str, age: std::time::Duration) {
+        let storage = self
+            ._storage
+            .as_ref()
+            .expect("only the in-process server has files");
+        let file = std::fs::File::options()
+            .write(true)
+            .open(storage.path().join(bucket).join(key))
+            .unwrap();
+        file.set_modified(std::time::SystemTime::now() - age)
+            .unwrap();
+    }
+
     /// Request counts by operation; only the in-process server keeps them.
     pub fn requests(&self) -> Option<RequestCounts> {
         self.server.as_ref().map(LocalS3::requests)
