@@ -61,7 +61,7 @@ pub(crate) struct Transfers {
     pub progress: Arc<Progress>,
     /// The memory budget in KiB permits.
     budget: Semaphore,
-    /// Multipart objects in flight at once (see [`MULTIPART_OBJECTS`]).
+    /// Multipart objects streamed at once (see [`MULTIPART_OBJECTS`]).
     multipart_objects: Semaphore,
     /// Where the destination might copy from server-side (the source's origin, unless the
     /// options say to stream everything).
@@ -150,10 +150,11 @@ enum Comparison {
 }
 
 const KIB: u64 = 1024;
-/// Multipart objects in flight at once, each with `part_concurrency` parts in parallel, so large
-/// objects finish one after another. Spreading the same parts over every large object instead
-/// would leave all of them unfinished when a run stops, and each would then be completed by the
-/// next run (on some servers, s3s-fs among them, a rewrite of the whole object). Measured on
+/// Multipart objects streamed through godwit at once, each with `part_concurrency` parts in
+/// parallel, so large objects finish one after another. Spreading the same parts over every large
+/// object instead would leave all of them unfinished when a run stops, and each would then be
+/// completed by the next run (on some servers, s3s-fs among them, a rewrite of the whole object).
+/// Measured on
 /// s3s-fs (bench, resume case): 1 costs a quarter of the throughput; letting the next object send
 /// parts while one completes leaves more unfinished objects behind a kill.
 const MULTIPART_OBJECTS: usize = 2;
@@ -444,11 +445,8 @@ impl Transfers {
             Ok(_) => return Ok(Ok(None)),
             Err(error) => return Ok(Err(error)),
         };
-        let _turn = self
-            .multipart_objects
-            .acquire()
-            .await
-            .expect("the multipart gate is never closed");
+        // Not behind the multipart gate: no bytes pass through godwit, and a bucket uploaded by
+        // the AWS CLI holds many small objects in parts, which two at a time would crawl through.
         Ok(self
             .copy_parts_server_side(claimed, meta, origin, layout, upload)
             .await?
