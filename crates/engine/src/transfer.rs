@@ -266,9 +266,9 @@ impl Transfers {
                     {
                         Ok(Some(done)) => Ok(done),
                         Err(error) if !self.server_copy_refused(&error) => Err(error),
+                        // Parts copied server-side are no use to streaming: `open_upload`
+                        // replaces their upload.
                         Ok(None) | Err(_) => {
-                            // Streaming starts afresh: parts copied server-side are no use to it.
-                            self.drop_upload(&claimed, &meta, &mut upload).await?;
                             self.copy_streamed(&claimed, &meta, &mut upload).await?
                         }
                     }
@@ -844,122 +844,62 @@ impl Transfers {
         );
         let n_parts = meta.size.div_ceil(part_size) as u32;
 
-        // Resume the recorded upload when it was cut the same way; otherwise start afresh.
-        if upload.as_ref().is_some_and(|u| u.part_size != part_size) {
-            self.drop_upload(claimed, meta, upload).await?;
-        }
-        let resumed = upload.is_some();
-        let upload_gone = |error: &StorageError| upload_gone(error, resumed);
-        let record = match upload {
-            Some(record) => record,
-            None => {
-                let upload_id = match self.dest.create_upload(&meta.key, true).await {
-                    Ok(id) => id,
-                    Err(error) => return Ok(Err(error)),
-                };
-                self.store
-                    .record_upload(claimed.id, &upload_id, part_size)
-                    .await?;
-                upload.insert(UploadRecord {
-                    upload_id,
-                    part_size,
-                    parts: Vec::new(),
-                })
-            }
+        let resumed = match self
+            .open_upload(claimed, meta, upload, part_size, true)
+            .await?
+        {
+            Ok(resumed) => resumed,
+            Err(error) => return Ok(Err(error)),
         };
-        let upload_id = record.upload_id.clone();
-        // Each part with the MD5 of its bytes, when known (see `Evidence::MultipartEtag`).
-        let mut parts: BTreeMap<u32, (UploadedPart, Option<String>)> = record
-            .parts
-            .iter()
-            .filter_map(|p| {
-                let part = UploadedPart {
-                    part_number: p.part_number,
-                    etag: p.etag.clone(),
-                    crc64nvme: Some(Crc64Nvme::from_base64(&p.checksum)?),
-                    size: p.size,
-                };
-                Some((p.part_number, (part, p.md5.clone())))
-            })
-            .collect();
+        let upload_gone = |error: &StorageError| upload_gone(error, resumed);
+        let upload_id = upload
+            .as_ref()
+            .expect("the upload is open")
+            .upload_id
+            .clone();
 
         // Unless the destination is known to keep a checksum of multipart objects, the parts'
         // MD5s are the cheapest proof of what it stored (its multipart ETag is made of them): far
         // cheaper than reading every object back while the first ones settle the question.
         let want_md5 = self.multipart_checksums.load(Ordering::Relaxed) != KEPT;
-        let missing: Vec<u32> = (1..=n_parts).filter(|n| !parts.contains_key(n)).collect();
-        let mut uploads = futures::stream::iter(missing)
-            .map(|part_number| {
-                let offset = u64::from(part_number - 1) * part_size;
-                let len = part_size.min(meta.size - offset);
-                let upload_id = &upload_id;
-                async move {
-                    let (body, _permit) = self.read_budgeted(meta, offset, len).await?;
-                    let (crc, md5) = digest(body.clone(), want_md5).await?;
-                    let etag = self
-                        .dest
-                        .upload_part(&meta.key, upload_id, part_number, body, crc)
-                        .await?;
-                    // An ETag that is not our MD5 proves nothing either way (SSE-KMS makes others).
-                    let md5 = md5.filter(|md5| {
-                        is_md5_etag(&etag).is_some_and(|hex| hex.eq_ignore_ascii_case(md5))
-                    });
-                    let part = UploadedPart {
-                        part_number,
-                        etag,
-                        crc64nvme: Some(crc),
-                        size: len,
-                    };
-                    Ok::<_, StorageError>((part, md5))
-                }
-            })
-            .buffer_unordered(self.options.part_concurrency.max(1));
-        let mut failure = None;
-        while let Some(result) = uploads.next().await {
-            match result {
-                Ok((part, md5)) => {
-                    let recorded = PartRecord {
-                        part_number: part.part_number,
-                        etag: part.etag.clone(),
-                        checksum: part
-                            .crc64nvme
-                            .map_or_else(String::new, Crc64Nvme::to_base64),
-                        size: part.size,
-                        md5: md5.clone(),
-                    };
-                    self.store.record_part(claimed.id, recorded.clone()).await?;
-                    if let Some(record) = upload.as_mut() {
-                        record.parts.push(recorded);
-                    }
-                    Progress::add(&self.progress.bytes_sent, part.size);
-                    parts.insert(part.part_number, (part, md5));
-                }
-                Err(error) => {
-                    failure = Some(error);
-                    break;
-                }
+        let send = |part_number: u32| {
+            let offset = u64::from(part_number - 1) * part_size;
+            let len = part_size.min(meta.size - offset);
+            let upload_id = &upload_id;
+            async move {
+                let (body, _permit) = self.read_budgeted(meta, offset, len).await?;
+                let (crc, md5) = digest(body.clone(), want_md5).await?;
+                let etag = self
+                    .dest
+                    .upload_part(&meta.key, upload_id, part_number, body, crc)
+                    .await?;
+                // An ETag that is not our MD5 proves nothing either way (SSE-KMS makes others).
+                let md5 = md5.filter(|md5| {
+                    is_md5_etag(&etag).is_some_and(|hex| hex.eq_ignore_ascii_case(md5))
+                });
+                let part = UploadedPart {
+                    part_number,
+                    etag,
+                    crc64nvme: Some(crc),
+                    size: len,
+                };
+                Ok((part, md5))
             }
-        }
-        drop(uploads);
-        if let Some(error) = failure {
-            if upload_gone(&error) {
-                // The server forgot the upload: the next attempt starts a new one (and finds the
-                // object, should the old upload have completed).
-                self.store.clear_upload(claimed.id).await?;
-                *upload = None;
-                return Ok(Err(StorageError::new(
-                    ErrorKind::NoSuchUpload,
-                    error.message(),
-                )));
-            }
-            return Ok(Err(error));
-        }
+        };
+        // Each part with the MD5 of its bytes, when known (see `Evidence::MultipartEtag`).
+        let parts = match self
+            .fill_upload(claimed, upload, resumed, n_parts, send)
+            .await?
+        {
+            Ok(parts) => parts,
+            Err(error) => return Ok(Err(error)),
+        };
 
-        let md5s: Option<Vec<&str>> = parts.values().map(|(_, md5)| md5.as_deref()).collect();
+        let md5s: Option<Vec<&str>> = parts.iter().map(|(_, md5)| md5.as_deref()).collect();
         let evidence = md5s
             .and_then(|md5s| multipart_etag(&md5s))
             .map_or(Evidence::Nothing, Evidence::MultipartEtag);
-        let parts: Vec<UploadedPart> = parts.into_values().map(|(part, _)| part).collect();
+        let parts: Vec<UploadedPart> = parts.into_iter().map(|(part, _)| part).collect();
         let crc = parts.iter().fold(crc64nvme(b""), |acc, p| {
             combine(
                 acc,
@@ -1008,6 +948,121 @@ impl Transfers {
             Err(error) => Err(error),
         };
         Ok(done)
+    }
+
+    /// Opens the upload to make the object's parts in: the recorded one when it is cut in parts
+    /// of `part_size` and its parts were made the same way (sent with checksums when
+    /// `checksummed`, else copied server-side without); otherwise a new one, recorded before any
+    /// part is made. A recorded upload with no parts yet is replaced too: which way it was made
+    /// is unknown. Says whether the recorded upload goes on.
+    async fn open_upload(
+        &self,
+        claimed: &ClaimedObject,
+        meta: &ObjectMeta,
+        upload: &mut Option<UploadRecord>,
+        part_size: u64,
+        checksummed: bool,
+    ) -> Result<Result<bool, StorageError>, StoreError> {
+        let fits = |u: &UploadRecord| {
+            u.part_size == part_size
+                && !u.parts.is_empty()
+                && u.parts
+                    .iter()
+                    .all(|p| Crc64Nvme::from_base64(&p.checksum).is_some() == checksummed)
+        };
+        if upload.as_ref().is_some_and(|u| !fits(u)) {
+            self.drop_upload(claimed, meta, upload).await?;
+        }
+        if upload.is_some() {
+            return Ok(Ok(true));
+        }
+        let upload_id = match self.dest.create_upload(&meta.key, checksummed).await {
+            Ok(id) => id,
+            Err(error) => return Ok(Err(error)),
+        };
+        self.store
+            .record_upload(claimed.id, &upload_id, part_size)
+            .await?;
+        *upload = Some(UploadRecord {
+            upload_id,
+            part_size,
+            parts: Vec::new(),
+        });
+        Ok(Ok(false))
+    }
+
+    /// Makes the parts 1..=`n_parts` the open upload lacks with `make`, `part_concurrency` at a
+    /// time, recording each in the ledger (and in `upload`) as it finishes. Returns all the
+    /// upload's parts in order, each with its MD5 when known. The first failure stops it; when
+    /// the server no longer knows the upload, it is forgotten, so the next attempt starts a new
+    /// one (and finds the object, should the old upload have completed).
+    async fn fill_upload<Made>(
+        &self,
+        claimed: &ClaimedObject,
+        upload: &mut Option<UploadRecord>,
+        resumed: bool,
+        n_parts: u32,
+        make: impl Fn(u32) -> Made,
+    ) -> Result<Result<Vec<(UploadedPart, Option<String>)>, StorageError>, StoreError>
+    where
+        Made: Future<Output = Result<(UploadedPart, Option<String>), StorageError>>,
+    {
+        let recorded = upload.as_ref().map_or(&[][..], |u| &u.parts[..]);
+        let mut parts: BTreeMap<u32, (UploadedPart, Option<String>)> = recorded
+            .iter()
+            .map(|p| {
+                let part = UploadedPart {
+                    part_number: p.part_number,
+                    etag: p.etag.clone(),
+                    crc64nvme: Crc64Nvme::from_base64(&p.checksum),
+                    size: p.size,
+                };
+                (p.part_number, (part, p.md5.clone()))
+            })
+            .collect();
+        let missing: Vec<u32> = (1..=n_parts).filter(|n| !parts.contains_key(n)).collect();
+        let mut made = futures::stream::iter(missing)
+            .map(make)
+            .buffer_unordered(self.options.part_concurrency.max(1));
+        let mut failure = None;
+        while let Some(result) = made.next().await {
+            match result {
+                Ok((part, md5)) => {
+                    let record = PartRecord {
+                        part_number: part.part_number,
+                        etag: part.etag.clone(),
+                        checksum: part
+                            .crc64nvme
+                            .map_or_else(String::new, Crc64Nvme::to_base64),
+                        size: part.size,
+                        md5: md5.clone(),
+                    };
+                    self.store.record_part(claimed.id, record.clone()).await?;
+                    if let Some(upload) = upload.as_mut() {
+                        upload.parts.push(record);
+                    }
+                    Progress::add(&self.progress.bytes_sent, part.size);
+                    parts.insert(part.part_number, (part, md5));
+                }
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
+            }
+        }
+        drop(made);
+        match failure {
+            None => Ok(Ok(parts.into_values().collect())),
+            Some(error) if upload_gone(&error, resumed) => {
+                self.store.clear_upload(claimed.id).await?;
+                *upload = None;
+                Ok(Err(StorageError::new(
+                    ErrorKind::NoSuchUpload,
+                    error.message(),
+                )))
+            }
+            Some(error) => Ok(Err(error)),
+        }
     }
 
     /// A completion whose outcome is unclear, or whose upload the server no longer knows: the
@@ -1070,106 +1125,43 @@ impl Transfers {
         layout: PartLayout,
         upload: &mut Option<UploadRecord>,
     ) -> Result<Result<Done, StorageError>, StoreError> {
-        // Only an upload of copied parts, cut the same way, can be gone on with.
-        if upload
-            .as_ref()
-            .is_some_and(|u| u.part_size != layout.part_size || u.parts.is_empty())
+        let resumed = match self
+            .open_upload(claimed, meta, upload, layout.part_size, false)
+            .await?
         {
-            self.drop_upload(claimed, meta, upload).await?;
-        }
-        let resumed = upload.is_some();
+            Ok(resumed) => resumed,
+            Err(error) => return Ok(Err(error)),
+        };
         let upload_gone = |error: &StorageError| upload_gone(error, resumed);
-        let record = match upload {
-            Some(record) => record,
-            None => {
-                let upload_id = match self.dest.create_upload(&meta.key, false).await {
-                    Ok(id) => id,
-                    Err(error) => return Ok(Err(error)),
-                };
-                self.store
-                    .record_upload(claimed.id, &upload_id, layout.part_size)
+        let upload_id = upload
+            .as_ref()
+            .expect("the upload is open")
+            .upload_id
+            .clone();
+        let copy = |part_number: u32| {
+            let (offset, len) = layout.range(part_number, meta.size);
+            let upload_id = &upload_id;
+            async move {
+                let etag = self
+                    .dest
+                    .copy_part(&meta.key, upload_id, part_number, origin, meta, offset, len)
                     .await?;
-                upload.insert(UploadRecord {
-                    upload_id,
-                    part_size: layout.part_size,
-                    parts: Vec::new(),
-                })
+                let part = UploadedPart {
+                    part_number,
+                    etag,
+                    crc64nvme: None,
+                    size: len,
+                };
+                Ok((part, None))
             }
         };
-        let upload_id = record.upload_id.clone();
-        let mut parts: BTreeMap<u32, UploadedPart> = record
-            .parts
-            .iter()
-            .map(|p| {
-                let part = UploadedPart {
-                    part_number: p.part_number,
-                    etag: p.etag.clone(),
-                    crc64nvme: None,
-                    size: p.size,
-                };
-                (p.part_number, part)
-            })
-            .collect();
-
-        let missing: Vec<u32> = (1..=layout.parts)
-            .filter(|n| !parts.contains_key(n))
-            .collect();
-        let mut copies = futures::stream::iter(missing)
-            .map(|part_number| {
-                let (offset, len) = layout.range(part_number, meta.size);
-                let upload_id = &upload_id;
-                async move {
-                    let etag = self
-                        .dest
-                        .copy_part(&meta.key, upload_id, part_number, origin, meta, offset, len)
-                        .await?;
-                    Ok::<_, StorageError>(UploadedPart {
-                        part_number,
-                        etag,
-                        crc64nvme: None,
-                        size: len,
-                    })
-                }
-            })
-            .buffer_unordered(self.options.part_concurrency.max(1));
-        let mut failure = None;
-        while let Some(result) = copies.next().await {
-            match result {
-                Ok(part) => {
-                    let recorded = PartRecord {
-                        part_number: part.part_number,
-                        etag: part.etag.clone(),
-                        checksum: String::new(),
-                        size: part.size,
-                        md5: None,
-                    };
-                    self.store.record_part(claimed.id, recorded.clone()).await?;
-                    if let Some(record) = upload.as_mut() {
-                        record.parts.push(recorded);
-                    }
-                    Progress::add(&self.progress.bytes_sent, part.size);
-                    parts.insert(part.part_number, part);
-                }
-                Err(error) => {
-                    failure = Some(error);
-                    break;
-                }
-            }
-        }
-        drop(copies);
-        if let Some(error) = failure {
-            if upload_gone(&error) {
-                self.store.clear_upload(claimed.id).await?;
-                *upload = None;
-                return Ok(Err(StorageError::new(
-                    ErrorKind::NoSuchUpload,
-                    error.message(),
-                )));
-            }
-            return Ok(Err(error));
-        }
-
-        let parts: Vec<UploadedPart> = parts.into_values().collect();
+        let parts: Vec<UploadedPart> = match self
+            .fill_upload(claimed, upload, resumed, layout.parts, copy)
+            .await?
+        {
+            Ok(parts) => parts.into_iter().map(|(part, _)| part).collect(),
+            Err(error) => return Ok(Err(error)),
+        };
         let answer = self
             .dest
             .complete_upload_new(&meta.key, &upload_id, &parts, None)
