@@ -455,25 +455,23 @@ impl Source for S3Source {
 
     /// Asks for the first part (HEAD with `partNumber=1`): its length and the part count give the
     /// cut, if it was uniform. A server that ignores `partNumber` (s3s-fs) sends no part count.
+    /// No `If-Match` here (moto compares it with the part's ETag): the cut is only a guess until
+    /// the copy, whose parts are conditional on the source's ETag, shows the same ETag.
     async fn part_layout(&self, meta: &ObjectMeta) -> Result<Option<PartLayout>, StorageError> {
         let b = &self.bucket;
-        let mut request = b
+        let answer = b
             .client()
             .head_object()
             .bucket(&b.name)
             .key(b.key(&meta.key))
-            .part_number(1);
-        if !meta.version.is_empty() {
-            request = request.if_match(&meta.version);
-        }
-        match request.send().await {
+            .part_number(1)
+            .send()
+            .await;
+        match answer {
             Ok(out) => Ok(out.parts_count().and_then(|parts| {
                 let first = u64::try_from(out.content_length()?).ok()?;
                 PartLayout::uniform(meta.size, first, u32::try_from(parts).ok()?)
             })),
-            Err(err) if Bucket::is_status(&err, 412) => {
-                Err(b.source_changed(&b.name, &b.key(&meta.key)))
-            }
             Err(err) if Bucket::is_status(&err, 404) => Err(StorageError::new(
                 ErrorKind::NotFound,
                 format!(
@@ -482,6 +480,20 @@ impl Source for S3Source {
                     b.key(&meta.key)
                 ),
             )),
+            // A server that does not take `partNumber` cannot say: the object streams instead.
+            Err(err)
+                if [400, 416, 501]
+                    .iter()
+                    .any(|&code| Bucket::is_status(&err, code)) =>
+            {
+                tracing::debug!(
+                    "s3://{}/{}: no part layout ({})",
+                    b.name,
+                    b.key(&meta.key),
+                    DisplayErrorContext(&err)
+                );
+                Ok(None)
+            }
             Err(err) => Err(b.error("reading the parts of", Some(&meta.key), err)),
         }
     }
