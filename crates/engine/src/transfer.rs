@@ -844,19 +844,14 @@ impl Transfers {
         );
         let n_parts = meta.size.div_ceil(part_size) as u32;
 
-        let resumed = match self
+        let (upload_id, resumed) = match self
             .open_upload(claimed, meta, upload, part_size, true)
             .await?
         {
-            Ok(resumed) => resumed,
+            Ok(opened) => opened,
             Err(error) => return Ok(Err(error)),
         };
         let upload_gone = |error: &StorageError| upload_gone(error, resumed);
-        let upload_id = upload
-            .as_ref()
-            .expect("the upload is open")
-            .upload_id
-            .clone();
 
         // Unless the destination is known to keep a checksum of multipart objects, the parts'
         // MD5s are the cheapest proof of what it stored (its multipart ETag is made of them): far
@@ -954,7 +949,7 @@ impl Transfers {
     /// of `part_size` and its parts were made the same way (sent with checksums when
     /// `checksummed`, else copied server-side without); otherwise a new one, recorded before any
     /// part is made. A recorded upload with no parts yet is replaced too: which way it was made
-    /// is unknown. Says whether the recorded upload goes on.
+    /// is unknown. Returns the upload id, and whether it is the recorded upload going on.
     async fn open_upload(
         &self,
         claimed: &ClaimedObject,
@@ -962,7 +957,7 @@ impl Transfers {
         upload: &mut Option<UploadRecord>,
         part_size: u64,
         checksummed: bool,
-    ) -> Result<Result<bool, StorageError>, StoreError> {
+    ) -> Result<Result<(String, bool), StorageError>, StoreError> {
         let fits = |u: &UploadRecord| {
             u.part_size == part_size
                 && !u.parts.is_empty()
@@ -973,8 +968,8 @@ impl Transfers {
         if upload.as_ref().is_some_and(|u| !fits(u)) {
             self.drop_upload(claimed, meta, upload).await?;
         }
-        if upload.is_some() {
-            return Ok(Ok(true));
+        if let Some(record) = upload {
+            return Ok(Ok((record.upload_id.clone(), true)));
         }
         let upload_id = match self.dest.create_upload(&meta.key, checksummed).await {
             Ok(id) => id,
@@ -984,11 +979,11 @@ impl Transfers {
             .record_upload(claimed.id, &upload_id, part_size)
             .await?;
         *upload = Some(UploadRecord {
-            upload_id,
+            upload_id: upload_id.clone(),
             part_size,
             parts: Vec::new(),
         });
-        Ok(Ok(false))
+        Ok(Ok((upload_id, false)))
     }
 
     /// Makes the parts 1..=`n_parts` the open upload lacks with `make`, `part_concurrency` at a
@@ -1125,19 +1120,14 @@ impl Transfers {
         layout: PartLayout,
         upload: &mut Option<UploadRecord>,
     ) -> Result<Result<Done, StorageError>, StoreError> {
-        let resumed = match self
+        let (upload_id, resumed) = match self
             .open_upload(claimed, meta, upload, layout.part_size, false)
             .await?
         {
-            Ok(resumed) => resumed,
+            Ok(opened) => opened,
             Err(error) => return Ok(Err(error)),
         };
         let upload_gone = |error: &StorageError| upload_gone(error, resumed);
-        let upload_id = upload
-            .as_ref()
-            .expect("the upload is open")
-            .upload_id
-            .clone();
         let copy = |part_number: u32| {
             let (offset, len) = layout.range(part_number, meta.size);
             let upload_id = &upload_id;

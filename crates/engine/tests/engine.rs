@@ -321,6 +321,40 @@ fn local_source(dir: &Path) -> Arc<dyn Source> {
     Arc::new(godwit_storage::fs::LocalSource::new(dir.to_owned()))
 }
 
+/// Runs a migration into `real` whose parts (sent or copied) hang after the first two, as a
+/// process that stops would: once both are done and recorded, the run is dropped.
+async fn crash_after_two_parts(
+    source: Arc<dyn Source>,
+    real: &Arc<dyn Destination>,
+    ledger: &Path,
+) {
+    let faulty = Arc::new(Faulty {
+        parts_before_hang: Some(2),
+        ..Faulty::new(Arc::clone(real))
+    });
+    let store = Arc::new(SqliteStore::open(ledger).unwrap());
+    let migrator = Migrator::new(
+        source,
+        faulty.clone(),
+        store,
+        options(),
+        CancellationToken::new(),
+    );
+    let spec = spec();
+    let run = migrator.run(&spec);
+    tokio::select! {
+        result = run => panic!("the run should hang, it ended: {result:?}"),
+        () = async {
+            while faulty.parts_done.load(Ordering::SeqCst) < 2 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // Let the ledger record the finished parts.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        } => {}
+    }
+    assert_eq!(faulty.creates.load(Ordering::SeqCst), 1, "one upload");
+}
+
 async fn read_all(dest: &dyn Destination, key: &str) -> Vec<u8> {
     let size = dest.head(key).await.unwrap().unwrap().size;
     dest.read(key, 0, size).await.unwrap().to_vec()
@@ -338,33 +372,7 @@ async fn a_crashed_multipart_upload_resumes_from_its_finished_parts() {
         let (real, _bucket) = server.destination().await;
 
         // First run: two parts go through, then the "process" hangs and is dropped mid-upload.
-        {
-            let faulty = Arc::new(Faulty {
-                parts_before_hang: Some(2),
-                ..Faulty::new(Arc::clone(&real))
-            });
-            let store = Arc::new(SqliteStore::open(&ledger).unwrap());
-            let migrator = Migrator::new(
-                local_source(&source_dir),
-                faulty.clone(),
-                store,
-                options(),
-                CancellationToken::new(),
-            );
-            let spec = spec();
-            let run = migrator.run(&spec);
-            tokio::select! {
-                result = run => panic!("the run should hang, it ended: {result:?}"),
-                () = async {
-                    while faulty.parts_done.load(Ordering::SeqCst) < 2 {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    // Let the ledger record the finished parts.
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                } => {}
-            }
-            assert_eq!(faulty.creates.load(Ordering::SeqCst), 1);
-        }
+        crash_after_two_parts(local_source(&source_dir), &real, &ledger).await;
 
         // Second run: same ledger, a healthy destination. Only the four missing parts are sent.
         let counting = Arc::new(Faulty::new(Arc::clone(&real)));
@@ -523,32 +531,7 @@ async fn a_crashed_server_side_copy_in_parts_resumes_from_its_copied_parts() {
     };
 
     // First run: two parts are copied, then the "process" hangs and is dropped mid-copy.
-    {
-        let faulty = Arc::new(Faulty {
-            parts_before_hang: Some(2),
-            ..Faulty::new(Arc::clone(&real))
-        });
-        let store = Arc::new(SqliteStore::open(&ledger).unwrap());
-        let migrator = Migrator::new(
-            source().await,
-            faulty.clone(),
-            store,
-            options(),
-            CancellationToken::new(),
-        );
-        let spec = spec();
-        let run = migrator.run(&spec);
-        tokio::select! {
-            result = run => panic!("the run should hang, it ended: {result:?}"),
-            () = async {
-                while faulty.parts_done.load(Ordering::SeqCst) < 2 {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            } => {}
-        }
-        assert_eq!(faulty.creates.load(Ordering::SeqCst), 1);
-    }
+    crash_after_two_parts(source().await, &real, &ledger).await;
 
     // Second run: only the four missing parts are copied, into the same upload.
     let counting = Arc::new(Faulty::new(Arc::clone(&real)));
