@@ -494,15 +494,7 @@ impl Transfers {
         claimed: &ClaimedObject,
         meta: &ObjectMeta,
     ) -> Result<Done, StorageError> {
-        let Some(found) = self.dest.head(&meta.key).await? else {
-            return Err(StorageError::new(
-                ErrorKind::Unclear,
-                format!(
-                    "{}: the destination refused the copy as existing, then had no object",
-                    meta.key
-                ),
-            ));
-        };
+        let found = self.head_taken(meta, "copy").await?;
         let verdict = self.compare_copy(meta, &found).await?;
         Ok(self.settled(claimed, meta, found.crc64nvme, found, verdict))
     }
@@ -660,6 +652,19 @@ impl Transfers {
         self.judged(meta, Some(crc), receipt, verdict).await
     }
 
+    /// The object at a key the destination refused our `what` ("write", "copy") onto as taken.
+    async fn head_taken(&self, meta: &ObjectMeta, what: &str) -> Result<DestObject, StorageError> {
+        self.dest.head(&meta.key).await?.ok_or_else(|| {
+            StorageError::new(
+                ErrorKind::Unclear,
+                format!(
+                    "{}: the destination refused the {what} as existing, then had no object",
+                    meta.key
+                ),
+            )
+        })
+    }
+
     /// The object just written (or copied) at the key.
     async fn head_written(&self, meta: &ObjectMeta) -> Result<DestObject, StorageError> {
         self.dest.head(&meta.key).await?.ok_or_else(|| {
@@ -758,15 +763,7 @@ impl Transfers {
         crc: Crc64Nvme,
         evidence: &Evidence<'_>,
     ) -> Result<Done, StorageError> {
-        let Some(found) = self.dest.head(&meta.key).await? else {
-            return Err(StorageError::new(
-                ErrorKind::Unclear,
-                format!(
-                    "{}: the destination refused the write as existing, then had no object",
-                    meta.key
-                ),
-            ));
-        };
+        let found = self.head_taken(meta, "write").await?;
         let verdict = self.compare(meta, crc, evidence, &found).await?;
         Ok(self.settled(claimed, meta, Some(crc), found, verdict))
     }

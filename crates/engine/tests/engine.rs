@@ -150,6 +150,16 @@ impl Faulty {
     }
 }
 
+impl Faulty {
+    /// Counts a part started, and hangs it forever once `parts_before_hang` have started.
+    async fn part_turn(&self) {
+        let n = self.parts_started.fetch_add(1, Ordering::SeqCst);
+        if self.parts_before_hang.is_some_and(|limit| n >= limit) {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 #[async_trait]
 impl Destination for Faulty {
     fn location(&self) -> &Location {
@@ -201,10 +211,7 @@ impl Destination for Faulty {
         body: Bytes,
         crc: Crc64Nvme,
     ) -> Result<String, StorageError> {
-        let n = self.parts_started.fetch_add(1, Ordering::SeqCst);
-        if self.parts_before_hang.is_some_and(|limit| n >= limit) {
-            std::future::pending::<()>().await;
-        }
+        self.part_turn().await;
         let etag = self
             .inner
             .upload_part(key, upload_id, part_number, body, crc)
@@ -253,10 +260,7 @@ impl Destination for Faulty {
         offset: u64,
         len: u64,
     ) -> Result<String, StorageError> {
-        let n = self.parts_started.fetch_add(1, Ordering::SeqCst);
-        if self.parts_before_hang.is_some_and(|limit| n >= limit) {
-            std::future::pending::<()>().await;
-        }
+        self.part_turn().await;
         let etag = self
             .inner
             .copy_part(key, upload_id, part_number, origin, source, offset, len)
