@@ -1,0 +1,360 @@
+//! Multipart uploads: parts streamed through godwit, or copied by the destination; opened, filled
+//! and resumed the same way, each part recorded in the ledger as it finishes.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use godwit_state::{ClaimedObject, ObjectState, PartRecord, StoreError, UploadRecord};
+use godwit_storage::{
+    Crc64Nvme, DestObject, ErrorKind, ObjectMeta, StorageError, UploadedPart, WriteReceipt, Written,
+};
+
+use super::etag::{Evidence, is_md5_etag, md5_hex, multipart_etag};
+use super::verify::Comparison;
+use super::{Done, Transfers};
+use crate::checksum::{combine, crc64nvme};
+use crate::progress::Progress;
+
+/// Whether the destination keeps a checksum of multipart objects: `UNKNOWN`, `KEPT`, `NOT_KEPT`.
+pub(super) const UNKNOWN: u8 = 0;
+const KEPT: u8 = 1;
+const NOT_KEPT: u8 = 2;
+
+/// Multipart objects streamed through godwit at once, each with `part_concurrency` parts in
+/// parallel, so large objects finish one after another. Spreading the same parts over every large
+/// object instead would leave all of them unfinished when a run stops, and each would then be
+/// completed by the next run (on some servers, s3s-fs among them, a rewrite of the whole object).
+/// Measured on
+/// s3s-fs (bench, resume case): 1 costs a quarter of the throughput; letting the next object send
+/// parts while one completes leaves more unfinished objects behind a kill.
+pub(super) const MULTIPART_OBJECTS: usize = 2;
+
+/// The CRC-64/NVME of a part, and its MD5 when asked, off the async threads.
+async fn digest(body: Bytes, md5: bool) -> Result<(Crc64Nvme, Option<String>), StorageError> {
+    tokio::task::spawn_blocking(move || (crc64nvme(&body), md5.then(|| md5_hex(&body))))
+        .await
+        .map_err(|e| StorageError::new(ErrorKind::Other, format!("checksum task failed: {e}")))
+}
+
+/// The part size for an object of `size` bytes: at least `wanted`, and large enough that the
+/// object fits in `max_parts` parts; whole MiB.
+fn part_size_for(size: u64, wanted: u64, min: u64, max: u64, max_parts: u32) -> u64 {
+    const MIB: u64 = 1 << 20;
+    let fits = size.div_ceil(u64::from(max_parts.max(1)));
+    let part = wanted.max(fits).max(min);
+    (part.div_ceil(MIB) * MIB).min(max.max(MIB))
+}
+
+impl Transfers {
+    pub(super) async fn copy_multipart(
+        &self,
+        claimed: &ClaimedObject,
+        meta: &ObjectMeta,
+        upload: &mut Option<UploadRecord>,
+    ) -> Result<Result<Done, StorageError>, StoreError> {
+        let caps = self.dest.capabilities();
+        let part_size = part_size_for(
+            meta.size,
+            self.options.part_size,
+            caps.min_part_size,
+            caps.max_part_size,
+            caps.max_parts,
+        );
+        let n_parts = meta.size.div_ceil(part_size) as u32;
+
+        let (upload_id, resumed) = match self
+            .open_upload(claimed, meta, upload, part_size, true)
+            .await?
+        {
+            Ok(opened) => opened,
+            Err(error) => return Ok(Err(error)),
+        };
+        let upload_gone = |error: &StorageError| upload_gone(error, resumed);
+
+        // Unless the destination is known to keep a checksum of multipart objects, the parts'
+        // MD5s are the cheapest proof of what it stored (its multipart ETag is made of them): far
+        // cheaper than reading every object back while the first ones settle the question.
+        let want_md5 = self.multipart_checksums.load(Ordering::Relaxed) != KEPT;
+        let send = |part_number: u32| {
+            let offset = u64::from(part_number - 1) * part_size;
+            let len = part_size.min(meta.size - offset);
+            let upload_id = &upload_id;
+            async move {
+                let (body, _permit) = self.read_budgeted(meta, offset, len).await?;
+                let (crc, md5) = digest(body.clone(), want_md5).await?;
+                let etag = self
+                    .dest
+                    .upload_part(&meta.key, upload_id, part_number, body, crc)
+                    .await?;
+                // An ETag that is not our MD5 proves nothing either way (SSE-KMS makes others).
+                let md5 = md5.filter(|md5| {
+                    is_md5_etag(&etag).is_some_and(|hex| hex.eq_ignore_ascii_case(md5))
+                });
+                let part = UploadedPart {
+                    part_number,
+                    etag,
+                    crc64nvme: Some(crc),
+                    size: len,
+                };
+                Ok((part, md5))
+            }
+        };
+        // Each part with the MD5 of its bytes, when known (see `Evidence::MultipartEtag`).
+        let parts = match self
+            .fill_upload(claimed, upload, resumed, n_parts, send)
+            .await?
+        {
+            Ok(parts) => parts,
+            Err(error) => return Ok(Err(error)),
+        };
+
+        let md5s: Option<Vec<&str>> = parts.iter().map(|(_, md5)| md5.as_deref()).collect();
+        let evidence = md5s
+            .and_then(|md5s| multipart_etag(&md5s))
+            .map_or(Evidence::Nothing, Evidence::MultipartEtag);
+        let parts: Vec<UploadedPart> = parts.into_iter().map(|(part, _)| part).collect();
+        let crc = parts.iter().fold(crc64nvme(b""), |acc, p| {
+            combine(
+                acc,
+                p.crc64nvme.expect("streamed parts have checksums"),
+                p.size,
+            )
+        });
+        let answer = self
+            .dest
+            .complete_upload_new(&meta.key, &upload_id, &parts, Some(crc))
+            .await;
+        let done = match answer {
+            Ok(Written::Created(receipt)) => {
+                self.store.clear_upload(claimed.id).await?;
+                *upload = None;
+                let verified = self.verify_written(meta, crc, &evidence, receipt).await;
+                if let Ok(done) = &verified {
+                    let kept = if done.verified_by == Some("checksum") {
+                        KEPT
+                    } else {
+                        NOT_KEPT
+                    };
+                    self.multipart_checksums.store(kept, Ordering::Relaxed);
+                }
+                verified
+            }
+            Ok(Written::AlreadyExists) => {
+                self.drop_upload(claimed, meta, upload).await?;
+                self.settle_existing(claimed, meta, crc, &evidence).await
+            }
+            Err(error) if error.kind() == ErrorKind::Unclear || upload_gone(&error) => {
+                let gone = upload_gone(&error);
+                let compare =
+                    async |found: &DestObject| self.compare(meta, crc, &evidence, found).await;
+                return self
+                    .settle_unclear_complete(
+                        claimed,
+                        meta,
+                        upload,
+                        (error, gone),
+                        Some(crc),
+                        compare,
+                    )
+                    .await;
+            }
+            Err(error) => Err(error),
+        };
+        Ok(done)
+    }
+
+    /// Opens the upload to make the object's parts in: the recorded one when it is cut in parts
+    /// of `part_size` and its parts were made the same way (sent with checksums when
+    /// `checksummed`, else copied server-side without); otherwise a new one, recorded before any
+    /// part is made. A recorded upload with no parts yet is replaced too: which way it was made
+    /// is unknown. Returns the upload id, and whether it is the recorded upload going on.
+    pub(super) async fn open_upload(
+        &self,
+        claimed: &ClaimedObject,
+        meta: &ObjectMeta,
+        upload: &mut Option<UploadRecord>,
+        part_size: u64,
+        checksummed: bool,
+    ) -> Result<Result<(String, bool), StorageError>, StoreError> {
+        let fits = |u: &UploadRecord| {
+            u.part_size == part_size
+                && !u.parts.is_empty()
+                && u.parts
+                    .iter()
+                    .all(|p| Crc64Nvme::from_base64(&p.checksum).is_some() == checksummed)
+        };
+        if upload.as_ref().is_some_and(|u| !fits(u)) {
+            self.drop_upload(claimed, meta, upload).await?;
+        }
+        if let Some(record) = upload {
+            return Ok(Ok((record.upload_id.clone(), true)));
+        }
+        let upload_id = match self.dest.create_upload(&meta.key, checksummed).await {
+            Ok(id) => id,
+            Err(error) => return Ok(Err(error)),
+        };
+        self.store
+            .record_upload(claimed.id, &upload_id, part_size)
+            .await?;
+        *upload = Some(UploadRecord {
+            upload_id: upload_id.clone(),
+            part_size,
+            parts: Vec::new(),
+        });
+        Ok(Ok((upload_id, false)))
+    }
+
+    /// Makes the parts 1..=`n_parts` the open upload lacks with `make`, `part_concurrency` at a
+    /// time, recording each in the ledger (and in `upload`) as it finishes. Returns all the
+    /// upload's parts in order, each with its MD5 when known. The first failure stops it; when
+    /// the server no longer knows the upload, it is forgotten, so the next attempt starts a new
+    /// one (and finds the object, should the old upload have completed).
+    pub(super) async fn fill_upload<Made>(
+        &self,
+        claimed: &ClaimedObject,
+        upload: &mut Option<UploadRecord>,
+        resumed: bool,
+        n_parts: u32,
+        make: impl Fn(u32) -> Made,
+    ) -> Result<Result<Vec<(UploadedPart, Option<String>)>, StorageError>, StoreError>
+    where
+        Made: Future<Output = Result<(UploadedPart, Option<String>), StorageError>>,
+    {
+        let recorded = upload.as_ref().map_or(&[][..], |u| &u.parts[..]);
+        let mut parts: BTreeMap<u32, (UploadedPart, Option<String>)> = recorded
+            .iter()
+            .map(|p| {
+                let part = UploadedPart {
+                    part_number: p.part_number,
+                    etag: p.etag.clone(),
+                    crc64nvme: Crc64Nvme::from_base64(&p.checksum),
+                    size: p.size,
+                };
+                (p.part_number, (part, p.md5.clone()))
+            })
+            .collect();
+        let missing: Vec<u32> = (1..=n_parts).filter(|n| !parts.contains_key(n)).collect();
+        let mut made = futures::stream::iter(missing)
+            .map(make)
+            .buffer_unordered(self.options.part_concurrency.max(1));
+        let mut failure = None;
+        while let Some(result) = made.next().await {
+            match result {
+                Ok((part, md5)) => {
+                    let record = PartRecord {
+                        part_number: part.part_number,
+                        etag: part.etag.clone(),
+                        checksum: part
+                            .crc64nvme
+                            .map_or_else(String::new, Crc64Nvme::to_base64),
+                        size: part.size,
+                        md5: md5.clone(),
+                    };
+                    self.store.record_part(claimed.id, record.clone()).await?;
+                    if let Some(upload) = upload.as_mut() {
+                        upload.parts.push(record);
+                    }
+                    Progress::add(&self.progress.bytes_sent, part.size);
+                    parts.insert(part.part_number, (part, md5));
+                }
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
+            }
+        }
+        drop(made);
+        match failure {
+            None => Ok(Ok(parts.into_values().collect())),
+            Some(error) if upload_gone(&error, resumed) => {
+                self.store.clear_upload(claimed.id).await?;
+                *upload = None;
+                Ok(Err(StorageError::new(
+                    ErrorKind::NoSuchUpload,
+                    error.message(),
+                )))
+            }
+            Some(error) => Ok(Err(error)),
+        }
+    }
+
+    /// A completion whose outcome is unclear, or whose upload the server no longer knows: the
+    /// object at the key settles it. Ours (by `compare`) is copied; otherwise the error stands,
+    /// and an upload that is gone is forgotten so that the next attempt starts a new one (and
+    /// finds the object, should the old upload have completed after all).
+    pub(super) async fn settle_unclear_complete(
+        &self,
+        claimed: &ClaimedObject,
+        meta: &ObjectMeta,
+        upload: &mut Option<UploadRecord>,
+        (error, gone): (StorageError, bool),
+        checksum: Option<Crc64Nvme>,
+        compare: impl AsyncFnOnce(&DestObject) -> Result<Comparison, StorageError>,
+    ) -> Result<Result<Done, StorageError>, StoreError> {
+        let found = match self.dest.head(&meta.key).await {
+            Ok(Some(found)) if found.size == meta.size => found,
+            Ok(_) if gone => {
+                self.store.clear_upload(claimed.id).await?;
+                *upload = None;
+                return Ok(Err(StorageError::new(
+                    ErrorKind::NoSuchUpload,
+                    error.message(),
+                )));
+            }
+            Ok(_) => return Ok(Err(error)),
+            Err(other) => return Ok(Err(other)),
+        };
+        match compare(&found).await {
+            Ok(Comparison::Same(how)) => {
+                self.store.clear_upload(claimed.id).await?;
+                *upload = None;
+                Ok(Ok(Done {
+                    state: ObjectState::Copied,
+                    checksum,
+                    receipt: Some(WriteReceipt {
+                        etag: found.etag,
+                        crc64nvme: found.crc64nvme,
+                        version_id: found.version_id,
+                    }),
+                    verified_by: Some(how),
+                    note: None,
+                }))
+            }
+            Ok(Comparison::Different(_)) => Ok(Err(error)),
+            Err(other) => Ok(Err(other)),
+        }
+    }
+}
+
+/// Whether `error` says the server no longer knows the upload (it completed, or expired). Servers
+/// say so differently (NoSuchUpload; s3s-fs answers AccessDenied), so for an upload resumed from
+/// the ledger those answers mean "gone" too.
+pub(super) fn upload_gone(error: &StorageError, resumed: bool) -> bool {
+    error.kind() == ErrorKind::NoSuchUpload
+        || (resumed && matches!(error.kind(), ErrorKind::AccessDenied | ErrorKind::NotFound))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_sizes_grow_to_fit_the_part_limit() {
+        const MIB: u64 = 1 << 20;
+        assert_eq!(
+            part_size_for(100 * MIB, 16 * MIB, 5 * MIB, 5 << 30, 10_000),
+            16 * MIB
+        );
+        assert_eq!(
+            part_size_for(100 * MIB, MIB, 5 * MIB, 5 << 30, 10_000),
+            5 * MIB
+        );
+        // 1 TiB in 10,000 parts needs parts of at least 105 MiB (rounded up to whole MiB).
+        let size = 1u64 << 40;
+        let part = part_size_for(size, 16 * MIB, 5 * MIB, 5 << 30, 10_000);
+        assert!(size.div_ceil(part) <= 10_000);
+        assert_eq!(part, 105 * MIB);
+    }
+}
