@@ -1,0 +1,384 @@
+//! S3 and S3-compatible servers, through the official AWS SDK for Rust.
+//!
+//! Request checksums are sent only when godwit computed them (`WhenRequired`), as plain headers:
+//! some S3-compatible servers store the aws-chunked framing of SDK-computed trailers as data.
+//! Every write carries `If-None-Match: *`; a 412 answer becomes [`Written::AlreadyExists`].
+//!
+//! `mod.rs` holds the client, what sources and destinations share (a [`Bucket`] on one endpoint,
+//! its reads and HEADs) and the mapping of SDK errors to [`StorageError`]s; `source.rs`,
+//! `destination.rs` and `probe.rs` (what a destination is found to enforce) hold the rest.
+
+mod destination;
+mod probe;
+mod source;
+
+pub use destination::S3Destination;
+pub use source::S3Source;
+
+use std::error::Error as _;
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::types::ChecksumMode;
+use bytes::{Bytes, BytesMut};
+
+use crate::{Crc64Nvme, DestObject, ErrorKind, Location, S3Settings, StorageError};
+
+/// A configured S3 client for one side of a migration.
+#[derive(Clone)]
+pub struct S3Client {
+    client: Client,
+    /// The endpoint for messages: a URL, or "AWS S3".
+    endpoint: String,
+}
+
+fn env_nonempty(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+impl S3Client {
+    /// Builds a client from `settings` over the standard AWS configuration chain.
+    pub async fn connect(settings: &S3Settings) -> Result<Self, StorageError> {
+        let endpoint = settings
+            .endpoint
+            .clone()
+            .or_else(|| env_nonempty("AWS_ENDPOINT_URL_S3"))
+            .or_else(|| env_nonempty("AWS_ENDPOINT_URL"));
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(profile) = &settings.profile {
+            loader = loader.profile_name(profile);
+        }
+        let region = settings.region.clone().or_else(|| {
+            // An S3-compatible endpoint rarely cares about the region; do not go looking for one
+            // in instance metadata.
+            let from_env =
+                env_nonempty("AWS_REGION").or_else(|| env_nonempty("AWS_DEFAULT_REGION"));
+            match (&endpoint, from_env, &settings.profile) {
+                (_, Some(region), _) => Some(region),
+                (Some(_), None, None) => Some("us-east-1".to_owned()),
+                _ => None,
+            }
+        });
+        if let Some(region) = region {
+            loader = loader.region(Region::new(region));
+        }
+        if let Some(keys) = &settings.credentials {
+            loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+                &keys.access_key_id,
+                &keys.secret_access_key,
+                keys.session_token.clone(),
+                None,
+                "godwit",
+            ));
+        }
+        if let Some(url) = &endpoint {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(StorageError::new(
+                    ErrorKind::InvalidInput,
+                    format!("endpoint '{url}' is not an http:// or https:// URL"),
+                ));
+            }
+            loader = loader.endpoint_url(url);
+        }
+        let sdk = loader.load().await;
+        let mut config = aws_sdk_s3::config::Builder::from(&sdk)
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .force_path_style(settings.path_style.unwrap_or(endpoint.is_some()));
+        if sdk.region().is_none() {
+            config = config.region(Region::from_static("us-east-1"));
+        }
+        Ok(Self {
+            client: Client::from_conf(config.build()),
+            endpoint: endpoint.unwrap_or_else(|| "AWS S3".to_owned()),
+        })
+    }
+
+    /// A source reading `bucket`, below `prefix` (empty or ending in `/`).
+    pub fn source(&self, bucket: &str, prefix: &str) -> S3Source {
+        S3Source {
+            bucket: self.bucket(bucket, prefix),
+        }
+    }
+
+    /// A destination writing to `bucket`, below `prefix` (empty or ending in `/`).
+    pub fn destination(&self, bucket: &str, prefix: &str) -> S3Destination {
+        S3Destination {
+            bucket: self.bucket(bucket, prefix),
+        }
+    }
+
+    fn bucket(&self, bucket: &str, prefix: &str) -> Bucket {
+        Bucket {
+            s3: self.clone(),
+            name: bucket.to_owned(),
+            prefix: prefix.to_owned(),
+            location: Location::S3 {
+                bucket: bucket.to_owned(),
+                prefix: prefix.to_owned(),
+            },
+        }
+    }
+}
+
+/// A bucket and prefix on one endpoint: what sources and destinations share.
+#[derive(Clone)]
+pub(crate) struct Bucket {
+    s3: S3Client,
+    name: String,
+    prefix: String,
+    location: Location,
+}
+
+impl Bucket {
+    fn key(&self, relative: &str) -> String {
+        format!("{}{relative}", self.prefix)
+    }
+
+    fn client(&self) -> &Client {
+        &self.s3.client
+    }
+
+    /// Turns an SDK error into a [`StorageError`] whose message names `op` and `key`.
+    fn error<E>(&self, op: &str, key: Option<&str>, err: SdkError<E, HttpResponse>) -> StorageError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let target = match key {
+            Some(key) => format!("s3://{}/{}", self.name, self.key(key)),
+            None => format!("bucket '{}'", self.name),
+        };
+        let endpoint = &self.s3.endpoint;
+        let (kind, detail) = match &err {
+            SdkError::ConstructionFailure(_) => {
+                let text = DisplayErrorContext(&err).to_string();
+                if text.contains("credentials") || text.contains("Credentials") {
+                    (
+                        ErrorKind::Credentials,
+                        "no AWS credentials were found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or choose a profile".to_owned(),
+                    )
+                } else {
+                    (ErrorKind::InvalidInput, text)
+                }
+            }
+            SdkError::TimeoutError(_) => (
+                ErrorKind::Unreachable,
+                format!("{endpoint} did not answer in time"),
+            ),
+            SdkError::DispatchFailure(failure) => {
+                let cause = err
+                    .source()
+                    .map(|s| DisplayErrorContext(s).to_string())
+                    .unwrap_or_default();
+                let what = if failure.is_timeout() {
+                    "timed out"
+                } else {
+                    "could not be reached"
+                };
+                (
+                    ErrorKind::Unreachable,
+                    format!(
+                        "{endpoint} {what} ({cause}); check the endpoint URL and that the server is running"
+                    ),
+                )
+            }
+            SdkError::ResponseError(_) => (
+                ErrorKind::Unclear,
+                format!(
+                    "{endpoint} sent an answer that could not be read: {}",
+                    DisplayErrorContext(&err)
+                ),
+            ),
+            SdkError::ServiceError(service) => {
+                let status = service.raw().status().as_u16();
+                let code = err.code().unwrap_or("");
+                let message = err.message().unwrap_or("");
+                let kind = match (status, code) {
+                    (_, "NoSuchBucket") => ErrorKind::BucketNotFound,
+                    (_, "NoSuchUpload") => ErrorKind::NoSuchUpload,
+                    (
+                        _,
+                        "InvalidAccessKeyId"
+                        | "SignatureDoesNotMatch"
+                        | "InvalidToken"
+                        | "ExpiredToken",
+                    ) => ErrorKind::Credentials,
+                    (_, "BadDigest" | "InvalidDigest") => ErrorKind::ChecksumMismatch,
+                    (_, "SlowDown" | "RequestTimeout" | "InternalError" | "ServiceUnavailable") => {
+                        ErrorKind::Busy
+                    }
+                    (404, _) => ErrorKind::NotFound,
+                    (403, _) => ErrorKind::AccessDenied,
+                    (412, _) => ErrorKind::Unclear,
+                    (501, _) | (_, "NotImplemented") => ErrorKind::Unsupported,
+                    (429 | 500..=599, _) => ErrorKind::Busy,
+                    (400, _) => ErrorKind::InvalidInput,
+                    (200, _) => ErrorKind::Unclear,
+                    _ => ErrorKind::Other,
+                };
+                let code_text = if code.is_empty() {
+                    format!("HTTP {status}")
+                } else {
+                    format!("{code} (HTTP {status})")
+                };
+                let hint = match kind {
+                    ErrorKind::BucketNotFound => {
+                        format!("; create the bucket or fix its name (endpoint {endpoint})")
+                    }
+                    ErrorKind::Credentials => format!(
+                        "; {endpoint} rejected the credentials: check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the profile"
+                    ),
+                    ErrorKind::AccessDenied => {
+                        "; the credentials lack a permission for this operation".to_owned()
+                    }
+                    ErrorKind::Unclear if status == 200 => {
+                        "; the server's reply could not be parsed".to_owned()
+                    }
+                    _ => String::new(),
+                };
+                let sep = if message.is_empty() { "" } else { ": " };
+                (kind, format!("{code_text}{sep}{message}{hint}"))
+            }
+            _ => (ErrorKind::Other, DisplayErrorContext(&err).to_string()),
+        };
+        StorageError::new(kind, format!("{op} {target}: {detail}"))
+    }
+
+    fn is_status<E>(err: &SdkError<E, HttpResponse>, wanted: u16) -> bool {
+        matches!(err, SdkError::ServiceError(s) if s.raw().status().as_u16() == wanted)
+    }
+
+    async fn check(&self) -> Result<(), StorageError> {
+        match self.client().head_bucket().bucket(&self.name).send().await {
+            Ok(_) => Ok(()),
+            Err(err) if Self::is_status(&err, 404) => Err(StorageError::new(
+                ErrorKind::BucketNotFound,
+                format!(
+                    "bucket '{}' does not exist at {}; create it or fix the name",
+                    self.name, self.s3.endpoint
+                ),
+            )),
+            Err(err) if Self::is_status(&err, 403) => Err(StorageError::new(
+                ErrorKind::Credentials,
+                format!(
+                    "{} refused access to bucket '{}' (HTTP 403): the credentials are wrong or lack permission; check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the profile, and the bucket's permissions",
+                    self.s3.endpoint, self.name
+                ),
+            )),
+            Err(err) if Self::is_status(&err, 400) => Err(StorageError::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "{} refused the bucket name '{}' (HTTP 400): S3 bucket names are 3-63 characters of lowercase letters, digits, dots and hyphens",
+                    self.s3.endpoint, self.name
+                ),
+            )),
+            Err(err) => Err(self.error("checking", None, err)),
+        }
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<DestObject>, StorageError> {
+        let answer = self
+            .client()
+            .head_object()
+            .bucket(&self.name)
+            .key(self.key(key))
+            .checksum_mode(ChecksumMode::Enabled)
+            .send()
+            .await;
+        match answer {
+            Ok(out) => Ok(Some(DestObject {
+                size: out.content_length().unwrap_or(0).max(0) as u64,
+                etag: out.e_tag().map(str::to_owned),
+                crc64nvme: out.checksum_crc64_nvme().and_then(Crc64Nvme::from_base64),
+                version_id: out.version_id().map(str::to_owned),
+            })),
+            Err(err) if Self::is_status(&err, 404) => Ok(None),
+            Err(err) => Err(self.error("reading the metadata of", Some(key), err)),
+        }
+    }
+
+    async fn read(
+        &self,
+        key: &str,
+        if_match: Option<&str>,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes, StorageError> {
+        let mut request = self
+            .client()
+            .get_object()
+            .bucket(&self.name)
+            .key(self.key(key));
+        if len > 0 {
+            request = request.range(format!("bytes={offset}-{}", offset + len - 1));
+        }
+        if let Some(etag) = if_match {
+            request = request.if_match(etag);
+        }
+        let answer = match request.send().await {
+            Ok(answer) => answer,
+            Err(err) if Self::is_status(&err, 412) => {
+                return Err(self.source_changed(&self.name, &self.key(key)));
+            }
+            Err(err) => return Err(self.error("reading", Some(key), err)),
+        };
+        // Straight into one buffer of the asked size: no second copy, and a server that sends
+        // more than asked cannot grow it.
+        let mut body = answer.body;
+        let mut bytes = BytesMut::with_capacity(len as usize);
+        let broke_off = |e: &dyn std::fmt::Display| {
+            StorageError::new(
+                ErrorKind::Unreachable,
+                format!(
+                    "reading s3://{}/{}: the transfer broke off: {e}",
+                    self.name,
+                    self.key(key)
+                ),
+            )
+        };
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| broke_off(&e))?;
+            if (bytes.len() + chunk.len()) as u64 > len {
+                bytes.clear();
+                break;
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        if bytes.len() as u64 != len {
+            return Err(StorageError::new(
+                ErrorKind::SourceChanged,
+                format!(
+                    "reading s3://{}/{}: expected {len} bytes at offset {offset}, got another amount",
+                    self.name,
+                    self.key(key),
+                ),
+            ));
+        }
+        Ok(bytes.freeze())
+    }
+}
+
+/// The `x-amz-copy-source` value for `key` in `bucket`: the key percent-encoded, `/` kept.
+fn copy_source(bucket: &str, key: &str) -> String {
+    let mut out = format!("{bucket}/");
+    for byte in key.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~' | b'/') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+impl Bucket {
+    /// The error for a source object that is no longer the version that was listed.
+    fn source_changed(&self, bucket: &str, full_key: &str) -> StorageError {
+        StorageError::new(
+            ErrorKind::SourceChanged,
+            format!("s3://{bucket}/{full_key} changed since it was listed; it will be read again"),
+        )
+    }
+}

@@ -1,0 +1,153 @@
+//! An S3 bucket, below a prefix, as a source.
+
+use async_trait::async_trait;
+use aws_sdk_s3::error::DisplayErrorContext;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::Bucket;
+use crate::{
+    CopyOrigin, ErrorKind, Listed, Listing, Location, ObjectMeta, PartLayout, Source,
+    SourceCapabilities, StorageError,
+};
+
+/// An S3 bucket (below a prefix) as a source.
+pub struct S3Source {
+    pub(super) bucket: Bucket,
+}
+
+impl Bucket {
+    /// Pages through ListObjectsV2 in a background task.
+    fn list(&self) -> Listing {
+        let (pages, receiver) = mpsc::channel(4);
+        let bucket = self.clone();
+        tokio::spawn(async move {
+            let mut stream = bucket
+                .client()
+                .list_objects_v2()
+                .bucket(&bucket.name)
+                .prefix(&bucket.prefix)
+                .into_paginator()
+                .send();
+            while let Some(page) = stream.next().await {
+                let page = match page {
+                    Ok(page) => page,
+                    Err(err) => {
+                        let _ = pages.send(Err(bucket.error("listing", None, err))).await;
+                        return;
+                    }
+                };
+                let entries = page
+                    .contents()
+                    .iter()
+                    .filter_map(|object| {
+                        let key = object
+                            .key()?
+                            .strip_prefix(bucket.prefix.as_str())?
+                            .to_owned();
+                        Some(Listed::Object(ObjectMeta {
+                            key,
+                            size: object.size().unwrap_or(0).max(0) as u64,
+                            version: object.e_tag().unwrap_or("").to_owned(),
+                        }))
+                    })
+                    .collect();
+                if pages.send(Ok(entries)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        receiver
+    }
+}
+
+#[async_trait]
+impl Source for S3Source {
+    fn location(&self) -> &Location {
+        &self.bucket.location
+    }
+
+    fn capabilities(&self) -> SourceCapabilities {
+        SourceCapabilities { ranged_reads: true }
+    }
+
+    async fn check(&self) -> Result<(), StorageError> {
+        self.bucket.check().await
+    }
+
+    fn list(&self) -> Listing {
+        self.bucket.list()
+    }
+
+    async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
+        Ok(self.bucket.head(key).await?.map(|object| ObjectMeta {
+            key: key.to_owned(),
+            size: object.size,
+            version: object.etag.unwrap_or_default(),
+        }))
+    }
+
+    async fn read(
+        &self,
+        expected: &ObjectMeta,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes, StorageError> {
+        let if_match = Some(expected.version.as_str()).filter(|v| !v.is_empty());
+        self.bucket.read(&expected.key, if_match, offset, len).await
+    }
+
+    fn copy_origin(&self) -> Option<CopyOrigin> {
+        let b = &self.bucket;
+        Some(CopyOrigin {
+            endpoint: b.s3.endpoint.clone(),
+            bucket: b.name.clone(),
+            prefix: b.prefix.clone(),
+        })
+    }
+
+    /// Asks for the first part (HEAD with `partNumber=1`): its length and the part count give the
+    /// cut, if it was uniform. A server that ignores `partNumber` (s3s-fs) sends no part count.
+    /// No `If-Match` here (moto compares it with the part's ETag): the cut is only a guess until
+    /// the copy, whose parts are conditional on the source's ETag, shows the same ETag.
+    async fn part_layout(&self, meta: &ObjectMeta) -> Result<Option<PartLayout>, StorageError> {
+        let b = &self.bucket;
+        let answer = b
+            .client()
+            .head_object()
+            .bucket(&b.name)
+            .key(b.key(&meta.key))
+            .part_number(1)
+            .send()
+            .await;
+        match answer {
+            Ok(out) => Ok(out.parts_count().and_then(|parts| {
+                let first = u64::try_from(out.content_length()?).ok()?;
+                PartLayout::uniform(meta.size, first, u32::try_from(parts).ok()?)
+            })),
+            Err(err) if Bucket::is_status(&err, 404) => Err(StorageError::new(
+                ErrorKind::NotFound,
+                format!(
+                    "s3://{}/{} is no longer at the source",
+                    b.name,
+                    b.key(&meta.key)
+                ),
+            )),
+            // A server that does not take `partNumber` cannot say: the object streams instead.
+            Err(err)
+                if [400, 416, 501]
+                    .iter()
+                    .any(|&code| Bucket::is_status(&err, code)) =>
+            {
+                tracing::debug!(
+                    "s3://{}/{}: no part layout ({})",
+                    b.name,
+                    b.key(&meta.key),
+                    DisplayErrorContext(&err)
+                );
+                Ok(None)
+            }
+            Err(err) => Err(b.error("reading the parts of", Some(&meta.key), err)),
+        }
+    }
+}
