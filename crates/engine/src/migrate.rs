@@ -211,6 +211,8 @@ impl Migrator {
         let pass = self.choose_pass(&migration).await?;
 
         let notify = Arc::new(Notify::new());
+        // Cancelled by a stop, and when the run cannot go on (the ledger stopped recording).
+        let halt = self.stop.child_token();
         let scanner = match pass {
             PassPlan::Scan(number) => Some(tokio::spawn(scan(
                 Arc::clone(&self.source),
@@ -220,7 +222,7 @@ impl Migrator {
                 self.options.filter.clone(),
                 Arc::clone(&self.progress),
                 Arc::clone(&notify),
-                self.stop.clone(),
+                halt.clone(),
             ))),
             PassPlan::Resume(_) => {
                 mark_work_known(self.store.as_ref(), migration.id, &self.progress).await?;
@@ -245,7 +247,7 @@ impl Migrator {
             copy_candidate,
         ));
         let dispatched = self
-            .dispatch(migration.id, scanner, &notify, Arc::clone(&transfers))
+            .dispatch(migration.id, scanner, &notify, Arc::clone(&transfers), halt)
             .await;
         let tally = self.store.tally(migration.id).await?;
         let problems = self.store.problems(migration.id, PROBLEMS_LISTED).await?;
@@ -277,6 +279,7 @@ impl Migrator {
         mut scanner: Option<tokio::task::JoinHandle<Result<(), EngineError>>>,
         notify: &Notify,
         transfers: Arc<Transfers>,
+        halt: CancellationToken,
     ) -> Result<(), EngineError> {
         let concurrency = self.options.concurrency.max(1);
         // Packets of twice the objects in flight: enough to keep every slot busy between claims,
@@ -291,6 +294,7 @@ impl Migrator {
             Arc::clone(&self.store),
             receiver,
             Arc::clone(&self.progress),
+            halt.clone(),
         ));
         // The limit on objects in flight moves with the measured throughput (see `throttle`);
         // `concurrency` is its ceiling.
@@ -304,12 +308,12 @@ impl Migrator {
             Arc::clone(&debt),
             Arc::clone(&limit),
             Arc::clone(&self.progress),
-            self.stop.clone(),
+            halt.clone(),
         ));
         let mut tasks: JoinSet<Result<(), StoreError>> = JoinSet::new();
         let mut result: Result<(), EngineError> = Ok(());
 
-        'claiming: while !self.stop.is_cancelled() {
+        'claiming: while !halt.is_cancelled() {
             while let Some(joined) = tasks.try_join_next() {
                 if let Err(error) = flatten(joined) {
                     result = Err(error);
@@ -337,7 +341,7 @@ impl Migrator {
                         tokio::select! {
                             () = notify.notified() => {}
                             () = tokio::time::sleep(Duration::from_millis(100)) => {}
-                            () = self.stop.cancelled() => {}
+                            () = halt.cancelled() => {}
                         }
                         continue;
                     }
@@ -362,32 +366,38 @@ impl Migrator {
             while let Some(object) = packet.pop_front() {
                 let slot = tokio::select! {
                     slot = acquire_slot(&slots, &debt) => slot,
-                    () = self.stop.cancelled() => {
+                    () = halt.cancelled() => {
                         packet.push_front(object);
                         break;
                     }
                 };
                 let transfers = Arc::clone(&transfers);
                 let outcomes = outcomes.clone();
+                let halt = halt.clone();
                 tasks.spawn(async move {
                     let outcome = transfers.copy(object).await?;
                     drop(slot);
-                    // The writer only goes away when the run ends; an outcome then is recorded
-                    // by the next run instead (the object stays claimed and is recovered).
-                    let _ = outcomes.send(outcome).await;
+                    // The writer only goes away when it failed (and halted the run): the
+                    // object stays claimed, and the next run settles it.
+                    if outcomes.send(outcome).await.is_err() {
+                        halt.cancel();
+                    }
                     Ok(())
                 });
             }
-            // Objects claimed but never started go back to the queue as they were.
+            // Objects claimed but never started go back to the queue as they were (unless the
+            // writer is gone: then the next run recovers them).
             for object in packet {
-                let _ = outcomes.send(release(&object)).await;
+                if outcomes.send(release(&object)).await.is_err() {
+                    break;
+                }
             }
         }
 
         steering.abort();
         if let Some(running) = scanner {
             // Stopped or failed before the scan ended: let it notice and finish its page.
-            self.stop.cancel();
+            halt.cancel();
             if let Ok(Err(error)) = running.await
                 && result.is_ok()
             {
@@ -404,7 +414,8 @@ impl Migrator {
         drop(outcomes);
         match writer.await {
             Ok(Ok(())) => {}
-            Ok(Err(error)) => result = result.and(Err(error.into())),
+            // The ledger's failure is why everything else stopped: it is the error to report.
+            Ok(Err(error)) => result = Err(error.into()),
             Err(join) => {
                 result = result.and(Err(EngineError::Internal(format!("ledger writer: {join}"))))
             }
@@ -668,6 +679,7 @@ async fn write_outcomes(
     store: Arc<dyn Store>,
     mut receiver: mpsc::Receiver<Outcome>,
     progress: Arc<Progress>,
+    halt: CancellationToken,
 ) -> Result<(), StoreError> {
     const BATCH: usize = 1024;
     // Each commit costs WAL writes whatever its size: gather for a moment before writing. A kill
@@ -691,7 +703,12 @@ async fn write_outcomes(
             .filter(|o| o.state.is_terminal())
             .map(|o| (o.state, o.size))
             .collect();
-        store.record_outcomes(std::mem::take(&mut batch)).await?;
+        if let Err(error) = store.record_outcomes(std::mem::take(&mut batch)).await {
+            // Nothing more can be recorded: stop taking work at once, and say why.
+            tracing::error!("cannot record outcomes in the ledger, stopping: {error}");
+            halt.cancel();
+            return Err(error);
+        }
         for (state, size) in finished {
             Progress::add(&progress.n_done, 1);
             Progress::add(&progress.bytes_done, size);

@@ -12,7 +12,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use godwit_engine::{MigrateOptions, Migrator, TransferOptions};
 use godwit_s3_server::LocalS3;
-use godwit_state::{MigrationSpec, ObjectState, Scanned, ScannedObject, SqliteStore, Store};
+use godwit_state::{
+    ClaimedObject, MigrationId, MigrationSpec, ObjectId, ObjectState, Outcome, PacketLimits,
+    PartRecord, Scanned, ScannedObject, SqliteStore, Store, StoreError,
+};
 use godwit_storage::{
     CopyOrigin, CopySupport, Crc64Nvme, DestObject, Destination, DestinationCapabilities, Location,
     ObjectMeta, S3Settings, Source, StaticCredentials, StorageError, UploadedPart, Written,
@@ -130,6 +133,8 @@ struct Faulty {
     put_latency: Duration,
     puts_in_flight: AtomicUsize,
     most_puts_in_flight: AtomicUsize,
+    /// PutObject calls made.
+    puts: AtomicUsize,
 }
 
 impl Faulty {
@@ -146,6 +151,7 @@ impl Faulty {
             put_latency: Duration::ZERO,
             puts_in_flight: AtomicUsize::new(0),
             most_puts_in_flight: AtomicUsize::new(0),
+            puts: AtomicUsize::new(0),
         }
     }
 }
@@ -190,6 +196,7 @@ impl Destination for Faulty {
         } else {
             body
         };
+        self.puts.fetch_add(1, Ordering::SeqCst);
         let now = self.puts_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.most_puts_in_flight.fetch_max(now, Ordering::SeqCst);
         if !self.put_latency.is_zero() {
@@ -809,4 +816,126 @@ impl Server {
     async fn s3s_fs_only() -> Server {
         servers().await.remove(0)
     }
+}
+
+/// A real ledger whose outcome writes start failing after the first `healthy` batches, as a
+/// full disk or a lost database would.
+struct FailingLedger {
+    inner: SqliteStore,
+    healthy: usize,
+    batches: AtomicUsize,
+}
+
+#[async_trait]
+impl Store for FailingLedger {
+    async fn open_migration(
+        &self,
+        spec: &MigrationSpec,
+    ) -> Result<godwit_state::Migration, StoreError> {
+        self.inner.open_migration(spec).await
+    }
+    async fn migrations(&self) -> Result<Vec<godwit_state::Migration>, StoreError> {
+        self.inner.migrations().await
+    }
+    async fn start_pass(&self, migration: MigrationId) -> Result<godwit_state::Pass, StoreError> {
+        self.inner.start_pass(migration).await
+    }
+    async fn record_scanned(
+        &self,
+        migration: MigrationId,
+        pass: u32,
+        batch: Vec<ScannedObject>,
+    ) -> Result<(), StoreError> {
+        self.inner.record_scanned(migration, pass, batch).await
+    }
+    async fn finish_scan(&self, migration: MigrationId, pass: u32) -> Result<(), StoreError> {
+        self.inner.finish_scan(migration, pass).await
+    }
+    async fn claim(
+        &self,
+        migration: MigrationId,
+        worker: &str,
+        limits: PacketLimits,
+    ) -> Result<Vec<ClaimedObject>, StoreError> {
+        self.inner.claim(migration, worker, limits).await
+    }
+    async fn recover_abandoned(&self, migration: MigrationId) -> Result<u64, StoreError> {
+        self.inner.recover_abandoned(migration).await
+    }
+    async fn record_outcomes(&self, outcomes: Vec<Outcome>) -> Result<(), StoreError> {
+        if self.batches.fetch_add(1, Ordering::SeqCst) >= self.healthy {
+            return Err(StoreError::Database {
+                path: "test".into(),
+                message: "disk full (injected)".into(),
+            });
+        }
+        self.inner.record_outcomes(outcomes).await
+    }
+    async fn record_upload(
+        &self,
+        object: ObjectId,
+        upload_id: &str,
+        part_size: u64,
+    ) -> Result<(), StoreError> {
+        self.inner.record_upload(object, upload_id, part_size).await
+    }
+    async fn record_part(&self, object: ObjectId, part: PartRecord) -> Result<(), StoreError> {
+        self.inner.record_part(object, part).await
+    }
+    async fn clear_upload(&self, object: ObjectId) -> Result<(), StoreError> {
+        self.inner.clear_upload(object).await
+    }
+    async fn tally(&self, migration: MigrationId) -> Result<godwit_state::Tally, StoreError> {
+        self.inner.tally(migration).await
+    }
+    async fn problems(
+        &self,
+        migration: MigrationId,
+        limit: u32,
+    ) -> Result<Vec<godwit_state::Problem>, StoreError> {
+        self.inner.problems(migration, limit).await
+    }
+    async fn requeue_failed(&self, migration: MigrationId) -> Result<u64, StoreError> {
+        self.inner.requeue_failed(migration).await
+    }
+}
+
+/// Issue 9, point 8: once outcomes cannot be recorded, the run stops taking work at once and
+/// says why, instead of copying on with nothing recorded.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ledger_that_stops_recording_stops_the_run() {
+    let server = Server::s3s_fs_only().await;
+    let work = tempfile::tempdir().unwrap();
+    let source_dir = work.path().join("src");
+    std::fs::create_dir_all(&source_dir).unwrap();
+    for i in 0..2000u64 {
+        std::fs::write(source_dir.join(format!("{i:04}")), bytes(i, 100)).unwrap();
+    }
+    let (real, _bucket) = server.destination().await;
+    let counting = Arc::new(Faulty::new(Arc::clone(&real)));
+    let store = Arc::new(FailingLedger {
+        inner: SqliteStore::open(&work.path().join("ledger.db")).unwrap(),
+        healthy: 1,
+        batches: AtomicUsize::new(0),
+    });
+    let migrator = Migrator::new(
+        local_source(&source_dir),
+        counting.clone(),
+        store,
+        options(),
+        CancellationToken::new(),
+    );
+
+    let result = migrator.run(&spec()).await;
+
+    let error = result.expect_err("the run must fail when its ledger does");
+    assert!(
+        error.to_string().contains("disk full (injected)"),
+        "the reason was lost: {error}"
+    );
+    let puts = counting.puts.load(Ordering::SeqCst);
+    assert!(
+        puts < 500,
+        "{puts} of 2000 objects were written after the ledger stopped recording"
+    );
 }
