@@ -7,7 +7,12 @@ use crate::exit;
 use crate::migrate::default_state_path;
 use crate::render::bytes;
 
-fn open(state: Option<std::path::PathBuf>) -> Result<(SqliteStore, std::path::PathBuf), u8> {
+/// Opens the ledger: to read it (`status`: no lock, so it works while a migration runs), or to
+/// change it.
+fn open(
+    state: Option<std::path::PathBuf>,
+    read_only: bool,
+) -> Result<(SqliteStore, std::path::PathBuf), u8> {
     let path = state.unwrap_or_else(default_state_path);
     if !path.exists() {
         eprintln!(
@@ -16,7 +21,12 @@ fn open(state: Option<std::path::PathBuf>) -> Result<(SqliteStore, std::path::Pa
         );
         return Err(exit::CONFIG);
     }
-    match SqliteStore::open(&path) {
+    let opened = if read_only {
+        SqliteStore::open_read_only(&path)
+    } else {
+        SqliteStore::open(&path)
+    };
+    match opened {
         Ok(store) => Ok((store, path)),
         Err(error) => {
             eprintln!("godwit: {error}");
@@ -26,7 +36,7 @@ fn open(state: Option<std::path::PathBuf>) -> Result<(SqliteStore, std::path::Pa
 }
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<u8> {
-    let (store, path) = match open(args.ledger.state) {
+    let (store, path) = match open(args.ledger.state, true) {
         Ok(opened) => opened,
         Err(code) => return Ok(code),
     };
@@ -75,7 +85,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<u8> {
 }
 
 pub async fn retry_failed(args: RetryArgs) -> anyhow::Result<u8> {
-    let (store, _) = match open(args.ledger.state) {
+    let (store, _) = match open(args.ledger.state, false) {
         Ok(opened) => opened,
         Err(code) => return Ok(code),
     };

@@ -834,3 +834,45 @@ async fn multipart_copies_are_verified_by_what_each_server_offers() {
         assert!(target.get(&bucket, "b.bin").await == second);
     }
 }
+
+/// Issue 9, point 9: reading the ledger never needs the writer's lock, so `godwit status` works
+/// while a migration runs (here: while the lock a running `migrate` holds is held).
+#[tokio::test(flavor = "multi_thread")]
+async fn status_reads_a_ledger_while_a_migration_holds_it() {
+    let target = support::Target::s3s_fs().await;
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("src");
+    write_tree(&source, &[("a.txt", bytes(1, 10)), ("b.txt", bytes(2, 20))]);
+    let bucket = target.bucket("status").await;
+    let state = ledger(&work);
+    let run = migrate(
+        &target,
+        &path_str(&source),
+        &format!("s3://{bucket}"),
+        &state,
+        &[],
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    // What a running `godwit migrate` holds: the ledger's lock file.
+    let lock = std::fs::File::options()
+        .write(true)
+        .open(format!("{}.lock", state.display()))
+        .unwrap();
+    lock.try_lock().unwrap();
+
+    let mut command = support::godwit();
+    command.args(["status", "--json", "--state"]).arg(&state);
+    let status = support::run(command).await;
+
+    assert_eq!(status.code, Some(0), "{status:?}");
+    let migrations = &status.json()["migrations"];
+    assert_eq!(migrations[0]["objects"]["copied"], 2, "{status:?}");
+    // A command that writes still waits its turn, and says why.
+    let mut command = support::godwit();
+    command.args(["retry-failed", "any", "--state"]).arg(&state);
+    let retry = support::run(command).await;
+    assert_eq!(retry.code, Some(2), "{retry:?}");
+    assert!(retry.stderr.contains("in use"), "{}", retry.stderr);
+    drop(lock);
+}

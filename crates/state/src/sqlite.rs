@@ -69,13 +69,15 @@ CREATE TABLE IF NOT EXISTS parts (
 ) WITHOUT ROWID;
 ";
 
-/// The SQLite ledger. Opening it takes an exclusive lock on `PATH.lock`, so a second process on
-/// the same file gets [`StoreError::Busy`] instead of a corrupted queue; every claim left in the
-/// file therefore belongs to a process that is gone.
+/// The SQLite ledger. Opening it to work on takes an exclusive lock on `PATH.lock`, so a second
+/// process on the same file gets [`StoreError::Busy`] instead of a corrupted queue; every claim
+/// left in the file therefore belongs to a process that is gone. Opening it to read
+/// ([`SqliteStore::open_read_only`]) takes no lock: WAL lets readers in while a writer works.
 pub struct SqliteStore {
     connection: Arc<Mutex<Connection>>,
     path: PathBuf,
-    _lock: File,
+    /// The writer's lock; `None` for a reader.
+    _lock: Option<File>,
 }
 
 fn now() -> i64 {
@@ -135,7 +137,49 @@ impl SqliteStore {
         Ok(Self {
             connection: Arc::new(Mutex::new(connection)),
             path: path.to_owned(),
-            _lock: lock,
+            _lock: Some(lock),
+        })
+    }
+
+    /// Opens an existing ledger to read it (`godwit status`, later the dashboard), whether or
+    /// not a migration is working on it: no lock is taken, and every write through it fails.
+    /// A ledger of an older schema is brought up to date first when no process holds it.
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        let open = || {
+            let connection = Connection::open_with_flags(
+                path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(|e| db_error(path, e))?;
+            connection
+                .execute_batch("PRAGMA busy_timeout = 5000;")
+                .map_err(|e| db_error(path, e))?;
+            let version: i64 = connection
+                .query_row("PRAGMA user_version", [], |row| row.get(0))
+                .map_err(|e| db_error(path, e))?;
+            Ok::<_, StoreError>((connection, version))
+        };
+        let (mut connection, mut version) = open()?;
+        if version < SCHEMA_VERSION {
+            drop(connection);
+            match Self::open(path) {
+                Ok(writer) => drop(writer),
+                Err(StoreError::Busy { .. }) => {}
+                Err(other) => return Err(other),
+            }
+            (connection, version) = open()?;
+        }
+        if version > SCHEMA_VERSION {
+            return Err(db_error(
+                path,
+                format!("it was written by a newer godwit (schema {version}); upgrade godwit"),
+            ));
+        }
+        Ok(Self {
+            connection: Arc::new(Mutex::new(connection)),
+            path: path.to_owned(),
+            _lock: None,
         })
     }
 
@@ -646,6 +690,28 @@ mod tests {
         assert!(matches!(
             store.open_migration(&other).await,
             Err(StoreError::NameTaken { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_reader_needs_no_lock_and_cannot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.db");
+        let writer = SqliteStore::open(&path).unwrap();
+        let migration = writer.open_migration(&spec()).await.unwrap();
+        writer.start_pass(migration.id).await.unwrap();
+        writer
+            .record_scanned(migration.id, 1, vec![object("a", 1, "1")])
+            .await
+            .unwrap();
+
+        let reader = SqliteStore::open_read_only(&path).unwrap();
+        let tally = reader.tally(migration.id).await.unwrap();
+        assert_eq!(tally.n(ObjectState::Pending), 1);
+        assert!(reader.requeue_failed(migration.id).await.is_err());
+        assert!(matches!(
+            SqliteStore::open(&path),
+            Err(StoreError::Busy { .. })
         ));
     }
 
