@@ -876,3 +876,36 @@ async fn status_reads_a_ledger_while_a_migration_holds_it() {
     assert!(retry.stderr.contains("in use"), "{}", retry.stderr);
     drop(lock);
 }
+
+/// Issue 9, point 10: file names that are not UTF-8 cannot be S3 keys; two such names that look
+/// alike once made printable are still two objects in the ledger, each failed with its name.
+#[tokio::test(flavor = "multi_thread")]
+async fn file_names_that_are_not_utf8_are_each_counted_and_failed() {
+    use std::os::unix::ffi::OsStrExt;
+    let target = support::Target::s3s_fs().await;
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("src");
+    write_tree(&source, &[("good.txt", bytes(1, 10))]);
+    for name in [&b"bad\xff.txt"[..], &b"bad\xfe.txt"[..]] {
+        std::fs::write(source.join(std::ffi::OsStr::from_bytes(name)), bytes(2, 10)).unwrap();
+    }
+    let bucket = target.bucket("utf8").await;
+
+    let run = migrate(
+        &target,
+        &path_str(&source),
+        &format!("s3://{bucket}"),
+        &ledger(&work),
+        &[],
+    )
+    .await;
+
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert_eq!(
+        (run.n("scanned"), run.n("copied"), run.n("failed")),
+        (3, 1, 2),
+        "{run:?}"
+    );
+    assert!(run.stderr.contains("not valid UTF-8"), "{}", run.stderr);
+    assert_eq!(target.keys(&bucket).await, ["good.txt"]);
+}

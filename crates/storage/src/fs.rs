@@ -61,9 +61,13 @@ fn meta_of(key: String, metadata: &Metadata) -> ObjectMeta {
     }
 }
 
-/// The `/`-separated key of `path` below `root`; `Err` holds a printable stand-in when a component
-/// is not UTF-8 (S3 keys must be).
+/// The `/`-separated key of `path` below `root`. `Err` when a component is not UTF-8 (S3 keys
+/// must be): then a stand-in that names the file unambiguously, for the ledger and messages. It
+/// writes each invalid byte as `\xNN` (and a backslash as `\\`), so two names that differ only
+/// in invalid bytes stay two, and starts with `/`, which no real key does, so it cannot merge
+/// with the key of another file.
 fn key_of(root: &Path, path: &Path) -> Result<String, String> {
+    use std::os::unix::ffi::OsStrExt;
     let relative = path.strip_prefix(root).unwrap_or(path);
     let mut key = String::new();
     let mut valid = true;
@@ -76,11 +80,31 @@ fn key_of(root: &Path, path: &Path) -> Result<String, String> {
             Some(text) => key.push_str(text),
             None => {
                 valid = false;
-                key.push_str(&part.to_string_lossy());
+                key.push_str(&escaped(part.as_bytes()));
             }
         }
     }
-    if valid { Ok(key) } else { Err(key) }
+    if valid {
+        Ok(key)
+    } else {
+        let relative: Vec<String> = relative
+            .components()
+            .map(|c| escaped(c.as_os_str().as_bytes()))
+            .collect();
+        Err(format!("/{}", relative.join("/")))
+    }
+}
+
+/// `bytes` as text: valid UTF-8 as it is (backslashes doubled), every other byte as `\xNN`.
+fn escaped(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(&chunk.valid().replace('\\', "\\\\"));
+        for byte in chunk.invalid() {
+            out.push_str(&format!("\\x{byte:02X}"));
+        }
+    }
+    out
 }
 
 fn list_blocking(root: PathBuf, pages: mpsc::Sender<Result<Vec<Listed>, StorageError>>) {
@@ -97,15 +121,15 @@ fn list_blocking(root: PathBuf, pages: mpsc::Sender<Result<Vec<Listed>, StorageE
                     continue;
                 }
                 match key_of(&root, entry.path()) {
-                    Err(lossy) => Listed::Unreadable {
+                    Err(stand_in) => Listed::Unreadable {
                         error: StorageError::new(
                             ErrorKind::InvalidInput,
                             format!(
-                                "{}: the file name is not valid UTF-8, which S3 keys must be; rename it",
-                                entry.path().display()
+                                "{}{stand_in}: the file name is not valid UTF-8, which S3 keys must be (invalid bytes shown as \\xNN); rename it",
+                                root.display()
                             ),
                         ),
-                        key: lossy,
+                        key: stand_in,
                     },
                     Ok(key) if !file_type.is_file() => Listed::Unreadable {
                         error: StorageError::new(
@@ -323,6 +347,31 @@ mod tests {
                 ("z".into(), 0)
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn names_that_are_not_utf8_get_distinct_stand_ins() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            &b"a\xff"[..],
+            b"a\xfe",
+            "a\\xFF".as_bytes(),
+            "b\u{FFFD}".as_bytes(),
+        ] {
+            std::fs::write(dir.path().join(std::ffi::OsStr::from_bytes(name)), b"x").unwrap();
+        }
+        let source = LocalSource::new(dir.path().to_owned());
+        let mut keys: Vec<String> = list_all(&source)
+            .await
+            .into_iter()
+            .map(|l| match l {
+                Listed::Object(m) => m.key,
+                Listed::Unreadable { key, .. } => key,
+            })
+            .collect();
+        keys.sort();
+        assert_eq!(keys, ["/a\\xFE", "/a\\xFF", "a\\xFF", "b\u{FFFD}"]);
     }
 
     #[tokio::test]
