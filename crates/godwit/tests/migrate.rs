@@ -909,3 +909,41 @@ async fn file_names_that_are_not_utf8_are_each_counted_and_failed() {
     assert!(run.stderr.contains("not valid UTF-8"), "{}", run.stderr);
     assert_eq!(target.keys(&bucket).await, ["good.txt"]);
 }
+
+/// Issue 9, point 5: godwit's own probe objects (named `.godwit-probe-*`, holding the probe's
+/// bytes), left in a bucket by a run that stopped mid-probe, are never migrated out of it, so no
+/// later run can take a migrated one for its own leftover and delete it. A user's object that only
+/// shares the name is migrated as any other.
+#[tokio::test(flavor = "multi_thread")]
+async fn probe_objects_are_never_migrated() {
+    for target in targets().await {
+        let work = tempfile::tempdir().unwrap();
+        let from = target.bucket("from").await;
+        let to = target.bucket("to").await;
+        let probe = b"godwit: probe for conditional copies";
+        target.put(&from, "photos/a.jpg", &bytes(1, 100)).await;
+        target.put(&from, ".godwit-probe-1-1-a", probe).await;
+        target.put(&from, "photos/.godwit-probe-2-2-b", probe).await;
+        target
+            .put(&from, "photos/.godwit-probe-notes.txt", b"mine")
+            .await;
+
+        let run = migrate(
+            &target,
+            &format!("s3://{from}"),
+            &format!("s3://{to}"),
+            &ledger(&work),
+            &[],
+        )
+        .await;
+
+        assert_eq!(run.code, Some(0), "{:?}: {run:?}", target.kind);
+        assert_eq!(run.n("scanned"), 2, "{run:?}");
+        assert_eq!(
+            target.keys(&to).await,
+            ["photos/.godwit-probe-notes.txt", "photos/a.jpg"],
+            "{:?}",
+            target.kind
+        );
+    }
+}

@@ -153,3 +153,10 @@ impl Bucket {
 const PROBE_PREFIX: &str = ".godwit-probe-";
 /// What a probe object holds.
 const PROBE_BODY: &[u8] = b"godwit: probe for conditional copies";
+
+/// Whether `key` (below any prefix) names one of godwit's probe objects: its name, and the probe's
+/// size.
+pub(super) fn is_probe(key: &str, size: u64) -> bool {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    name.starts_with(PROBE_PREFIX) && size == PROBE_BODY.len() as u64
+}

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::Bucket;
+use super::probe::is_probe;
 use crate::{
     CopyOrigin, ErrorKind, Listed, Listing, Location, ObjectMeta, PartLayout, Source,
     SourceCapabilities, StorageError,
@@ -45,9 +46,16 @@ impl Bucket {
                             .key()?
                             .strip_prefix(bucket.prefix.as_str())?
                             .to_owned();
+                        let size = object.size().unwrap_or(0).max(0) as u64;
+                        // godwit's own probe objects, left by a run that stopped mid-probe, are
+                        // not the user's data: migrated, a later probe could take them for its
+                        // own leftovers.
+                        if is_probe(&key, size) {
+                            return None;
+                        }
                         Some(Listed::Object(ObjectMeta {
                             key,
-                            size: object.size().unwrap_or(0).max(0) as u64,
+                            size,
                             version: object.e_tag().unwrap_or("").to_owned(),
                         }))
                     })
