@@ -8,6 +8,9 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 pub struct Filter {
     include: Option<GlobSet>,
     exclude: Option<GlobSet>,
+    /// Keys below these prefixes are left out whatever the patterns say (a destination that may
+    /// lie inside the source).
+    excluded_prefixes: Vec<String>,
 }
 
 /// A glob that does not parse.
@@ -42,13 +45,24 @@ impl Filter {
         Ok(Self {
             include: build(include)?,
             exclude: build(exclude)?,
+            excluded_prefixes: Vec::new(),
         })
+    }
+
+    /// The same filter, leaving out every key below `prefix` too.
+    pub(crate) fn without_prefix(mut self, prefix: String) -> Self {
+        self.excluded_prefixes.push(prefix);
+        self
     }
 
     /// Whether `key` is taken.
     pub fn takes(&self, key: &str) -> bool {
         self.include.as_ref().is_none_or(|set| set.is_match(key))
             && !self.exclude.as_ref().is_some_and(|set| set.is_match(key))
+            && !self
+                .excluded_prefixes
+                .iter()
+                .any(|prefix| key.starts_with(prefix.as_str()))
     }
 }
 

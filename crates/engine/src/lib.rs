@@ -33,6 +33,10 @@ pub enum EngineError {
     /// The destination cannot be used (missing bucket, rejected credentials, unreachable).
     #[error("destination: {0}")]
     Destination(StorageError),
+    /// The destination lies inside the source, or the source inside the destination, on one
+    /// server: a scan would find godwit's own copies.
+    #[error("{0}")]
+    Overlap(String),
     /// Listing the source failed part-way.
     #[error("scanning the source: {0}")]
     Scan(StorageError),

@@ -14,7 +14,7 @@ use godwit_state::{
     ClaimedObject, Migration, MigrationId, MigrationSpec, ObjectState, Outcome, PacketLimits,
     Problem, Scanned, ScannedObject, Store, StoreError, Tally,
 };
-use godwit_storage::{Destination, Listed, Source};
+use godwit_storage::{Destination, Listed, Location, Source, endpoint};
 use serde::Serialize;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -192,14 +192,15 @@ impl Migrator {
         Arc::clone(&self.progress)
     }
 
-    async fn check(&self) -> Result<(), EngineError> {
-        check(self.source.as_ref(), self.dest.as_ref()).await
-    }
-
     /// Runs the migration named by `spec` to the end (or until stopped) and summarises the ledger.
     pub async fn run(&self, spec: &MigrationSpec) -> Result<Summary, EngineError> {
         let started = Instant::now();
-        self.check().await?;
+        let filter = check(
+            self.source.as_ref(),
+            self.dest.as_ref(),
+            &self.options.filter,
+        )
+        .await?;
         let migration = self.store.open_migration(spec).await?;
         let recovered = self.store.recover_abandoned(migration.id).await?;
         if recovered > 0 {
@@ -219,7 +220,7 @@ impl Migrator {
                 Arc::clone(&self.store),
                 migration.id,
                 number,
-                self.options.filter.clone(),
+                filter,
                 Arc::clone(&self.progress),
                 Arc::clone(&notify),
                 halt.clone(),
@@ -455,12 +456,77 @@ impl Migrator {
     }
 }
 
-/// Checks both sides, with the messages of their own checks.
-async fn check(source: &dyn Source, dest: &dyn Destination) -> Result<(), EngineError> {
+/// Checks both sides, with the messages of their own checks, and that neither lies inside the
+/// other (see [`overlap`]); returns the filter the scan must use.
+async fn check(
+    source: &dyn Source,
+    dest: &dyn Destination,
+    filter: &Filter,
+) -> Result<Filter, EngineError> {
+    let filter = overlap(source, dest, filter.clone()).await?;
     let (source, dest) = tokio::join!(source.check(), dest.check());
     source.map_err(EngineError::Source)?;
     dest.map_err(EngineError::Destination)?;
-    Ok(())
+    Ok(filter)
+}
+
+/// Refuses a destination that overlaps the source on one server (the endpoints as resolved and
+/// normalized are equal, or their hosts resolve to a shared address): each pass would copy its
+/// own copies again. Where the two could be one server under names that do not resolve alike, a
+/// destination prefix below the source's is left out of the scan instead (those objects are
+/// counted `excluded`), with a warning.
+async fn overlap(
+    source: &dyn Source,
+    dest: &dyn Destination,
+    filter: Filter,
+) -> Result<Filter, EngineError> {
+    let (
+        Location::S3 {
+            bucket: source_bucket,
+            prefix: source_prefix,
+        },
+        Location::S3 {
+            bucket: dest_bucket,
+            prefix: dest_prefix,
+        },
+    ) = (source.location(), dest.location())
+    else {
+        return Ok(filter);
+    };
+    let dest_inside = dest_prefix.starts_with(source_prefix.as_str());
+    let source_inside = source_prefix.starts_with(dest_prefix.as_str());
+    if source_bucket != dest_bucket || !(dest_inside || source_inside) {
+        return Ok(filter);
+    }
+    let same = match (source.endpoint(), dest.endpoint()) {
+        (Some(a), Some(b)) => endpoint::same_server(a, b).await,
+        _ => endpoint::Sameness::Unknown,
+    };
+    let (source_location, dest_location) = (source.location(), dest.location());
+    if same == endpoint::Sameness::Same {
+        return Err(EngineError::Overlap(format!(
+            "the destination {dest_location} overlaps the source {source_location} on one server ({}): a scan would find godwit's own copies; choose a prefix outside the source",
+            dest.endpoint().unwrap_or("AWS S3")
+        )));
+    }
+    let endpoints = format!(
+        "{} and {}",
+        source.endpoint().unwrap_or("?"),
+        dest.endpoint().unwrap_or("?")
+    );
+    if dest_inside && dest_prefix != source_prefix {
+        let below = dest_prefix[source_prefix.len()..].to_owned();
+        tracing::warn!(
+            "the destination {dest_location} lies inside the source {source_location} if {endpoints} are one server; source objects below '{below}' are left out of the scan (counted excluded), so no pass copies its own copies"
+        );
+        return Ok(filter.without_prefix(below));
+    }
+    if source_inside && dest_prefix != source_prefix {
+        tracing::warn!(
+            "the source {source_location} lies inside the destination {dest_location} if {endpoints} are one server: copies could land inside the source"
+        );
+    }
+    Ok(filter)
 }
 
 /// The dry run: checks both sides, lists the source and counts what a run would copy. It writes
@@ -473,7 +539,7 @@ pub async fn plan(
     stop: &CancellationToken,
 ) -> Result<Plan, EngineError> {
     let started = Instant::now();
-    check(source, dest).await?;
+    let filter = check(source, dest, filter).await?;
     let mut plan = Plan::default();
     let mut listing = source.list();
     loop {
@@ -483,7 +549,7 @@ pub async fn plan(
         };
         let Some(page) = page else { break };
         for object in page.map_err(EngineError::Scan)? {
-            let object = classify(object, filter);
+            let object = classify(object, &filter);
             plan.scanned += 1;
             plan.bytes_scanned += object.size;
             Progress::add(&progress.n_scanned, 1);

@@ -67,14 +67,6 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<u8> {
         Ok(location) => location,
         Err(error) => return Ok(config_error(format_args!("destination: {error}"))),
     };
-    let same_endpoint = args.sides.source_endpoint == args.sides.dest_endpoint;
-    if same_endpoint
-        && (source_location.contains(&dest_location) || dest_location.contains(&source_location))
-    {
-        return Ok(config_error(format_args!(
-            "the destination {dest_location} overlaps the source {source_location}: a scan would find godwit's own copies; choose a prefix outside the source"
-        )));
-    }
     let filter = match Filter::new(&args.include, &args.exclude) {
         Ok(filter) => filter,
         Err(error) => return Ok(config_error(error)),

@@ -947,3 +947,114 @@ async fn probe_objects_are_never_migrated() {
         );
     }
 }
+
+/// Issue 9, point 6: a destination inside the source is refused whichever way each side names
+/// the one server: one from `AWS_ENDPOINT_URL` and the other by flag, or `localhost` for one and
+/// `127.0.0.1` for the other. Otherwise each pass would copy its own copies again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_destination_inside_the_source_is_refused_however_the_server_is_named() {
+    let target = support::Target::s3s_fs().await;
+    let work = tempfile::tempdir().unwrap();
+    let bucket = target.bucket("overlap").await;
+    target.put(&bucket, "a.txt", &bytes(1, 10)).await;
+    let port = target.endpoint.rsplit(':').next().unwrap().to_owned();
+    let by_name = format!("http://localhost:{port}");
+    let cases: [(&str, Option<&str>, Option<&str>); 2] = [
+        // One side from the environment, the other by flag.
+        (
+            target.endpoint.as_str(),
+            None,
+            Some(target.endpoint.as_str()),
+        ),
+        // Two names of one server.
+        ("", Some(by_name.as_str()), Some(target.endpoint.as_str())),
+    ];
+    for (from_env, source_flag, dest_flag) in cases {
+        let mut command = support::godwit();
+        command
+            .args([
+                "migrate",
+                &format!("s3://{bucket}"),
+                &format!("s3://{bucket}/copy"),
+            ])
+            .arg("--state")
+            .arg(ledger(&work))
+            .args(["--json", "--no-progress"])
+            .env("AWS_ENDPOINT_URL", from_env);
+        if let Some(endpoint) = source_flag {
+            command.args(["--source-endpoint", endpoint]);
+        }
+        if let Some(endpoint) = dest_flag {
+            command.args(["--dest-endpoint", endpoint]);
+        }
+        let run = support::run(command).await;
+        assert_eq!(run.code, Some(2), "{run:?}");
+        assert!(run.stderr.contains("overlaps the source"), "{}", run.stderr);
+        assert_eq!(
+            target.keys(&bucket).await,
+            ["a.txt"],
+            "something was copied"
+        );
+    }
+}
+
+/// Issue 9, point 6: when the two sides may be one server under names that do not resolve alike
+/// (here: one server listening on every loopback address, reached as 127.0.0.1 and 127.0.0.2),
+/// the destination prefix is left out of the scan, so no pass copies its own copies.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_destination_prefix_that_may_be_inside_the_source_is_left_out_of_the_scan() {
+    let storage = tempfile::tempdir().unwrap();
+    let server = godwit_s3_server::LocalS3::start(
+        storage.path(),
+        "0.0.0.0:0".parse().unwrap(),
+        support::ACCESS_KEY,
+        support::SECRET_KEY,
+    )
+    .await
+    .unwrap();
+    let port = server.addr().port();
+    let (one, two) = (
+        format!("http://127.0.0.1:{port}"),
+        format!("http://127.0.0.2:{port}"),
+    );
+    let client = support::client(&one, support::ACCESS_KEY, support::SECRET_KEY).await;
+    client.create_bucket().bucket("same").send().await.unwrap();
+    client
+        .put_object()
+        .bucket("same")
+        .key("a.txt")
+        .body(bytes(1, 10).into())
+        .send()
+        .await
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    for pass in 1..=2 {
+        let mut command = support::godwit();
+        command
+            .args(["migrate", "s3://same", "s3://same/copy"])
+            .arg("--state")
+            .arg(ledger(&work))
+            .args(["--json", "--no-progress", "--source-endpoint", &one])
+            .args(["--dest-endpoint", &two]);
+        let run = support::run(command).await;
+        assert_eq!(run.code, Some(0), "pass {pass}: {run:?}");
+        assert!(
+            run.stderr.contains("left out of the scan"),
+            "{}",
+            run.stderr
+        );
+    }
+    let listed = client
+        .list_objects_v2()
+        .bucket("same")
+        .send()
+        .await
+        .unwrap();
+    let mut keys: Vec<&str> = listed.contents().iter().filter_map(|o| o.key()).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["a.txt", "copy/a.txt"],
+        "a pass copied its own copies"
+    );
+}

@@ -38,6 +38,10 @@ impl Destination for S3Destination {
         }
     }
 
+    fn endpoint(&self) -> Option<&str> {
+        Some(&self.bucket.s3.endpoint)
+    }
+
     async fn check(&self) -> Result<(), StorageError> {
         self.bucket.check().await
     }

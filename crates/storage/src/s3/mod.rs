@@ -24,13 +24,13 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::types::ChecksumMode;
 use bytes::{Bytes, BytesMut};
 
-use crate::{Crc64Nvme, DestObject, ErrorKind, Location, S3Settings, StorageError};
+use crate::{Crc64Nvme, DestObject, ErrorKind, Location, S3Settings, StorageError, endpoint};
 
 /// A configured S3 client for one side of a migration.
 #[derive(Clone)]
 pub struct S3Client {
     client: Client,
-    /// The endpoint for messages: a URL, or "AWS S3".
+    /// The endpoint as resolved, normalized (see [`endpoint::normalize`]), or [`endpoint::AWS`].
     endpoint: String,
 }
 
@@ -83,16 +83,21 @@ impl S3Client {
             loader = loader.endpoint_url(url);
         }
         let sdk = loader.load().await;
+        // A profile may name the endpoint too (`endpoint_url`): the SDK's own answer comes last.
+        let resolved = endpoint
+            .clone()
+            .or_else(|| sdk.endpoint_url().map(str::to_owned));
         let mut config = aws_sdk_s3::config::Builder::from(&sdk)
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
-            .force_path_style(settings.path_style.unwrap_or(endpoint.is_some()));
+            .force_path_style(settings.path_style.unwrap_or(resolved.is_some()));
         if sdk.region().is_none() {
             config = config.region(Region::from_static("us-east-1"));
         }
         Ok(Self {
             client: Client::from_conf(config.build()),
-            endpoint: endpoint.unwrap_or_else(|| "AWS S3".to_owned()),
+            endpoint: resolved
+                .map_or_else(|| endpoint::AWS.to_owned(), |url| endpoint::normalize(&url)),
         })
     }
 

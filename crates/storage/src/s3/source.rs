@@ -105,6 +105,10 @@ impl Source for S3Source {
         self.bucket.read(&expected.key, if_match, offset, len).await
     }
 
+    fn endpoint(&self) -> Option<&str> {
+        Some(&self.bucket.s3.endpoint)
+    }
+
     fn copy_origin(&self) -> Option<CopyOrigin> {
         let b = &self.bucket;
         Some(CopyOrigin {
