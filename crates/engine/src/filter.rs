@@ -8,6 +8,8 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 pub struct Filter {
     include: Option<GlobSet>,
     exclude: Option<GlobSet>,
+    /// The patterns as given, to say which filter a scan applied.
+    patterns: (Vec<String>, Vec<String>),
     /// Keys below these prefixes are left out whatever the patterns say (a destination that may
     /// lie inside the source).
     excluded_prefixes: Vec<String>,
@@ -46,7 +48,18 @@ impl Filter {
             include: build(include)?,
             exclude: build(exclude)?,
             excluded_prefixes: Vec::new(),
+            patterns: (include.to_vec(), exclude.to_vec()),
         })
+    }
+
+    /// What the filter takes, in words that are equal for equal filters (recorded with each
+    /// scan, so a changed filter is noticed).
+    pub(crate) fn describe(&self) -> String {
+        let (include, exclude) = &self.patterns;
+        format!(
+            "include {include:?} exclude {exclude:?} below {:?}",
+            self.excluded_prefixes
+        )
     }
 
     /// The same filter, leaving out every key below `prefix` too.

@@ -19,7 +19,7 @@ mod transfer;
 pub use filter::{BadPattern, Filter};
 pub use migrate::{MigrateOptions, Migrator, Plan, Summary, plan};
 pub use progress::Progress;
-pub use transfer::TransferOptions;
+pub use transfer::{ConditionsFound, Guarantees, TransferOptions};
 
 use godwit_state::StoreError;
 use godwit_storage::StorageError;

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use godwit_state::{
-    ClaimedObject, Migration, MigrationId, MigrationSpec, ObjectState, Outcome, PacketLimits,
-    Problem, Scanned, ScannedObject, Store, StoreError, Tally,
+    ClaimedObject, Migration, MigrationId, MigrationSpec, ObjectState, Outcome, OwnWriteChange,
+    PacketLimits, Problem, Scanned, ScannedObject, Store, StoreError, Tally,
 };
 use godwit_storage::{Destination, Listed, Location, Source, endpoint};
 use serde::Serialize;
@@ -24,7 +24,7 @@ use crate::EngineError;
 use crate::filter::Filter;
 use crate::progress::Progress;
 use crate::throttle::Climber;
-use crate::transfer::{TransferOptions, Transfers};
+use crate::transfer::{Guarantees, TransferOptions, Transfers};
 
 /// How a migration runs.
 #[derive(Debug, Clone)]
@@ -95,6 +95,12 @@ pub struct Summary {
     pub server_side_copy: bool,
     /// How many: objects this run copied server-side (counted in `copied_this_run`).
     pub copied_server_side_this_run: u64,
+    /// godwit's own earlier copies of objects that changed at the source, replaced this run
+    /// (conditionally on their ETags; counted in `copied_this_run`).
+    pub replaced_this_run: u64,
+    /// How each guarantee held on this destination (what it enforces, and the safe routes taken
+    /// where it does not).
+    pub guarantees: Guarantees,
     /// The first conflicts and failures.
     pub problems: Vec<Problem>,
 }
@@ -209,7 +215,7 @@ impl Migrator {
                 "put objects claimed by an earlier run back in the queue"
             );
         }
-        let pass = self.choose_pass(&migration).await?;
+        let pass = self.choose_pass(&migration, &filter).await?;
 
         let notify = Arc::new(Notify::new());
         // Cancelled by a stop, and when the run cannot go on (the ledger stopped recording).
@@ -248,28 +254,65 @@ impl Migrator {
             copy_candidate,
         ));
         let dispatched = self
-            .dispatch(migration.id, scanner, &notify, Arc::clone(&transfers), halt)
+            .dispatch(
+                migration.id,
+                scanner,
+                &notify,
+                Arc::clone(&transfers),
+                halt.clone(),
+            )
             .await;
+        if dispatched.is_ok() && !halt.is_cancelled() {
+            // Objects the scan settled otherwise (a new filter left them out) keep no upload.
+            let aborted = transfers.abort_stale_uploads(migration.id).await?;
+            if aborted > 0 {
+                tracing::info!(
+                    aborted,
+                    "aborted multipart uploads no object needs any more"
+                );
+            }
+        }
         let tally = self.store.tally(migration.id).await?;
         let problems = self.store.problems(migration.id, PROBLEMS_LISTED).await?;
         dispatched?;
-        Ok(self.summary(&migration, pass_number, &tally, problems, started))
+        let mut summary = self.summary(&migration, pass_number, &tally, problems, started);
+        summary.guarantees = transfers.guarantees();
+        Ok(summary)
     }
 
-    async fn choose_pass(&self, migration: &Migration) -> Result<PassPlan, EngineError> {
-        Ok(match migration.last_pass {
+    async fn choose_pass(
+        &self,
+        migration: &Migration,
+        filter: &Filter,
+    ) -> Result<PassPlan, EngineError> {
+        let described = filter.describe();
+        let store = &self.store;
+        Ok(match &migration.last_pass {
             // The scan was cut short: scan again under the same pass (recording is idempotent).
-            Some(pass) if !pass.scan_complete => PassPlan::Scan(pass.number),
+            Some(pass) if !pass.scan_complete => {
+                store
+                    .restart_scan(migration.id, pass.number, &described)
+                    .await?;
+                PassPlan::Scan(pass.number)
+            }
             Some(pass) => {
-                let tally = self.store.tally(migration.id).await?;
-                if tally.n(ObjectState::Pending) + tally.n(ObjectState::InProgress) > 0 {
+                let tally = store.tally(migration.id).await?;
+                let work_left =
+                    tally.n(ObjectState::Pending) + tally.n(ObjectState::InProgress) > 0;
+                if work_left && pass.filter.as_deref() == Some(described.as_str()) {
                     // Work is left from a complete scan: no need to list the source again.
                     PassPlan::Resume(pass.number)
+                } else if work_left {
+                    // The filter changed: the work left must be judged by the new one.
+                    store
+                        .restart_scan(migration.id, pass.number, &described)
+                        .await?;
+                    PassPlan::Scan(pass.number)
                 } else {
-                    PassPlan::Scan(self.store.start_pass(migration.id).await?.number)
+                    PassPlan::Scan(store.start_pass(migration.id, &described).await?.number)
                 }
             }
-            None => PassPlan::Scan(self.store.start_pass(migration.id).await?.number),
+            None => PassPlan::Scan(store.start_pass(migration.id, &described).await?.number),
         })
     }
 
@@ -451,6 +494,8 @@ impl Migrator {
             interrupted: self.stop.is_cancelled(),
             server_side_copy: Progress::get(&self.progress.n_copied_server_side) > 0,
             copied_server_side_this_run: Progress::get(&self.progress.n_copied_server_side),
+            replaced_this_run: Progress::get(&self.progress.n_replaced),
+            guarantees: Guarantees::of(None),
             problems,
         }
     }
@@ -684,6 +729,7 @@ fn release(object: &ClaimedObject) -> Outcome {
         dest_version: None,
         verified_by: None,
         error: None,
+        own_write: OwnWriteChange::Keep,
     }
 }
 

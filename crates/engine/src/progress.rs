@@ -27,6 +27,8 @@ pub struct Progress {
     pub bytes_copied: AtomicU64,
     /// Objects the destination copied server-side in this run (counted among `n_copied`).
     pub n_copied_server_side: AtomicU64,
+    /// godwit's own earlier copies (of objects that changed at the source) replaced in this run.
+    pub n_replaced: AtomicU64,
     /// Objects that ended in conflict or failed in this run.
     pub n_problems: AtomicU64,
 }

@@ -17,8 +17,9 @@ use godwit_state::{
     PartRecord, Scanned, ScannedObject, SqliteStore, Store, StoreError,
 };
 use godwit_storage::{
-    CopyOrigin, CopySupport, Crc64Nvme, DestObject, Destination, DestinationCapabilities, Location,
-    ObjectMeta, S3Settings, Source, StaticCredentials, StorageError, UploadedPart, Written,
+    Conditions, CopyOrigin, CopySupport, Crc64Nvme, DestObject, Destination,
+    DestinationCapabilities, Location, Metadata, ObjectMeta, OpenUpload, Precondition, S3Settings,
+    Source, StaticCredentials, StorageError, UploadedPart, WriteSettings, Written,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -107,9 +108,13 @@ impl Server {
             prefix: String::new(),
         };
         (
-            godwit_storage::open_destination(&location, &self.settings())
-                .await
-                .unwrap(),
+            godwit_storage::open_destination(
+                &location,
+                &self.settings(),
+                &WriteSettings::default(),
+            )
+            .await
+            .unwrap(),
             bucket,
         )
     }
@@ -183,11 +188,22 @@ impl Destination for Faulty {
     async fn read(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StorageError> {
         self.inner.read(key, offset, len).await
     }
-    async fn put_new(
+    fn endpoint(&self) -> Option<&str> {
+        self.inner.endpoint()
+    }
+    async fn conditions(&self) -> Conditions {
+        self.inner.conditions().await
+    }
+    async fn list_uploads(&self, key: &str) -> Result<Vec<OpenUpload>, StorageError> {
+        self.inner.list_uploads(key).await
+    }
+    async fn put(
         &self,
         key: &str,
         body: Bytes,
         crc: Crc64Nvme,
+        metadata: &Metadata,
+        condition: &Precondition,
     ) -> Result<Written, StorageError> {
         let body = if self.damage_next_put.swap(false, Ordering::SeqCst) {
             let mut damaged = body.to_vec();
@@ -202,13 +218,18 @@ impl Destination for Faulty {
         if !self.put_latency.is_zero() {
             tokio::time::sleep(self.put_latency).await;
         }
-        let written = self.inner.put_new(key, body, crc).await;
+        let written = self.inner.put(key, body, crc, metadata, condition).await;
         self.puts_in_flight.fetch_sub(1, Ordering::SeqCst);
         written
     }
-    async fn create_upload(&self, key: &str, checksummed: bool) -> Result<String, StorageError> {
+    async fn create_upload(
+        &self,
+        key: &str,
+        checksummed: bool,
+        metadata: &Metadata,
+    ) -> Result<String, StorageError> {
         self.creates.fetch_add(1, Ordering::SeqCst);
-        self.inner.create_upload(key, checksummed).await
+        self.inner.create_upload(key, checksummed, metadata).await
     }
     async fn upload_part(
         &self,
@@ -230,15 +251,16 @@ impl Destination for Faulty {
         }
         Ok(etag)
     }
-    async fn complete_upload_new(
+    async fn complete_upload(
         &self,
         key: &str,
         upload_id: &str,
         parts: &[UploadedPart],
         crc: Option<Crc64Nvme>,
+        condition: &Precondition,
     ) -> Result<Written, StorageError> {
         self.inner
-            .complete_upload_new(key, upload_id, parts, crc)
+            .complete_upload(key, upload_id, parts, crc, condition)
             .await
     }
     async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), StorageError> {
@@ -253,8 +275,12 @@ impl Destination for Faulty {
         key: &str,
         origin: &CopyOrigin,
         source: &ObjectMeta,
+        metadata: Option<&Metadata>,
+        tags: bool,
     ) -> Result<Written, StorageError> {
-        self.inner.copy_new(key, origin, source).await
+        self.inner
+            .copy_new(key, origin, source, metadata, tags)
+            .await
     }
     /// Counted and hung like `upload_part`.
     async fn copy_part(
@@ -631,7 +657,7 @@ async fn a_source_that_changed_or_vanished_after_the_scan_is_settled() {
 
         // The scan saw two objects; then one changed and the other was deleted.
         let migration = store.open_migration(&spec()).await.unwrap();
-        let pass = store.start_pass(migration.id).await.unwrap();
+        let pass = store.start_pass(migration.id, "").await.unwrap();
         let source = local_source(&source_dir);
         let seen = source.stat("changed.txt").await.unwrap().unwrap();
         let scanned = vec![
@@ -837,8 +863,33 @@ impl Store for FailingLedger {
     async fn migrations(&self) -> Result<Vec<godwit_state::Migration>, StoreError> {
         self.inner.migrations().await
     }
-    async fn start_pass(&self, migration: MigrationId) -> Result<godwit_state::Pass, StoreError> {
-        self.inner.start_pass(migration).await
+    async fn start_pass(
+        &self,
+        migration: MigrationId,
+        filter: &str,
+    ) -> Result<godwit_state::Pass, StoreError> {
+        self.inner.start_pass(migration, filter).await
+    }
+    async fn restart_scan(
+        &self,
+        migration: MigrationId,
+        pass: u32,
+        filter: &str,
+    ) -> Result<(), StoreError> {
+        self.inner.restart_scan(migration, pass, filter).await
+    }
+    async fn record_upload_intent(
+        &self,
+        object: ObjectId,
+        at: std::time::SystemTime,
+    ) -> Result<(), StoreError> {
+        self.inner.record_upload_intent(object, at).await
+    }
+    async fn stale_uploads(
+        &self,
+        migration: MigrationId,
+    ) -> Result<Vec<godwit_state::StaleUpload>, StoreError> {
+        self.inner.stale_uploads(migration).await
     }
     async fn record_scanned(
         &self,
@@ -876,8 +927,11 @@ impl Store for FailingLedger {
         object: ObjectId,
         upload_id: &str,
         part_size: u64,
+        source: &godwit_state::SourceVersion,
     ) -> Result<(), StoreError> {
-        self.inner.record_upload(object, upload_id, part_size).await
+        self.inner
+            .record_upload(object, upload_id, part_size, source)
+            .await
     }
     async fn record_part(&self, object: ObjectId, part: PartRecord) -> Result<(), StoreError> {
         self.inner.record_part(object, part).await

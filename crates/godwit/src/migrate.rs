@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use godwit_engine::{EngineError, Filter, MigrateOptions, Migrator, Progress, TransferOptions};
 use godwit_state::{MigrationSpec, SqliteStore};
-use godwit_storage::{Location, S3Settings};
+use godwit_storage::{Location, S3Settings, WriteSettings};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{MigrateArgs, SideArgs};
@@ -93,7 +93,13 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<u8> {
         Ok(source) => source,
         Err(error) => return Ok(config_error(format_args!("source: {error}"))),
     };
-    let dest = match godwit_storage::open_destination(&dest_location, &dest_settings).await {
+    let dest = match godwit_storage::open_destination(
+        &dest_location,
+        &dest_settings,
+        &WriteSettings::default(),
+    )
+    .await
+    {
         Ok(dest) => dest,
         Err(error) => return Ok(config_error(format_args!("destination: {error}"))),
     };

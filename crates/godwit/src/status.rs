@@ -53,7 +53,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<u8> {
                 migration.spec.name,
                 migration.spec.source_url,
                 migration.spec.dest_url,
-                migration.last_pass.map_or(0, |p| p.number),
+                migration.last_pass.as_ref().map_or(0, |p| p.number),
                 tally.n_total(),
                 bytes(tally.bytes_total())
             );
@@ -68,7 +68,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<u8> {
             "name": migration.spec.name,
             "source": migration.spec.source_url,
             "dest": migration.spec.dest_url,
-            "pass": migration.last_pass.map(|p| p.number),
+            "pass": migration.last_pass.as_ref().map(|p| p.number),
             "objects": counts,
             "bytes": tally.bytes_total(),
         }));

@@ -4,10 +4,12 @@
 //! the README's demo, and the test suites, which talk to it over real HTTP on loopback.
 //! It is not a production S3 server: its `If-None-Match` is a check-then-write inside the server.
 //!
-//! Two additions to s3s-fs, each something AWS S3 does and s3s-fs 0.14.1 does not; without them,
-//! no server that runs here would let the suite exercise godwit's server-side copies:
+//! Three additions to s3s-fs, each something AWS S3 does and s3s-fs 0.14.1 does not; without them,
+//! no server that runs here would let the suite exercise godwit's server-side copies and its
+//! conditional deletes:
 //! - a CopyObject with `If-None-Match: *` onto an existing key is refused with 412 (s3s-fs ignores
 //!   the header; see [`Access`]);
+//! - a DeleteObject with `If-Match` on another ETag is refused with 412 (s3s-fs ignores it);
 //! - a HEAD with `partNumber=N` answers with that part's length and the object's part count
 //!   (s3s-fs answers with the whole object). s3s-fs forgets how an object was cut once its
 //!   multipart upload completes, so the hook notes the part sizes of each upload as its requests
@@ -25,6 +27,19 @@ use s3s::auth::SimpleAuth;
 use s3s::service::S3ServiceBuilder;
 use tokio::net::TcpListener;
 
+/// Which conditional requests the endpoint enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Conditions {
+    /// As AWS S3 does: `If-None-Match: *` and `If-Match` on PutObject and
+    /// CompleteMultipartUpload, `If-None-Match: *` on CopyObject, `If-Match` on DeleteObject.
+    #[default]
+    Enforced,
+    /// None of them: the headers are dropped before s3s-fs sees them and every write goes
+    /// ahead, as on the S3-compatible servers that accept the headers and ignore them. For
+    /// tests of godwit's fallbacks only.
+    Ignored,
+}
+
 /// A running local S3 endpoint. Dropping it stops accepting connections.
 pub struct LocalS3 {
     addr: SocketAddr,
@@ -33,6 +48,7 @@ pub struct LocalS3 {
 }
 
 /// How many requests of each S3 operation (`PutObject`, `UploadPart`, ...) the endpoint received.
+/// Requests on godwit's probe objects (named `.godwit-probe-*`) count as `OPERATION (probe)`.
 #[derive(Clone, Default)]
 pub struct RequestCounts(Arc<Mutex<BTreeMap<String, u64>>>);
 
@@ -59,6 +75,39 @@ struct Access {
     counts: RequestCounts,
     root: PathBuf,
     cuts: Cuts,
+    conditions: Conditions,
+}
+
+impl Access {
+    /// The ETag s3s-fs gives the object at `bucket`/`key` (as it computes it: the one it noted
+    /// in its internal info, else the file's MD5), or `None` when there is no object.
+    fn etag_of(&self, bucket: &str, key: &str) -> Option<String> {
+        use base64::Engine as _;
+        let file = self.root.join(bucket).join(key);
+        if !file.is_file() {
+            return None;
+        }
+        let encode = |text: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text);
+        let info = self.root.join(format!(
+            ".bucket-{}.object-{}.internal.json",
+            encode(bucket),
+            encode(key)
+        ));
+        let noted = std::fs::read(info)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+            .and_then(|info| info.get("e_tag")?.as_str().map(str::to_owned));
+        noted.or_else(|| {
+            use md5::Digest as _;
+            let bytes = std::fs::read(&file).ok()?;
+            Some(
+                md5::Md5::digest(&bytes)
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect(),
+            )
+        })
+    }
 }
 
 /// How multipart uploads are cut, as their requests pass: part sizes by upload id while an upload
@@ -106,8 +155,23 @@ impl Cuts {
 #[async_trait::async_trait]
 impl S3Access for Access {
     async fn check(&self, cx: &mut S3AccessContext<'_>) -> s3s::S3Result<()> {
+        // Requests on godwit's probe objects are counted apart, so that tests can count the
+        // requests a migration made for the objects it moves.
+        let probe = match cx.s3_path() {
+            s3s::path::S3Path::Object { key, .. } => key
+                .rsplit('/')
+                .next()
+                .is_some_and(|name| name.starts_with(".godwit-probe-")),
+            _ => false,
+        };
         if let Ok(mut counts) = self.counts.0.lock() {
-            *counts.entry(cx.s3_op().name().to_owned()).or_default() += 1;
+            let name = cx.s3_op().name();
+            let name = if probe {
+                format!("{name} (probe)")
+            } else {
+                name.to_owned()
+            };
+            *counts.entry(name).or_default() += 1;
         }
         match cx.credentials() {
             Some(_) => Ok(()),
@@ -115,10 +179,45 @@ impl S3Access for Access {
         }
     }
 
+    async fn put_object(
+        &self,
+        req: &mut s3s::S3Request<s3s::dto::PutObjectInput>,
+    ) -> s3s::S3Result<()> {
+        if self.conditions == Conditions::Ignored {
+            req.input.if_none_match = None;
+            req.input.if_match = None;
+        }
+        Ok(())
+    }
+
+    async fn delete_object(
+        &self,
+        req: &mut s3s::S3Request<s3s::dto::DeleteObjectInput>,
+    ) -> s3s::S3Result<()> {
+        let condition = req.input.if_match.take();
+        if self.conditions == Conditions::Ignored {
+            return Ok(());
+        }
+        if let Some(expected) = condition.as_ref().and_then(|c| c.as_etag()) {
+            let current = self.etag_of(&req.input.bucket, &req.input.key);
+            let matches = current.is_some_and(|etag| etag == expected.value());
+            if !matches {
+                return Err(s3s::s3_error!(
+                    PreconditionFailed,
+                    "At least one of the pre-conditions you specified did not hold"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     async fn copy_object(
         &self,
         req: &mut s3s::S3Request<s3s::dto::CopyObjectInput>,
     ) -> s3s::S3Result<()> {
+        if self.conditions == Conditions::Ignored {
+            return Ok(());
+        }
         let wants_new = req
             .headers
             .get("if-none-match")
@@ -174,6 +273,10 @@ impl S3Access for Access {
         &self,
         req: &mut s3s::S3Request<s3s::dto::CompleteMultipartUploadInput>,
     ) -> s3s::S3Result<()> {
+        if self.conditions == Conditions::Ignored {
+            req.input.if_none_match = None;
+            req.input.if_match = None;
+        }
         let input = &req.input;
         let parts: Vec<i32> = input
             .multipart_upload
@@ -308,6 +411,17 @@ impl LocalS3 {
         access_key: &str,
         secret_key: &str,
     ) -> Result<Self, StartError> {
+        Self::start_with(root, bind, access_key, secret_key, Conditions::Enforced).await
+    }
+
+    /// Like [`LocalS3::start`], enforcing conditional requests or not (see [`Conditions`]).
+    pub async fn start_with(
+        root: &Path,
+        bind: SocketAddr,
+        access_key: &str,
+        secret_key: &str,
+        conditions: Conditions,
+    ) -> Result<Self, StartError> {
         std::fs::create_dir_all(root)
             .map_err(|e| StartError(format!("cannot create {}: {e}", root.display())))?;
         let fs = s3s_fs::FileSystem::new(root)
@@ -320,6 +434,7 @@ impl LocalS3 {
             counts: requests.clone(),
             root: root.to_path_buf(),
             cuts: cuts.clone(),
+            conditions,
         });
         builder.set_route(PartHeads {
             root: root.to_path_buf(),

@@ -10,7 +10,7 @@
 #![deny(missing_docs)]
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -162,12 +162,15 @@ pub struct Migration {
 }
 
 /// One scan of the source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pass {
     /// 1 for the first pass, then counting up.
     pub number: u32,
     /// Whether the scan went through the whole source.
     pub scan_complete: bool,
+    /// The filter the scan applied, as the engine describes it (`None` in ledgers from before
+    /// godwit recorded it).
+    pub filter: Option<String>,
 }
 
 /// How the scan classified an object.
@@ -206,8 +209,56 @@ pub struct UploadRecord {
     pub upload_id: String,
     /// The part size the upload uses.
     pub part_size: u64,
+    /// The source version the upload's parts belong to: parts of two versions never make one
+    /// object. `None` in ledgers from before godwit recorded it (such an upload is replaced).
+    pub source: Option<SourceVersion>,
     /// Parts that finished, in part-number order.
     pub parts: Vec<PartRecord>,
+}
+
+/// One version of a source object: its size and version token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceVersion {
+    /// Size in bytes.
+    pub size: u64,
+    /// The version token (ETag, mtime).
+    pub version: String,
+}
+
+/// A write of godwit's own at an object's key, as the destination acknowledged it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OwnWrite {
+    /// The ETag the destination gave it.
+    pub etag: Option<String>,
+    /// Its version id, on a versioned bucket.
+    pub version_id: Option<String>,
+}
+
+/// What the ledger keeps of godwit's own write at an object's key after an outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum OwnWriteChange {
+    /// As it was: the attempt did not learn anything new about the key.
+    #[default]
+    Keep,
+    /// The key now holds this write of ours (a verified copy, or an unverified write that could
+    /// not be taken back).
+    Set(OwnWrite),
+    /// The key no longer holds a write of ours (taken back, or found to be someone else's).
+    Forget,
+}
+
+/// An upload the ledger records for an object that no longer needs one (excluded by a new
+/// filter, settled otherwise), or that was being started when a run stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleUpload {
+    /// The object.
+    pub id: ObjectId,
+    /// Its relative key.
+    pub key: String,
+    /// The upload's id, when it was recorded.
+    pub upload_id: Option<String>,
+    /// When godwit began to start it (see [`Store::record_upload_intent`]).
+    pub started_at: Option<SystemTime>,
 }
 
 /// One finished part.
@@ -240,6 +291,15 @@ pub struct ClaimedObject {
     pub attempts: u32,
     /// A multipart upload an earlier attempt left, to be resumed.
     pub upload: Option<UploadRecord>,
+    /// godwit's own write at the key, as far as the ledger knows (a copy of an earlier version,
+    /// or an unverified write that could not be taken back).
+    pub own_write: Option<OwnWrite>,
+    /// When this version of the object was first claimed, if this is not its first claim: a
+    /// write of an earlier claim may have landed after that without its outcome being recorded.
+    pub earlier_claim_at: Option<SystemTime>,
+    /// An upload godwit began to start (see [`Store::record_upload_intent`]) whose id was never
+    /// recorded: the run stopped in between. When it began.
+    pub unrecorded_upload_since: Option<SystemTime>,
 }
 
 /// What a worker claims at once.
@@ -276,6 +336,8 @@ pub struct Outcome {
     pub verified_by: Option<&'static str>,
     /// The error kind and message of a failed attempt.
     pub error: Option<(String, String)>,
+    /// What to keep of godwit's own write at the key.
+    pub own_write: OwnWriteChange,
 }
 
 /// Counts and bytes per state.
@@ -330,8 +392,15 @@ pub trait Store: Send + Sync {
     async fn open_migration(&self, spec: &MigrationSpec) -> Result<Migration, StoreError>;
     /// Every migration in the ledger, oldest first.
     async fn migrations(&self) -> Result<Vec<Migration>, StoreError>;
-    /// Starts a new pass and returns it.
-    async fn start_pass(&self, migration: MigrationId) -> Result<Pass, StoreError>;
+    /// Starts a new pass, whose scan applies `filter`, and returns it.
+    async fn start_pass(&self, migration: MigrationId, filter: &str) -> Result<Pass, StoreError>;
+    /// Scans pass `pass` again (its scan was cut short, or the filter changed), applying `filter`.
+    async fn restart_scan(
+        &self,
+        migration: MigrationId,
+        pass: u32,
+        filter: &str,
+    ) -> Result<(), StoreError>;
     /// Records a batch the scan found, in one transaction. An object seen before is left alone
     /// unless its size or version changed (then it is queued again) or it had not started (then the
     /// current filters decide).
@@ -354,17 +423,30 @@ pub trait Store: Send + Sync {
     async fn recover_abandoned(&self, migration: MigrationId) -> Result<u64, StoreError>;
     /// Records a batch of outcomes in one transaction.
     async fn record_outcomes(&self, outcomes: Vec<Outcome>) -> Result<(), StoreError>;
-    /// Records that a multipart upload was started for an object.
+    /// Records, before a multipart upload is started for an object, that one is being started
+    /// (at `at`): should the run stop before the upload's id is recorded, the next one knows to
+    /// look for it and abort it.
+    async fn record_upload_intent(
+        &self,
+        object: ObjectId,
+        at: SystemTime,
+    ) -> Result<(), StoreError>;
+    /// Records that a multipart upload was started for an object, for `source` (its parts belong
+    /// to that version alone).
     async fn record_upload(
         &self,
         object: ObjectId,
         upload_id: &str,
         part_size: u64,
+        source: &SourceVersion,
     ) -> Result<(), StoreError>;
     /// Records a finished part of the object's current upload.
     async fn record_part(&self, object: ObjectId, part: PartRecord) -> Result<(), StoreError>;
     /// Forgets the object's upload and its parts (after it completed or was aborted).
     async fn clear_upload(&self, object: ObjectId) -> Result<(), StoreError>;
+    /// Uploads recorded (or begun) for objects that are neither pending nor claimed: nothing
+    /// will complete them.
+    async fn stale_uploads(&self, migration: MigrationId) -> Result<Vec<StaleUpload>, StoreError>;
     /// Counts and bytes per state.
     async fn tally(&self, migration: MigrationId) -> Result<Tally, StoreError>;
     /// The first `limit` conflicts and failures.

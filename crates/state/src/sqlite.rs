@@ -9,12 +9,14 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{
-    ClaimedObject, Migration, MigrationId, MigrationSpec, ObjectId, ObjectState, Outcome,
-    PacketLimits, PartRecord, Pass, Problem, Scanned, ScannedObject, Store, StoreError, Tally,
-    UploadRecord,
+    ClaimedObject, Migration, MigrationId, MigrationSpec, ObjectId, ObjectState, Outcome, OwnWrite,
+    OwnWriteChange, PacketLimits, PartRecord, Pass, Problem, Scanned, ScannedObject, SourceVersion,
+    StaleUpload, Store, StoreError, Tally, UploadRecord,
 };
 
-const SCHEMA_VERSION: i64 = 1;
+/// 2: uploads bound to a source version and begun before their id is known, godwit's own
+/// writes, first claims, the filter of each pass.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS migrations (
@@ -29,6 +31,7 @@ CREATE TABLE IF NOT EXISTS passes (
     number INTEGER NOT NULL,
     started_at INTEGER NOT NULL,
     scan_completed_at INTEGER,
+    filter TEXT,
     PRIMARY KEY (migration_id, number)
 );
 CREATE TABLE IF NOT EXISTS objects (
@@ -53,11 +56,14 @@ CREATE TABLE IF NOT EXISTS objects (
     upload_id TEXT,
     part_size INTEGER,
     updated_at INTEGER NOT NULL,
+    upload_size INTEGER,
+    upload_version TEXT,
+    upload_started_at INTEGER,
+    written_etag TEXT,
+    written_version TEXT,
+    first_claimed_at INTEGER,
     UNIQUE (migration_id, key)
 );
-CREATE INDEX IF NOT EXISTS objects_pending ON objects (migration_id, id) WHERE state = 0;
-CREATE INDEX IF NOT EXISTS objects_in_progress ON objects (migration_id) WHERE state = 1;
-CREATE INDEX IF NOT EXISTS objects_problems ON objects (migration_id, id) WHERE state IN (4, 7);
 CREATE TABLE IF NOT EXISTS parts (
     object_id INTEGER NOT NULL REFERENCES objects(id),
     part_number INTEGER NOT NULL,
@@ -67,7 +73,49 @@ CREATE TABLE IF NOT EXISTS parts (
     md5 TEXT,
     PRIMARY KEY (object_id, part_number)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS objects_pending ON objects (migration_id, id) WHERE state = 0;
+CREATE INDEX IF NOT EXISTS objects_in_progress ON objects (migration_id) WHERE state = 1;
+CREATE INDEX IF NOT EXISTS objects_problems ON objects (migration_id, id) WHERE state IN (4, 7);
+CREATE INDEX IF NOT EXISTS objects_uploads ON objects (migration_id)
+    WHERE upload_id IS NOT NULL OR upload_started_at IS NOT NULL;
 ";
+
+/// Columns added since schema 1, added to older ledgers as they are opened (times are
+/// milliseconds since the Unix epoch).
+const ADDED_COLUMNS: [(&str, &str, &str); 7] = [
+    ("passes", "filter", "TEXT"),
+    ("objects", "upload_size", "INTEGER"),
+    ("objects", "upload_version", "TEXT"),
+    ("objects", "upload_started_at", "INTEGER"),
+    ("objects", "written_etag", "TEXT"),
+    ("objects", "written_version", "TEXT"),
+    ("objects", "first_claimed_at", "INTEGER"),
+];
+
+/// Brings a ledger of an older schema up to date: adds the columns it lacks. New ledgers get
+/// them from `SCHEMA` directly.
+fn upgrade(connection: &Connection) -> rusqlite::Result<()> {
+    for (table, column, kind) in ADDED_COLUMNS {
+        let present: bool = connection.query_row(
+            &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
+            params![column],
+            |row| row.get(0),
+        )?;
+        if !present {
+            connection.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn millis(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn from_millis(ms: i64) -> SystemTime {
+    UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64)
+}
 
 /// The SQLite ledger. Opening it to work on takes an exclusive lock on `PATH.lock`, so a second
 /// process on the same file gets [`StoreError::Busy`] instead of a corrupted queue; every claim
@@ -128,8 +176,19 @@ impl SqliteStore {
                 format!("it was written by a newer godwit (schema {version}); upgrade godwit"),
             ));
         }
+        // Tables first (a new ledger gets every column), then what older ledgers lack, then the
+        // indexes that may name those columns.
+        let (tables, indexes) = SCHEMA
+            .split_once("CREATE INDEX")
+            .map_or((SCHEMA, String::new()), |(tables, rest)| {
+                (tables, format!("CREATE INDEX{rest}"))
+            });
         connection
-            .execute_batch(SCHEMA)
+            .execute_batch(tables)
+            .map_err(|e| db_error(path, e))?;
+        upgrade(&connection).map_err(|e| db_error(path, e))?;
+        connection
+            .execute_batch(&indexes)
             .map_err(|e| db_error(path, e))?;
         connection
             .execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
@@ -208,6 +267,21 @@ impl SqliteStore {
     }
 }
 
+/// A row as a claim returns it.
+struct Claimed {
+    key: String,
+    size: u64,
+    version: String,
+    attempts: u32,
+    upload_id: Option<String>,
+    part_size: Option<i64>,
+    upload_size: Option<i64>,
+    upload_version: Option<String>,
+    upload_started_at: Option<i64>,
+    written_etag: Option<String>,
+    written_version: Option<String>,
+}
+
 fn scanned_columns(scanned: &Scanned) -> (ObjectState, Option<&str>, Option<&str>) {
     match scanned {
         Scanned::Wanted => (ObjectState::Pending, None, None),
@@ -239,13 +313,14 @@ fn load_migration(connection: &Connection, name: &str) -> rusqlite::Result<Optio
     };
     let last_pass = connection
         .query_row(
-            "SELECT number, scan_completed_at IS NOT NULL FROM passes
+            "SELECT number, scan_completed_at IS NOT NULL, filter FROM passes
              WHERE migration_id = ?1 ORDER BY number DESC LIMIT 1",
             params![id],
             |row| {
                 Ok(Pass {
                     number: row.get(0)?,
                     scan_complete: row.get(1)?,
+                    filter: row.get(2)?,
                 })
             },
         )
@@ -304,19 +379,39 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn start_pass(&self, migration: MigrationId) -> Result<Pass, StoreError> {
+    async fn start_pass(&self, migration: MigrationId, filter: &str) -> Result<Pass, StoreError> {
+        let filter = filter.to_owned();
         self.with(move |connection| {
             let number: u32 = connection.query_row(
-                "INSERT INTO passes (migration_id, number, started_at)
-                 SELECT ?1, COALESCE(MAX(number), 0) + 1, ?2 FROM passes WHERE migration_id = ?1
+                "INSERT INTO passes (migration_id, number, started_at, filter)
+                 SELECT ?1, COALESCE(MAX(number), 0) + 1, ?2, ?3 FROM passes WHERE migration_id = ?1
                  RETURNING number",
-                params![migration.0, now()],
+                params![migration.0, now(), filter],
                 |row| row.get(0),
             )?;
             Ok(Pass {
                 number,
                 scan_complete: false,
+                filter: Some(filter),
             })
+        })
+        .await
+    }
+
+    async fn restart_scan(
+        &self,
+        migration: MigrationId,
+        pass: u32,
+        filter: &str,
+    ) -> Result<(), StoreError> {
+        let filter = filter.to_owned();
+        self.with(move |connection| {
+            connection.execute(
+                "UPDATE passes SET scan_completed_at = NULL, filter = ?3
+                 WHERE migration_id = ?1 AND number = ?2",
+                params![migration.0, pass, filter],
+            )?;
+            Ok(())
         })
         .await
     }
@@ -345,6 +440,9 @@ impl Store for SqliteStore {
                        attempts = CASE
                          WHEN objects.state != 1 AND (objects.size != excluded.size OR objects.version != excluded.version)
                            THEN 0 ELSE objects.attempts END,
+                       first_claimed_at = CASE
+                         WHEN objects.state != 1 AND (objects.size != excluded.size OR objects.version != excluded.version)
+                           THEN NULL ELSE objects.first_claimed_at END,
                        error_kind = CASE
                          WHEN objects.state != 1 AND (objects.size != excluded.size OR objects.version != excluded.version
                            OR objects.state IN (0, 5)) THEN excluded.error_kind
@@ -403,8 +501,9 @@ impl Store for SqliteStore {
             let mut claimed = Vec::new();
             {
                 let mut candidates = transaction.prepare_cached(
-                    "SELECT id, size FROM objects WHERE migration_id = ?1 AND state = 0 ORDER BY id LIMIT ?2",
+                    "SELECT id, size, first_claimed_at FROM objects WHERE migration_id = ?1 AND state = 0 ORDER BY id LIMIT ?2",
                 )?;
+                let at = millis(SystemTime::now());
                 let mut ids = Vec::new();
                 let mut bytes = 0u64;
                 let mut rows = candidates.query(params![migration.0, limits.max_objects])?;
@@ -414,34 +513,50 @@ impl Store for SqliteStore {
                         break;
                     }
                     bytes += size;
-                    ids.push(row.get::<_, i64>(0)?);
+                    ids.push((row.get::<_, i64>(0)?, row.get::<_, Option<i64>>(2)?));
                 }
                 drop(rows);
                 let expires = now() + limits.lease.as_secs() as i64;
+                // A `first_claimed_at` read before this claim sets it means an earlier claim.
                 let mut take = transaction.prepare_cached(
-                    "UPDATE objects SET state = 1, attempts = attempts + 1, lease_owner = ?2, lease_expires = ?3
+                    "UPDATE objects SET state = 1, attempts = attempts + 1, lease_owner = ?2, lease_expires = ?3,
+                       first_claimed_at = COALESCE(first_claimed_at, ?4)
                      WHERE id = ?1
-                     RETURNING key, size, version, attempts, upload_id, part_size",
+                     RETURNING key, size, version, attempts, upload_id, part_size, upload_size, upload_version,
+                       upload_started_at, written_etag, written_version",
                 )?;
                 let mut parts = transaction.prepare_cached(
                     "SELECT part_number, etag, checksum, size, md5 FROM parts WHERE object_id = ?1 ORDER BY part_number",
                 )?;
-                for id in ids {
-                    let (key, size, version, attempts, upload_id, part_size) =
-                        take.query_row(params![id, worker, expires], |row| {
-                            Ok((
-                                row.get::<_, String>(0)?,
-                                row.get::<_, i64>(1)? as u64,
-                                row.get::<_, String>(2)?,
-                                row.get::<_, u32>(3)?,
-                                row.get::<_, Option<String>>(4)?,
-                                row.get::<_, Option<i64>>(5)?,
-                            ))
-                        })?;
-                    let upload = match upload_id {
+                for (id, earlier_claim_at) in ids {
+                    let row = take.query_row(params![id, worker, expires, at], |row| {
+                        Ok(Claimed {
+                            key: row.get(0)?,
+                            size: row.get::<_, i64>(1)? as u64,
+                            version: row.get(2)?,
+                            attempts: row.get(3)?,
+                            upload_id: row.get(4)?,
+                            part_size: row.get(5)?,
+                            upload_size: row.get(6)?,
+                            upload_version: row.get(7)?,
+                            upload_started_at: row.get(8)?,
+                            written_etag: row.get(9)?,
+                            written_version: row.get(10)?,
+                        })
+                    })?;
+                    let source = match (row.upload_size, row.upload_version) {
+                        (Some(size), Some(version)) => Some(SourceVersion { size: size as u64, version }),
+                        _ => None,
+                    };
+                    let unrecorded_upload_since = match &row.upload_id {
+                        None => row.upload_started_at.map(from_millis),
+                        Some(_) => None,
+                    };
+                    let upload = match row.upload_id {
                         Some(upload_id) => Some(UploadRecord {
                             upload_id,
-                            part_size: part_size.unwrap_or(0) as u64,
+                            part_size: row.part_size.unwrap_or(0) as u64,
+                            source,
                             parts: parts
                                 .query_map(params![id], |row| {
                                     Ok(PartRecord {
@@ -456,7 +571,22 @@ impl Store for SqliteStore {
                         }),
                         None => None,
                     };
-                    claimed.push(ClaimedObject { id: ObjectId(id), key, size, version, attempts, upload });
+                    let own_write = (row.written_etag.is_some() || row.written_version.is_some())
+                        .then_some(OwnWrite {
+                            etag: row.written_etag,
+                            version_id: row.written_version,
+                        });
+                    claimed.push(ClaimedObject {
+                        id: ObjectId(id),
+                        key: row.key,
+                        size: row.size,
+                        version: row.version,
+                        attempts: row.attempts,
+                        upload,
+                        own_write,
+                        earlier_claim_at: earlier_claim_at.map(from_millis),
+                        unrecorded_upload_since,
+                    });
                 }
             }
             transaction.commit()?;
@@ -483,10 +613,13 @@ impl Store for SqliteStore {
         self.with(move |connection| {
             let transaction = connection.transaction()?;
             {
+                // ?13: 0 keeps godwit's own write, 1 sets it to ?14/?15, 2 forgets it.
                 let mut update = transaction.prepare_cached(
                     "UPDATE objects SET state = ?2, size = ?3, version = ?4, checksum = COALESCE(?5, checksum),
                        dest_etag = ?6, dest_version = ?7, verified_by = ?8, error_kind = ?9, last_error = ?10,
-                       lease_owner = NULL, lease_expires = NULL, updated_at = ?11, attempts = ?12
+                       lease_owner = NULL, lease_expires = NULL, updated_at = ?11, attempts = ?12,
+                       written_etag = CASE ?13 WHEN 0 THEN written_etag WHEN 1 THEN ?14 ELSE NULL END,
+                       written_version = CASE ?13 WHEN 0 THEN written_version WHEN 1 THEN ?15 ELSE NULL END
                      WHERE id = ?1",
                 )?;
                 let at = now();
@@ -494,6 +627,13 @@ impl Store for SqliteStore {
                     let (kind, message) = match &outcome.error {
                         Some((kind, message)) => (Some(kind.as_str()), Some(message.as_str())),
                         None => (None, None),
+                    };
+                    let (own, own_etag, own_version) = match &outcome.own_write {
+                        OwnWriteChange::Keep => (0, None, None),
+                        OwnWriteChange::Set(write) => {
+                            (1, write.etag.as_deref(), write.version_id.as_deref())
+                        }
+                        OwnWriteChange::Forget => (2, None, None),
                     };
                     update.execute(params![
                         outcome.id.0,
@@ -507,11 +647,29 @@ impl Store for SqliteStore {
                         kind,
                         message,
                         at,
-                        outcome.attempts
+                        outcome.attempts,
+                        own,
+                        own_etag,
+                        own_version
                     ])?;
                 }
             }
             transaction.commit()
+        })
+        .await
+    }
+
+    async fn record_upload_intent(
+        &self,
+        object: ObjectId,
+        at: SystemTime,
+    ) -> Result<(), StoreError> {
+        self.with(move |connection| {
+            connection.execute(
+                "UPDATE objects SET upload_started_at = ?2 WHERE id = ?1",
+                params![object.0, millis(at)],
+            )?;
+            Ok(())
         })
         .await
     }
@@ -521,14 +679,17 @@ impl Store for SqliteStore {
         object: ObjectId,
         upload_id: &str,
         part_size: u64,
+        source: &SourceVersion,
     ) -> Result<(), StoreError> {
         let upload_id = upload_id.to_owned();
+        let source = source.clone();
         self.with(move |connection| {
             let transaction = connection.transaction()?;
             transaction.execute("DELETE FROM parts WHERE object_id = ?1", params![object.0])?;
             transaction.execute(
-                "UPDATE objects SET upload_id = ?2, part_size = ?3 WHERE id = ?1",
-                params![object.0, upload_id, part_size as i64],
+                "UPDATE objects SET upload_id = ?2, part_size = ?3, upload_size = ?4, upload_version = ?5
+                 WHERE id = ?1",
+                params![object.0, upload_id, part_size as i64, source.size as i64, source.version],
             )?;
             transaction.commit()
         })
@@ -560,10 +721,33 @@ impl Store for SqliteStore {
             let transaction = connection.transaction()?;
             transaction.execute("DELETE FROM parts WHERE object_id = ?1", params![object.0])?;
             transaction.execute(
-                "UPDATE objects SET upload_id = NULL, part_size = NULL WHERE id = ?1",
+                "UPDATE objects SET upload_id = NULL, part_size = NULL, upload_size = NULL,
+                   upload_version = NULL, upload_started_at = NULL
+                 WHERE id = ?1",
                 params![object.0],
             )?;
             transaction.commit()
+        })
+        .await
+    }
+
+    async fn stale_uploads(&self, migration: MigrationId) -> Result<Vec<StaleUpload>, StoreError> {
+        self.with(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT id, key, upload_id, upload_started_at FROM objects
+                 WHERE migration_id = ?1 AND (upload_id IS NOT NULL OR upload_started_at IS NOT NULL)
+                   AND state NOT IN (0, 1)
+                 ORDER BY id",
+            )?;
+            let rows = statement.query_map(params![migration.0], |row| {
+                Ok(StaleUpload {
+                    id: ObjectId(row.get(0)?),
+                    key: row.get(1)?,
+                    upload_id: row.get(2)?,
+                    started_at: row.get::<_, Option<i64>>(3)?.map(from_millis),
+                })
+            })?;
+            rows.collect()
         })
         .await
     }
@@ -662,6 +846,7 @@ mod tests {
             dest_version: None,
             verified_by: Some("checksum"),
             error: None,
+            own_write: OwnWriteChange::Keep,
         }
     }
 
@@ -699,7 +884,7 @@ mod tests {
         let path = dir.path().join("ledger.db");
         let writer = SqliteStore::open(&path).unwrap();
         let migration = writer.open_migration(&spec()).await.unwrap();
-        writer.start_pass(migration.id).await.unwrap();
+        writer.start_pass(migration.id, "").await.unwrap();
         writer
             .record_scanned(migration.id, 1, vec![object("a", 1, "1")])
             .await
@@ -720,7 +905,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("ledger.db")).unwrap();
         let migration = store.open_migration(&spec()).await.unwrap();
-        let pass = store.start_pass(migration.id).await.unwrap();
+        let pass = store.start_pass(migration.id, "").await.unwrap();
         assert_eq!(pass.number, 1);
         store
             .record_scanned(
@@ -759,7 +944,7 @@ mod tests {
         );
 
         // A rescan: a unchanged, b changed, c pending, d new.
-        let pass = store.start_pass(migration.id).await.unwrap();
+        let pass = store.start_pass(migration.id, "").await.unwrap();
         assert_eq!(pass.number, 2);
         store
             .record_scanned(
@@ -797,7 +982,7 @@ mod tests {
         {
             let store = SqliteStore::open(&path).unwrap();
             let migration = store.open_migration(&spec()).await.unwrap();
-            store.start_pass(migration.id).await.unwrap();
+            store.start_pass(migration.id, "").await.unwrap();
             store
                 .record_scanned(
                     migration.id,
@@ -807,8 +992,12 @@ mod tests {
                 .await
                 .unwrap();
             let claimed = store.claim(migration.id, "w", LIMITS).await.unwrap();
+            let source = SourceVersion {
+                size: 30,
+                version: "1".into(),
+            };
             store
-                .record_upload(claimed[0].id, "up-1", 10)
+                .record_upload(claimed[0].id, "up-1", 10, &source)
                 .await
                 .unwrap();
             let part = PartRecord {
@@ -831,7 +1020,8 @@ mod tests {
             migration.last_pass,
             Some(Pass {
                 number: 1,
-                scan_complete: false
+                scan_complete: false,
+                filter: Some(String::new()),
             })
         );
         let problems = store.problems(migration.id, 10).await.unwrap();
@@ -844,6 +1034,172 @@ mod tests {
         let upload = big.upload.as_ref().unwrap();
         assert_eq!(upload.upload_id, "up-1");
         assert_eq!(upload.parts.len(), 1);
+        assert_eq!(
+            upload.source.as_ref().map(|s| s.version.as_str()),
+            Some("1")
+        );
         assert_eq!(big.attempts, 2);
+        assert!(big.earlier_claim_at.is_some(), "claimed before the reopen");
+    }
+
+    #[tokio::test]
+    async fn own_writes_survive_a_new_version_and_claims_tell_an_earlier_claim() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("ledger.db")).unwrap();
+        let migration = store.open_migration(&spec()).await.unwrap();
+        store.start_pass(migration.id, "").await.unwrap();
+        store
+            .record_scanned(migration.id, 1, vec![object("a", 1, "1")])
+            .await
+            .unwrap();
+        let first = store.claim(migration.id, "w", LIMITS).await.unwrap();
+        assert_eq!(first[0].earlier_claim_at, None, "a first claim");
+        assert_eq!(first[0].own_write, None);
+        let ours = OwnWrite {
+            etag: Some("\"e1\"".into()),
+            version_id: None,
+        };
+        store
+            .record_outcomes(vec![Outcome {
+                own_write: OwnWriteChange::Set(ours.clone()),
+                ..done(&first[0], ObjectState::Copied)
+            }])
+            .await
+            .unwrap();
+
+        // A new version: queued again, a first claim again, our copy of the old one still known.
+        store.start_pass(migration.id, "").await.unwrap();
+        store
+            .record_scanned(migration.id, 2, vec![object("a", 1, "2")])
+            .await
+            .unwrap();
+        let second = store.claim(migration.id, "w", LIMITS).await.unwrap();
+        assert_eq!(second[0].earlier_claim_at, None);
+        assert_eq!(second[0].own_write.as_ref(), Some(&ours));
+        // Released unstarted, then claimed again: this claim has an earlier one.
+        let mut back = done(&second[0], ObjectState::Pending);
+        back.own_write = OwnWriteChange::Keep;
+        store.record_outcomes(vec![back]).await.unwrap();
+        let third = store.claim(migration.id, "w", LIMITS).await.unwrap();
+        assert!(third[0].earlier_claim_at.is_some());
+        assert_eq!(third[0].own_write.as_ref(), Some(&ours));
+        store
+            .record_outcomes(vec![Outcome {
+                own_write: OwnWriteChange::Forget,
+                ..done(&third[0], ObjectState::Conflict)
+            }])
+            .await
+            .unwrap();
+        store.start_pass(migration.id, "").await.unwrap();
+        store
+            .record_scanned(migration.id, 3, vec![object("a", 1, "3")])
+            .await
+            .unwrap();
+        let fourth = store.claim(migration.id, "w", LIMITS).await.unwrap();
+        assert_eq!(fourth[0].own_write, None);
+    }
+
+    #[tokio::test]
+    async fn uploads_begun_but_unrecorded_or_no_longer_needed_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("ledger.db")).unwrap();
+        let migration = store.open_migration(&spec()).await.unwrap();
+        store.start_pass(migration.id, "").await.unwrap();
+        store
+            .record_scanned(
+                migration.id,
+                1,
+                vec![object("begun", 10, "1"), object("open", 10, "1")],
+            )
+            .await
+            .unwrap();
+        let claimed = store.claim(migration.id, "w", LIMITS).await.unwrap();
+        let at = SystemTime::now();
+        store.record_upload_intent(claimed[0].id, at).await.unwrap();
+        store.record_upload_intent(claimed[1].id, at).await.unwrap();
+        let source = SourceVersion {
+            size: 10,
+            version: "1".into(),
+        };
+        store
+            .record_upload(claimed[1].id, "up", 5, &source)
+            .await
+            .unwrap();
+        assert_eq!(store.recover_abandoned(migration.id).await.unwrap(), 2);
+        assert!(store.stale_uploads(migration.id).await.unwrap().is_empty());
+        let again = store.claim(migration.id, "w", LIMITS).await.unwrap();
+        let since = again[0].unrecorded_upload_since.unwrap();
+        assert_eq!(millis(since), millis(at));
+        assert!(again[1].unrecorded_upload_since.is_none());
+
+        // A new filter leaves both out: their uploads are stale.
+        store.recover_abandoned(migration.id).await.unwrap();
+        store
+            .record_scanned(
+                migration.id,
+                1,
+                vec![
+                    ScannedObject {
+                        scanned: Scanned::Excluded,
+                        ..object("begun", 10, "1")
+                    },
+                    ScannedObject {
+                        scanned: Scanned::Excluded,
+                        ..object("open", 10, "1")
+                    },
+                ],
+            )
+            .await
+            .unwrap();
+        let stale = store.stale_uploads(migration.id).await.unwrap();
+        assert_eq!(
+            stale
+                .iter()
+                .map(|s| (s.key.as_str(), s.upload_id.as_deref()))
+                .collect::<Vec<_>>(),
+            [("begun", None), ("open", Some("up"))]
+        );
+        store.clear_upload(stale[0].id).await.unwrap();
+        store.clear_upload(stale[1].id).await.unwrap();
+        assert!(store.stale_uploads(migration.id).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_ledger_of_schema_1_is_brought_up_to_date() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.db");
+        {
+            // The tables as godwit 0.1 (schema 1) made them.
+            let old = Connection::open(&path).unwrap();
+            old.execute_batch(
+                "CREATE TABLE migrations (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,
+                   source_url TEXT NOT NULL, dest_url TEXT NOT NULL, created_at INTEGER NOT NULL);
+                 CREATE TABLE passes (migration_id INTEGER NOT NULL, number INTEGER NOT NULL,
+                   started_at INTEGER NOT NULL, scan_completed_at INTEGER,
+                   PRIMARY KEY (migration_id, number));
+                 CREATE TABLE objects (id INTEGER PRIMARY KEY, migration_id INTEGER NOT NULL,
+                   key TEXT NOT NULL, size INTEGER NOT NULL, version TEXT NOT NULL,
+                   state INTEGER NOT NULL, pass INTEGER NOT NULL, group_key TEXT, partition_key TEXT,
+                   attempts INTEGER NOT NULL DEFAULT 0, checksum TEXT, dest_etag TEXT,
+                   dest_version TEXT, verified_by TEXT, error_kind TEXT, last_error TEXT,
+                   lease_owner TEXT, lease_expires INTEGER, upload_id TEXT, part_size INTEGER,
+                   updated_at INTEGER NOT NULL, UNIQUE (migration_id, key));
+                 INSERT INTO migrations VALUES (1, 'm', './a', 's3://b/', 0);
+                 INSERT INTO passes VALUES (1, 1, 0, 0);
+                 INSERT INTO objects (migration_id, key, size, version, state, pass, upload_id,
+                   part_size, updated_at) VALUES (1, 'k', 10, 'v', 0, 1, 'old-upload', 5, 0);
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let reader = SqliteStore::open_read_only(&path).unwrap();
+        let migration = reader.open_migration(&spec()).await.unwrap();
+        assert_eq!(migration.last_pass.as_ref().unwrap().filter, None);
+        drop(reader);
+        let store = SqliteStore::open(&path).unwrap();
+        let claimed = store.claim(migration.id, "w", LIMITS).await.unwrap();
+        let upload = claimed[0].upload.as_ref().unwrap();
+        assert_eq!(upload.upload_id, "old-upload");
+        assert_eq!(upload.source, None, "an upload of unknown version");
     }
 }

@@ -10,9 +10,11 @@
 
 #![deny(missing_docs)]
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -263,6 +265,112 @@ pub struct DestObject {
     pub crc64nvme: Option<Crc64Nvme>,
     /// The version id, on a versioned bucket.
     pub version_id: Option<String>,
+    /// When the object was written, by the server's clock (to the second, as S3 says it).
+    pub last_modified: Option<SystemTime>,
+}
+
+/// What must hold at the key for a write to go ahead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Precondition {
+    /// No object at the key (`If-None-Match: *`): the write creates it.
+    Absent,
+    /// The object at the key has this ETag (`If-Match`): godwit's own earlier write, replaced.
+    Etag(String),
+}
+
+/// Whether a server enforces a condition godwit relies on, as a probe found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enforcement {
+    /// The server refused the write the condition forbids.
+    Enforced,
+    /// The server wrote anyway.
+    Ignored,
+    /// The probe could not tell (an error, given here); godwit takes it as not enforced.
+    Unknown(String),
+}
+
+impl Enforcement {
+    /// Whether the server was seen to enforce the condition.
+    pub fn is_enforced(&self) -> bool {
+        *self == Enforcement::Enforced
+    }
+}
+
+/// What a destination enforces of the conditions godwit's guarantees rest on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conditions {
+    /// `If-None-Match: *` on PutObject: a single PUT never replaces an object.
+    pub put_if_none_match: Enforcement,
+    /// `If-Match` on PutObject: replacing godwit's own earlier write never replaces another.
+    pub put_if_match: Enforcement,
+    /// `If-None-Match: *` on CompleteMultipartUpload.
+    pub complete_if_none_match: Enforcement,
+    /// `If-Match` on CompleteMultipartUpload.
+    pub complete_if_match: Enforcement,
+    /// `If-Match` on DeleteObject: godwit takes back only its own write.
+    pub delete_if_match: Enforcement,
+    /// `If-None-Match: *` on CopyObject: a server-side copy never replaces an object.
+    pub copy_if_none_match: Enforcement,
+}
+
+impl Conditions {
+    /// Every condition unknown, for `reason`.
+    pub fn unknown(reason: &str) -> Self {
+        let unknown = || Enforcement::Unknown(reason.to_owned());
+        Self {
+            put_if_none_match: unknown(),
+            put_if_match: unknown(),
+            complete_if_none_match: unknown(),
+            complete_if_match: unknown(),
+            delete_if_match: unknown(),
+            copy_if_none_match: unknown(),
+        }
+    }
+}
+
+/// A multipart upload open at the destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenUpload {
+    /// Its id.
+    pub upload_id: String,
+    /// When it was started, by the server's clock.
+    pub initiated: Option<SystemTime>,
+}
+
+/// What describes an object beside its bytes: the headers S3 keeps with it and hands back.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Metadata {
+    /// `Content-Type`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// `Content-Encoding`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_encoding: Option<String>,
+    /// `Content-Disposition`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_disposition: Option<String>,
+    /// `Content-Language`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_language: Option<String>,
+    /// `Cache-Control`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_control: Option<String>,
+    /// `Expires`, as an HTTP date.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+    /// User metadata (`x-amz-meta-NAME`), names in lower case.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub user: BTreeMap<String, String>,
+    /// Tags, URL-encoded as S3's `x-amz-tagging` header takes them (`k=v&k2=v2`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tags: Option<String>,
+}
+
+impl Metadata {
+    /// Whether there is nothing to send.
+    pub fn is_empty(&self) -> bool {
+        *self == Metadata::default()
+    }
 }
 
 /// What the destination answered to a write.
@@ -276,13 +384,14 @@ pub struct WriteReceipt {
     pub version_id: Option<String>,
 }
 
-/// The answer to a conditional write (one that must not replace an existing object).
+/// The answer to a conditional write (see [`Precondition`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Written {
-    /// The object was created.
+    /// The object was written.
     Created(WriteReceipt),
-    /// An object already exists at the key; nothing was written.
-    AlreadyExists,
+    /// The condition did not hold (the key was taken, or no longer holds the object named);
+    /// nothing was written.
+    Refused,
 }
 
 /// One uploaded part of a multipart upload.
@@ -328,16 +437,25 @@ pub trait Destination: Send + Sync {
     async fn head(&self, key: &str) -> Result<Option<DestObject>, StorageError>;
     /// Reads a byte range of the object at `key` (for read-back verification).
     async fn read(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StorageError>;
-    /// Creates `key` with `body` unless an object exists there; the server checks `crc64nvme`.
-    async fn put_new(
+    /// Writes `body` with `metadata` at `key` if `condition` holds; the server checks
+    /// `crc64nvme`.
+    async fn put(
         &self,
         key: &str,
         body: Bytes,
         crc64nvme: Crc64Nvme,
+        metadata: &Metadata,
+        condition: &Precondition,
     ) -> Result<Written, StorageError>;
-    /// Starts a multipart upload for `key`, with a full-object CRC-64/NVME when `checksummed` (its
-    /// parts then carry theirs; not so for parts copied server-side); returns its upload id.
-    async fn create_upload(&self, key: &str, checksummed: bool) -> Result<String, StorageError>;
+    /// Starts a multipart upload for `key` with `metadata`, with a full-object CRC-64/NVME when
+    /// `checksummed` (its parts then carry theirs; not so for parts copied server-side); returns
+    /// its upload id.
+    async fn create_upload(
+        &self,
+        key: &str,
+        checksummed: bool,
+        metadata: &Metadata,
+    ) -> Result<String, StorageError>;
     /// Uploads one part; returns its ETag.
     async fn upload_part(
         &self,
@@ -347,20 +465,36 @@ pub trait Destination: Send + Sync {
         body: Bytes,
         crc64nvme: Crc64Nvme,
     ) -> Result<String, StorageError>;
-    /// Completes the upload unless an object exists at `key`; `crc64nvme` is the whole object's,
-    /// for a checksummed upload. An unclear answer is an error of kind [`ErrorKind::Unclear`]: the
-    /// caller settles it with [`Destination::head`].
-    async fn complete_upload_new(
+    /// Completes the upload if `condition` holds; `crc64nvme` is the whole object's, for a
+    /// checksummed upload. An unclear answer is an error of kind [`ErrorKind::Unclear`]: the
+    /// caller settles it with [`Destination::head`]. A refused upload stays open.
+    async fn complete_upload(
         &self,
         key: &str,
         upload_id: &str,
         parts: &[UploadedPart],
         crc64nvme: Option<Crc64Nvme>,
+        condition: &Precondition,
     ) -> Result<Written, StorageError>;
     /// Aborts an upload godwit started. An upload that no longer exists is not an error.
     async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), StorageError>;
-    /// Deletes `key` only while its ETag is still `etag` (an object godwit wrote and must take back).
+    /// The multipart uploads open at exactly `key`. Fails with [`ErrorKind::Unsupported`] where
+    /// the server cannot list them.
+    async fn list_uploads(&self, key: &str) -> Result<Vec<OpenUpload>, StorageError> {
+        Err(StorageError::new(
+            ErrorKind::Unsupported,
+            format!("{key}: the destination cannot list multipart uploads"),
+        ))
+    }
+    /// Deletes `key` only while its ETag is still `etag` (an object godwit wrote and must take
+    /// back). Only where [`Destination::conditions`] found `If-Match` on DeleteObject enforced is
+    /// the condition certain.
     async fn delete_if_etag(&self, key: &str, etag: &str) -> Result<(), StorageError>;
+    /// What the destination enforces of the conditions godwit relies on, found by a probe of
+    /// godwit's own objects the first time it is asked, and remembered.
+    async fn conditions(&self) -> Conditions {
+        Conditions::unknown("the destination cannot be probed")
+    }
     /// Whether this destination can copy from `origin` server-side, still conditionally. May write
     /// and delete probe objects of its own to find out.
     async fn copy_support(&self, origin: &CopyOrigin) -> CopySupport {
@@ -368,16 +502,20 @@ pub trait Destination: Send + Sync {
         CopySupport::No("the destination cannot copy server-side".to_owned())
     }
     /// Copies the object `source` of `origin` to `key` server-side, unless an object exists at
-    /// `key` (then [`Written::AlreadyExists`]) or the source is no longer `source` (then an error
-    /// of kind [`ErrorKind::SourceChanged`]). Only called after [`Destination::copy_support`]
-    /// answered [`CopySupport::Conditional`], for objects up to [`MAX_COPY_SIZE`].
+    /// `key` (then [`Written::Refused`]) or the source is no longer `source` (then an error of
+    /// kind [`ErrorKind::SourceChanged`]). The copy keeps the source's metadata, or takes
+    /// `metadata` instead when given; its tags when `tags`. Only called after
+    /// [`Destination::copy_support`] answered [`CopySupport::Conditional`], for objects up to
+    /// [`MAX_COPY_SIZE`].
     async fn copy_new(
         &self,
         key: &str,
         origin: &CopyOrigin,
         source: &ObjectMeta,
+        metadata: Option<&Metadata>,
+        tags: bool,
     ) -> Result<Written, StorageError> {
-        let _ = (origin, source);
+        let _ = (origin, source, metadata, tags);
         Err(StorageError::new(
             ErrorKind::Unsupported,
             format!("{key}: the destination cannot copy server-side"),
@@ -408,6 +546,28 @@ pub trait Destination: Send + Sync {
 
 /// The largest object one server-side copy request may create (S3's CopyObject limit).
 pub const MAX_COPY_SIZE: u64 = 5 << 30;
+
+/// How the destination stores what godwit writes, for a whole run.
+#[derive(Debug, Clone, Default)]
+pub struct WriteSettings {
+    /// The storage class (`STANDARD`, `STANDARD_IA`, `GLACIER_IR`, ...); unset, the bucket's
+    /// default.
+    pub storage_class: Option<String>,
+    /// Server-side encryption; unset, the bucket's default.
+    pub encryption: Option<Encryption>,
+}
+
+/// Server-side encryption of the objects godwit writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Encryption {
+    /// `AES256`: keys managed by S3.
+    Aes256,
+    /// `aws:kms`, with this KMS key (the account's default S3 key when `None`).
+    Kms {
+        /// The KMS key id or ARN.
+        key_id: Option<String>,
+    },
+}
 
 /// How to reach S3 on one side of a migration. Unset fields fall back to the standard AWS
 /// settings (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_PROFILE`, the credentials chain).
@@ -459,10 +619,11 @@ pub async fn open_source(
     })
 }
 
-/// Opens `location` for writing.
+/// Opens `location` for writing, storing objects as `write` says.
 pub async fn open_destination(
     location: &Location,
     s3: &S3Settings,
+    write: &WriteSettings,
 ) -> Result<Arc<dyn Destination>, StorageError> {
     match location {
         Location::Local(path) => Err(StorageError::new(
@@ -474,7 +635,7 @@ pub async fn open_destination(
         )),
         Location::S3 { bucket, prefix } => {
             let client = s3::S3Client::connect(s3).await?;
-            Ok(Arc::new(client.destination(bucket, prefix)))
+            Ok(Arc::new(client.destination(bucket, prefix, write.clone())))
         }
     }
 }

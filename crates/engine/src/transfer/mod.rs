@@ -1,33 +1,43 @@
 //! Copying one object: read, checksum, conditional write, verify, and settle what was found.
 //!
 //! Every write is conditional. When the key is taken, the object there is compared with ours:
-//! same size and checksum is `already_present`, anything else a `conflict` left alone. A write
-//! counts as `copied` only once the destination's checksum (or, failing that, its MD5 ETag or a
-//! read-back) matches the bytes read from the source.
+//! same size and checksum is `already_present`, anything else a `conflict` left alone, unless it
+//! is godwit's own earlier write (see `own`), which a changed source replaces. A write counts as
+//! `copied` only once the destination's checksum (or, failing that, its MD5 ETag or a read-back)
+//! matches the bytes read from the source.
 //!
 //! One module a concern: this one holds the retry loop and the choice of route; `single` (one
 //! PUT), `upload` (multipart uploads, streamed or copied, opened, filled and resumed),
 //! `server_side` (copies the destination makes itself), `verify` (checking our write, settling a
-//! taken key) and `etag` (what ETags prove).
+//! taken key), `own` (telling godwit's writes from others'), `guarantees` (what the destination
+//! enforces, and the safe routes where it does not) and `etag` (what ETags prove).
 
 mod etag;
+mod guarantees;
+mod own;
 mod server_side;
 mod single;
 mod upload;
 mod verify;
+
+pub use guarantees::{ConditionsFound, Guarantees};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8};
 use std::time::Duration;
 
 use bytes::Bytes;
-use godwit_state::{ClaimedObject, ObjectState, Outcome, Store, StoreError, UploadRecord};
-use godwit_storage::{
-    CopyOrigin, Crc64Nvme, Destination, ErrorKind, ObjectMeta, Source, StorageError, WriteReceipt,
+use godwit_state::{
+    ClaimedObject, MigrationId, ObjectState, Outcome, Store, StoreError, UploadRecord,
 };
-use tokio::sync::Semaphore;
+use godwit_storage::{
+    Conditions, CopyOrigin, Crc64Nvme, Destination, ErrorKind, ObjectMeta, Source, StorageError,
+    WriteReceipt,
+};
+use tokio::sync::{OnceCell, Semaphore};
 
 use crate::progress::Progress;
+use own::Own;
 use upload::{MULTIPART_OBJECTS, UNKNOWN};
 
 /// How objects are copied.
@@ -78,6 +88,19 @@ pub(crate) struct Transfers {
     copy_from_on: AtomicBool,
     /// Whether the destination keeps a checksum of multipart objects: `UNKNOWN`, `KEPT`, `NOT_KEPT`.
     multipart_checksums: AtomicU8,
+    /// What the destination enforces, probed before the first write.
+    conditions: OnceCell<Conditions>,
+    /// Whether the warning that uploads cannot be listed was given.
+    unlisted_uploads_said: AtomicBool,
+}
+
+/// One object being copied, across the attempts of a claim: what was claimed, the version being
+/// read, its multipart upload, and what godwit knows of its own writes at the key.
+struct Job<'a> {
+    claimed: &'a ClaimedObject,
+    meta: ObjectMeta,
+    upload: Option<UploadRecord>,
+    own: Own,
 }
 
 /// How a copy attempt ended, short of an error.
@@ -115,7 +138,29 @@ impl Transfers {
             copy_candidate,
             copy_from: tokio::sync::OnceCell::new(),
             multipart_checksums: AtomicU8::new(UNKNOWN),
+            conditions: OnceCell::new(),
+            unlisted_uploads_said: AtomicBool::new(false),
         }
+    }
+
+    /// What the destination enforces: probed the first time a write needs to know, and said on
+    /// stderr where it falls short.
+    async fn conditions(&self) -> &Conditions {
+        self.conditions
+            .get_or_init(|| async {
+                let conditions = self.dest.conditions().await;
+                guarantees::warn_about(
+                    &conditions,
+                    self.dest.endpoint().unwrap_or("the destination"),
+                );
+                conditions
+            })
+            .await
+    }
+
+    /// How the guarantees held in this run (what the probe found, if it ran).
+    pub fn guarantees(&self) -> Guarantees {
+        Guarantees::of(self.conditions.get())
     }
 
     /// Reads a byte range of the source within the memory budget; the permit travels with the bytes.
@@ -139,80 +184,74 @@ impl Transfers {
     /// Copies one claimed object, retrying temporary failures, and says how it ended. Only a
     /// failure of the ledger itself is an `Err`.
     pub async fn copy(&self, claimed: ClaimedObject) -> Result<Outcome, StoreError> {
-        let mut meta = ObjectMeta {
-            key: claimed.key.clone(),
-            size: claimed.size,
-            version: claimed.version.clone(),
+        let mut job = Job {
+            claimed: &claimed,
+            meta: ObjectMeta {
+                key: claimed.key.clone(),
+                size: claimed.size,
+                version: claimed.version.clone(),
+            },
+            upload: claimed.upload.clone(),
+            own: Own::new(&claimed),
         };
-        let mut upload = claimed.upload.clone();
+        if let Some(since) = claimed.unrecorded_upload_since {
+            self.abort_unrecorded(claimed.id, &claimed.key, since)
+                .await?;
+        }
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = match self.server_copy_for(&meta, upload.as_ref()).await {
-                Some(origin) => {
-                    match self
-                        .copy_server_side(&claimed, &meta, origin, &mut upload)
-                        .await?
-                    {
-                        Ok(Some(done)) => Ok(done),
-                        Err(error) if !self.server_copy_refused(&error) => Err(error),
-                        // Parts copied server-side are no use to streaming: `open_upload`
-                        // replaces their upload.
-                        Ok(None) | Err(_) => {
-                            self.copy_streamed(&claimed, &meta, &mut upload).await?
-                        }
-                    }
-                }
-                None => self.copy_streamed(&claimed, &meta, &mut upload).await?,
+            let result = match self.server_copy_for(&job.meta, job.upload.as_ref()).await {
+                Some(origin) => match self.copy_server_side(&mut job, origin).await? {
+                    Ok(Some(done)) => Ok(done),
+                    Err(error) if !self.server_copy_refused(&error) => Err(error),
+                    // Parts copied server-side are no use to streaming: `open_upload` replaces
+                    // their upload.
+                    Ok(None) | Err(_) => self.copy_streamed(&mut job).await?,
+                },
+                None => self.copy_streamed(&mut job).await?,
             };
             let error = match result {
                 Ok(done) => {
                     // A finished multipart copy has forgotten its upload already; any upload
                     // still recorded (the object settled otherwise, or went by a single PUT after
                     // the threshold changed) is of no use now.
-                    self.drop_upload(&claimed, &meta, &mut upload).await?;
-                    return Ok(self.outcome(&claimed, &meta, attempt, done));
+                    self.drop_upload(&mut job).await?;
+                    return Ok(self.outcome(&job, attempt, done));
                 }
                 Err(error) => error,
             };
             // A source object that went away or changed is looked at again before anything else.
             if matches!(error.kind(), ErrorKind::NotFound | ErrorKind::SourceChanged) {
-                match self.source.stat(&meta.key).await {
+                match self.source.stat(&job.meta.key).await {
                     Ok(None) => {
-                        self.drop_upload(&claimed, &meta, &mut upload).await?;
-                        return Ok(self.ended(
-                            &claimed,
-                            &meta,
-                            attempt,
-                            ObjectState::SourceVanished,
-                            None,
-                        ));
+                        self.drop_upload(&mut job).await?;
+                        return Ok(self.ended(&job, attempt, ObjectState::SourceVanished, None));
                     }
-                    Ok(Some(now)) if now != meta => {
-                        tracing::debug!(key = %meta.key, "source changed; reading the new version");
+                    Ok(Some(now)) if now != job.meta => {
+                        tracing::debug!(key = %job.meta.key, "source changed; reading the new version");
                         // Parts of the old version are of no use: abort their upload.
-                        self.drop_upload(&claimed, &meta, &mut upload).await?;
-                        meta = now;
+                        self.drop_upload(&mut job).await?;
+                        job.meta = now;
                     }
                     Ok(Some(_)) | Err(_) => {}
                 }
             }
             if !error.is_temporary() || attempt >= self.options.max_attempts {
-                self.drop_upload(&claimed, &meta, &mut upload).await?;
+                self.drop_upload(&mut job).await?;
                 let reason = if error.is_temporary() {
                     format!("{} (gave up after {attempt} attempts)", error.message())
                 } else {
                     error.message().to_owned()
                 };
                 return Ok(self.ended(
-                    &claimed,
-                    &meta,
+                    &job,
                     attempt,
                     ObjectState::Failed,
                     Some((error.kind().as_str().to_owned(), reason)),
                 ));
             }
-            tracing::debug!(key = %meta.key, attempt, %error, "retrying");
+            tracing::debug!(key = %job.meta.key, attempt, %error, "retrying");
             let backoff = Duration::from_millis(100 << (attempt - 1).min(6));
             tokio::time::sleep(backoff.min(Duration::from_secs(5))).await;
         }
@@ -221,82 +260,156 @@ impl Transfers {
     /// Reads the object through godwit and writes it: one PUT, or a multipart upload.
     async fn copy_streamed(
         &self,
-        claimed: &ClaimedObject,
-        meta: &ObjectMeta,
-        upload: &mut Option<UploadRecord>,
+        job: &mut Job<'_>,
     ) -> Result<Result<Done, StorageError>, StoreError> {
-        if meta.size > self.options.multipart_threshold {
+        if job.meta.size > self.options.multipart_threshold {
             let _turn = self
                 .multipart_objects
                 .acquire()
                 .await
                 .expect("the multipart gate is never closed");
-            self.copy_multipart(claimed, meta, upload).await
+            self.copy_multipart(job).await
         } else {
-            Ok(self.copy_single(claimed, meta).await)
+            Ok(self.copy_single(job).await)
         }
     }
 
-    fn outcome(
-        &self,
-        claimed: &ClaimedObject,
-        meta: &ObjectMeta,
-        attempt: u32,
-        done: Done,
-    ) -> Outcome {
+    fn outcome(&self, job: &Job<'_>, attempt: u32, done: Done) -> Outcome {
         let (dest_etag, dest_version) = match done.receipt {
             Some(receipt) => (receipt.etag, receipt.version_id),
             None => (None, None),
         };
         Outcome {
-            id: claimed.id,
+            id: job.claimed.id,
             state: done.state,
-            attempts: claimed.attempts + attempt - 1,
-            size: meta.size,
-            version: meta.version.clone(),
+            attempts: job.claimed.attempts + attempt - 1,
+            size: job.meta.size,
+            version: job.meta.version.clone(),
             checksum: done.checksum.map(Crc64Nvme::to_base64),
             dest_etag,
             dest_version,
             verified_by: done.verified_by,
             error: done.note.map(|note| ("conflict".to_owned(), note)),
+            own_write: job.own.change(),
         }
     }
 
     fn ended(
         &self,
-        claimed: &ClaimedObject,
-        meta: &ObjectMeta,
+        job: &Job<'_>,
         attempt: u32,
         state: ObjectState,
         error: Option<(String, String)>,
     ) -> Outcome {
         Outcome {
-            id: claimed.id,
+            id: job.claimed.id,
             state,
-            attempts: claimed.attempts + attempt - 1,
-            size: meta.size,
-            version: meta.version.clone(),
+            attempts: job.claimed.attempts + attempt - 1,
+            size: job.meta.size,
+            version: job.meta.version.clone(),
             checksum: None,
             dest_etag: None,
             dest_version: None,
             verified_by: None,
             error,
+            own_write: job.own.change(),
         }
     }
 
     /// Aborts and forgets a multipart upload the object no longer needs.
-    async fn drop_upload(
-        &self,
-        claimed: &ClaimedObject,
-        meta: &ObjectMeta,
-        upload: &mut Option<UploadRecord>,
-    ) -> Result<(), StoreError> {
-        if let Some(record) = upload.take() {
-            if let Err(error) = self.dest.abort_upload(&meta.key, &record.upload_id).await {
-                tracing::warn!(key = %meta.key, %error, "could not abort an unneeded multipart upload");
+    async fn drop_upload(&self, job: &mut Job<'_>) -> Result<(), StoreError> {
+        if let Some(record) = job.upload.take() {
+            if let Err(error) = self
+                .dest
+                .abort_upload(&job.meta.key, &record.upload_id)
+                .await
+            {
+                tracing::warn!(key = %job.meta.key, %error, "could not abort an unneeded multipart upload");
             }
-            self.store.clear_upload(claimed.id).await?;
+            self.store.clear_upload(job.claimed.id).await?;
         }
         Ok(())
+    }
+
+    /// Aborts the uploads the ledger records for objects that no longer need them (excluded by
+    /// a new filter, or settled otherwise), and those a stopped run began for them without
+    /// recording. Returns how many were aborted.
+    pub async fn abort_stale_uploads(&self, migration: MigrationId) -> Result<u64, StoreError> {
+        let mut aborted = 0;
+        for stale in self.store.stale_uploads(migration).await? {
+            match &stale.upload_id {
+                Some(upload_id) => match self.dest.abort_upload(&stale.key, upload_id).await {
+                    Ok(()) => aborted += 1,
+                    Err(error) => {
+                        tracing::warn!(key = %stale.key, %error, "could not abort a multipart upload no longer needed");
+                        continue;
+                    }
+                },
+                None => {
+                    if let Some(since) = stale.started_at {
+                        aborted += self.abort_unrecorded(stale.id, &stale.key, since).await?;
+                        continue;
+                    }
+                }
+            }
+            self.store.clear_upload(stale.id).await?;
+        }
+        Ok(aborted)
+    }
+
+    /// A run stopped between starting a multipart upload of `key` (at `since`) and recording its
+    /// id: finds the uploads open at exactly that key that were started since then (by the
+    /// server's clock, give or take a minute) and aborts them. Only this migration writes its
+    /// keys, and the next upload of this one is recorded before it starts, so those are ours.
+    async fn abort_unrecorded(
+        &self,
+        object: godwit_state::ObjectId,
+        key: &str,
+        since: std::time::SystemTime,
+    ) -> Result<u64, StoreError> {
+        const SLACK: Duration = Duration::from_secs(60);
+        let mut aborted = 0;
+        match self.dest.list_uploads(key).await {
+            Ok(uploads) => {
+                for open in uploads {
+                    let ours = open.initiated.is_some_and(|at| at + SLACK >= since);
+                    if !ours {
+                        continue;
+                    }
+                    match self.dest.abort_upload(key, &open.upload_id).await {
+                        Ok(()) => {
+                            tracing::info!(
+                                key,
+                                "aborted a multipart upload a stopped run began without recording it"
+                            );
+                            aborted += 1;
+                        }
+                        Err(error) => {
+                            tracing::warn!(key, %error, "could not abort a multipart upload a stopped run began");
+                            return Ok(aborted);
+                        }
+                    }
+                }
+            }
+            Err(error) if error.kind() == ErrorKind::Unsupported => {
+                if !self
+                    .unlisted_uploads_said
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::warn!(
+                        "a stopped run began a multipart upload of {key} without recording its id, and the \
+                         destination cannot list uploads to abort it: it stays open until a lifecycle rule \
+                         (AbortIncompleteMultipartUpload) removes it ({})",
+                        error.message()
+                    );
+                }
+            }
+            Err(error) => {
+                tracing::warn!(key, %error, "could not look for a multipart upload a stopped run began");
+                return Ok(aborted);
+            }
+        }
+        self.store.clear_upload(object).await?;
+        Ok(aborted)
     }
 }

@@ -3,16 +3,17 @@
 
 use std::sync::atomic::Ordering;
 
-use godwit_state::{ClaimedObject, StoreError, UploadRecord};
+use godwit_state::{StoreError, UploadRecord};
 use godwit_storage::{
-    CopyOrigin, CopySupport, DestObject, ErrorKind, MAX_COPY_SIZE, ObjectMeta, PartLayout,
-    StorageError, UploadedPart, WriteReceipt, Written,
+    CopyOrigin, CopySupport, DestObject, ErrorKind, MAX_COPY_SIZE, Metadata, ObjectMeta,
+    PartLayout, StorageError, UploadedPart, WriteReceipt, Written,
 };
 
 use super::etag::{is_md5_etag, multipart_etag_parts, same_content_etag};
-use super::upload::upload_gone;
+use super::own::Taken;
+use super::upload::Proof;
 use super::verify::Comparison;
-use super::{Done, Transfers};
+use super::{Done, Job, Transfers};
 use crate::progress::Progress;
 
 impl Transfers {
@@ -41,6 +42,15 @@ impl Transfers {
                     CopySupport::Conditional => {
                         tracing::info!("the destination copies objects server-side");
                         Some(candidate.clone())
+                    }
+                    CopySupport::No(why)
+                        if self.dest.endpoint() == Some(candidate.endpoint.as_str()) =>
+                    {
+                        // It could have: say why it does not.
+                        tracing::warn!(
+                            "no server-side copies; streaming objects through godwit: {why}"
+                        );
+                        None
                     }
                     CopySupport::No(why) => {
                         tracing::info!("streaming objects through godwit: {why}");
@@ -71,121 +81,117 @@ impl Transfers {
     /// Lets the destination copy the object from the source without the bytes passing through
     /// godwit, then checks the copy's ETag against the source's: in one request for an object
     /// with a plain MD5 ETag, in parts cut as the source's for a multipart one. `None` when the
-    /// object turns out not to suit a server-side copy (its ETag is made otherwise, or the source
-    /// cannot say how it was cut): stream it instead.
+    /// object turns out not to suit a server-side copy (its ETag is made otherwise, the source
+    /// cannot say how it was cut, or godwit's own earlier copy must be replaced): stream it
+    /// instead.
     pub(super) async fn copy_server_side(
         &self,
-        claimed: &ClaimedObject,
-        meta: &ObjectMeta,
+        job: &mut Job<'_>,
         origin: &CopyOrigin,
-        upload: &mut Option<UploadRecord>,
     ) -> Result<Result<Option<Done>, StorageError>, StoreError> {
-        // Listings of some servers (s3s-fs) carry no ETags: ask the source for this one.
-        let stated;
-        let meta = if meta.version.is_empty() {
-            match self.source.stat(&meta.key).await {
+        // Listings of some servers (s3s-fs) carry no ETags: ask the source for this one (the
+        // ledger keeps the version the listing gave, so the next pass sees no change).
+        let source = if job.meta.version.is_empty() {
+            match self.source.stat(&job.meta.key).await {
                 Ok(None) => {
                     return Ok(Err(StorageError::new(
                         ErrorKind::NotFound,
-                        format!("{} is no longer at the source", meta.key),
+                        format!("{} is no longer at the source", job.meta.key),
                     )));
                 }
-                Ok(Some(now)) if now.size == meta.size => {
-                    stated = now;
-                    &stated
-                }
+                Ok(Some(now)) if now.size == job.meta.size => now,
                 Ok(Some(_)) => return Ok(Ok(None)),
                 Err(error) => return Ok(Err(error)),
             }
         } else {
-            meta
+            job.meta.clone()
         };
-        if is_md5_etag(&meta.version).is_some() && meta.size <= MAX_COPY_SIZE {
-            return Ok(self
-                .copy_server_side_checked(claimed, meta, origin)
-                .await
-                .map(Some));
+        if is_md5_etag(&source.version).is_some() && source.size <= MAX_COPY_SIZE {
+            return Ok(self.copy_whole(job, &source, origin).await);
         }
-        let Some(parts) = multipart_etag_parts(&meta.version) else {
+        let Some(parts) = multipart_etag_parts(&source.version) else {
             return Ok(Ok(None));
         };
-        let layout = match self.source.part_layout(meta).await {
+        let layout = match self.source.part_layout(&source).await {
             Ok(Some(layout)) if layout.parts == parts => layout,
             Ok(_) => return Ok(Ok(None)),
             Err(error) => return Ok(Err(error)),
         };
         // Not behind the multipart gate: no bytes pass through godwit, and a bucket uploaded by
         // the AWS CLI holds many small objects in parts, which two at a time would crawl through.
-        Ok(self
-            .copy_parts_server_side(claimed, meta, origin, layout, upload)
-            .await?
-            .map(Some))
+        self.copy_parts_server_side(job, &source, origin, layout)
+            .await
     }
 
-    pub(super) async fn copy_server_side_checked(
+    /// One CopyObject, under `If-None-Match: *`.
+    async fn copy_whole(
         &self,
-        claimed: &ClaimedObject,
-        meta: &ObjectMeta,
+        job: &mut Job<'_>,
+        source: &ObjectMeta,
         origin: &CopyOrigin,
-    ) -> Result<Done, StorageError> {
-        match self.dest.copy_new(&meta.key, origin, meta).await? {
+    ) -> Result<Option<Done>, StorageError> {
+        let sent_at = std::time::SystemTime::now();
+        let answer = self
+            .dest
+            .copy_new(&source.key, origin, source, None, false)
+            .await;
+        match answer.map_err(|error| job.own.failed(sent_at, error))? {
             Written::Created(receipt) => {
-                Progress::add(&self.progress.bytes_sent, meta.size);
-                self.verify_copied(meta, receipt).await
+                Progress::add(&self.progress.bytes_sent, source.size);
+                self.verify_copied(job, source, receipt).await.map(Some)
             }
-            Written::AlreadyExists => self.settle_existing_copy(claimed, meta).await,
+            Written::Refused => {
+                let found = self.head_taken(source, "copy").await?;
+                let comparison = self.compare_copy(source, &found).await?;
+                Ok(match job.own.judge(&found, comparison) {
+                    // godwit's own earlier copy: replaced by the streamed route, which can say
+                    // which object it replaces.
+                    Taken::Replace(_) => None,
+                    taken => Some(self.settled(source, found.crc64nvme, found, taken)),
+                })
+            }
         }
     }
 
-    /// Checks a server-side copy just made: its ETag equal to the source's proves it; otherwise
-    /// both sides are compared.
+    /// Checks a server-side copy just made of `source`: its ETag equal to the source's proves
+    /// it; otherwise both sides are compared.
     pub(super) async fn verify_copied(
         &self,
-        meta: &ObjectMeta,
+        job: &mut Job<'_>,
+        source: &ObjectMeta,
         receipt: WriteReceipt,
     ) -> Result<Done, StorageError> {
-        let verdict = if same_content_etag(receipt.etag.as_deref(), &meta.version) {
+        let verdict = if same_content_etag(receipt.etag.as_deref(), &source.version) {
             Comparison::Same("copy_etag")
         } else {
-            let found = self.head_written(meta).await?;
-            self.compare_copy(meta, &found).await?
+            let found = self.head_written(source).await?;
+            self.compare_copy(source, &found).await?
         };
         let done = self
-            .judged(meta, receipt.crc64nvme, receipt, verdict)
+            .judged(job, receipt.crc64nvme, receipt, verdict)
             .await?;
         Progress::add(&self.progress.n_copied_server_side, 1);
         Ok(done)
-    }
-
-    /// The destination refused a server-side copy because the key is taken: settle what is there.
-    pub(super) async fn settle_existing_copy(
-        &self,
-        claimed: &ClaimedObject,
-        meta: &ObjectMeta,
-    ) -> Result<Done, StorageError> {
-        let found = self.head_taken(meta, "copy").await?;
-        let verdict = self.compare_copy(meta, &found).await?;
-        Ok(self.settled(claimed, meta, found.crc64nvme, found, verdict))
     }
 
     /// Compares the destination's object with the source's, neither having passed through
     /// godwit: by the MD5 ETags, else by reading both and comparing their checksums.
     pub(super) async fn compare_copy(
         &self,
-        meta: &ObjectMeta,
+        source: &ObjectMeta,
         found: &DestObject,
     ) -> Result<Comparison, StorageError> {
-        if found.size != meta.size {
+        if found.size != source.size {
             return Ok(Comparison::Different(format!(
                 "the destination object has {} bytes, the source {}",
-                found.size, meta.size
+                found.size, source.size
             )));
         }
-        if same_content_etag(found.etag.as_deref(), &meta.version) {
+        if same_content_etag(found.etag.as_deref(), &source.version) {
             return Ok(Comparison::Same("copy_etag"));
         }
-        let ours = self.read_source(meta).await?;
-        let theirs = self.read_back(&meta.key, meta.size).await?;
+        let ours = self.read_source(source).await?;
+        let theirs = self.read_back(&source.key, source.size).await?;
         Ok(if theirs == ours {
             Comparison::Same("read_back")
         } else {
@@ -196,33 +202,40 @@ impl Transfers {
     }
 
     /// Copies a multipart object server-side in parts cut as the source's (`layout`), under a
-    /// completion that never replaces an object. The copy's multipart ETag, made by the
-    /// destination from the MD5s of what it copied, must then equal the source's. Each copied
-    /// part is recorded (with no checksum: godwit never saw its bytes), so an interrupted copy
-    /// goes on from the parts it has.
-    pub(super) async fn copy_parts_server_side(
+    /// completion that never replaces an object (but godwit's own earlier copy, by its ETag).
+    /// The copy's multipart ETag, made by the destination from the MD5s of what it copied, must
+    /// then equal the source's. Each copied part is recorded (with no checksum: godwit never saw
+    /// its bytes), so an interrupted copy goes on from the parts it has.
+    async fn copy_parts_server_side(
         &self,
-        claimed: &ClaimedObject,
-        meta: &ObjectMeta,
+        job: &mut Job<'_>,
+        source: &ObjectMeta,
         origin: &CopyOrigin,
         layout: PartLayout,
-        upload: &mut Option<UploadRecord>,
-    ) -> Result<Result<Done, StorageError>, StoreError> {
+    ) -> Result<Result<Option<Done>, StorageError>, StoreError> {
+        let metadata = Metadata::default();
         let (upload_id, resumed) = match self
-            .open_upload(claimed, meta, upload, layout.part_size, false)
+            .open_upload(job, layout.part_size, false, &metadata)
             .await?
         {
             Ok(opened) => opened,
             Err(error) => return Ok(Err(error)),
         };
-        let upload_gone = |error: &StorageError| upload_gone(error, resumed);
         let copy = |part_number: u32| {
-            let (offset, len) = layout.range(part_number, meta.size);
+            let (offset, len) = layout.range(part_number, source.size);
             let upload_id = &upload_id;
             async move {
                 let etag = self
                     .dest
-                    .copy_part(&meta.key, upload_id, part_number, origin, meta, offset, len)
+                    .copy_part(
+                        &source.key,
+                        upload_id,
+                        part_number,
+                        origin,
+                        source,
+                        offset,
+                        len,
+                    )
                     .await?;
                 let part = UploadedPart {
                     part_number,
@@ -233,36 +246,15 @@ impl Transfers {
                 Ok((part, None))
             }
         };
-        let parts: Vec<UploadedPart> = match self
-            .fill_upload(claimed, upload, resumed, layout.parts, copy)
+        let parts: Vec<UploadedPart> =
+            match self.fill_upload(job, resumed, layout.parts, copy).await? {
+                Ok(parts) => parts.into_iter().map(|(part, _)| part).collect(),
+                Err(error) => return Ok(Err(error)),
+            };
+        let proof = Proof::Copied { source };
+        Ok(self
+            .complete(job, &upload_id, resumed, &parts, &proof)
             .await?
-        {
-            Ok(parts) => parts.into_iter().map(|(part, _)| part).collect(),
-            Err(error) => return Ok(Err(error)),
-        };
-        let answer = self
-            .dest
-            .complete_upload_new(&meta.key, &upload_id, &parts, None)
-            .await;
-        let done = match answer {
-            Ok(Written::Created(receipt)) => {
-                self.store.clear_upload(claimed.id).await?;
-                *upload = None;
-                self.verify_copied(meta, receipt).await
-            }
-            Ok(Written::AlreadyExists) => {
-                self.drop_upload(claimed, meta, upload).await?;
-                self.settle_existing_copy(claimed, meta).await
-            }
-            Err(error) if error.kind() == ErrorKind::Unclear || upload_gone(&error) => {
-                let gone = upload_gone(&error);
-                let compare = async |found: &DestObject| self.compare_copy(meta, found).await;
-                return self
-                    .settle_unclear_complete(claimed, meta, upload, (error, gone), None, compare)
-                    .await;
-            }
-            Err(error) => Err(error),
-        };
-        Ok(done)
+            .map(Some))
     }
 }

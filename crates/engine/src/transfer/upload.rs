@@ -3,17 +3,21 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use godwit_state::{ClaimedObject, ObjectState, PartRecord, StoreError, UploadRecord};
+use godwit_state::{PartRecord, SourceVersion, StoreError, UploadRecord};
 use godwit_storage::{
-    Crc64Nvme, DestObject, ErrorKind, ObjectMeta, StorageError, UploadedPart, WriteReceipt, Written,
+    Crc64Nvme, DestObject, ErrorKind, Metadata, ObjectMeta, Precondition, StorageError,
+    UploadedPart, WriteReceipt, Written,
 };
 
 use super::etag::{Evidence, is_md5_etag, md5_hex, multipart_etag};
+use super::own::Taken;
+use super::single::changed_while_replacing;
 use super::verify::Comparison;
-use super::{Done, Transfers};
+use super::{Done, Job, Transfers};
 use crate::checksum::{combine, crc64nvme};
 use crate::progress::Progress;
 
@@ -47,13 +51,26 @@ fn part_size_for(size: u64, wanted: u64, min: u64, max: u64, max_parts: u32) -> 
     (part.div_ceil(MIB) * MIB).min(max.max(MIB))
 }
 
+/// How an upload's object is proven once complete, and compared with an object found at a
+/// taken key.
+pub(super) enum Proof<'a> {
+    /// Parts godwit streamed: the whole object's CRC-64/NVME, combined from theirs, and what else
+    /// the parts' MD5s show.
+    Streamed {
+        crc: Crc64Nvme,
+        evidence: Evidence<'a>,
+    },
+    /// Parts the destination copied from `source` (as stated: with its ETag): the copy's ETag
+    /// against the source's, or a read-back of both.
+    Copied { source: &'a ObjectMeta },
+}
+
 impl Transfers {
     pub(super) async fn copy_multipart(
         &self,
-        claimed: &ClaimedObject,
-        meta: &ObjectMeta,
-        upload: &mut Option<UploadRecord>,
+        job: &mut Job<'_>,
     ) -> Result<Result<Done, StorageError>, StoreError> {
+        let meta = job.meta.clone();
         let caps = self.dest.capabilities();
         let part_size = part_size_for(
             meta.size,
@@ -64,14 +81,11 @@ impl Transfers {
         );
         let n_parts = meta.size.div_ceil(part_size) as u32;
 
-        let (upload_id, resumed) = match self
-            .open_upload(claimed, meta, upload, part_size, true)
-            .await?
-        {
+        let metadata = Metadata::default();
+        let (upload_id, resumed) = match self.open_upload(job, part_size, true, &metadata).await? {
             Ok(opened) => opened,
             Err(error) => return Ok(Err(error)),
         };
-        let upload_gone = |error: &StorageError| upload_gone(error, resumed);
 
         // Unless the destination is known to keep a checksum of multipart objects, the parts'
         // MD5s are the cheapest proof of what it stored (its multipart ETag is made of them): far
@@ -81,6 +95,7 @@ impl Transfers {
             let offset = u64::from(part_number - 1) * part_size;
             let len = part_size.min(meta.size - offset);
             let upload_id = &upload_id;
+            let meta = &meta;
             async move {
                 let (body, _permit) = self.read_budgeted(meta, offset, len).await?;
                 let (crc, md5) = digest(body.clone(), want_md5).await?;
@@ -102,10 +117,7 @@ impl Transfers {
             }
         };
         // Each part with the MD5 of its bytes, when known (see `Evidence::MultipartEtag`).
-        let parts = match self
-            .fill_upload(claimed, upload, resumed, n_parts, send)
-            .await?
-        {
+        let parts = match self.fill_upload(job, resumed, n_parts, send).await? {
             Ok(parts) => parts,
             Err(error) => return Ok(Err(error)),
         };
@@ -122,15 +134,82 @@ impl Transfers {
                 p.size,
             )
         });
+        let proof = Proof::Streamed { crc, evidence };
+        self.complete(job, &upload_id, resumed, &parts, &proof)
+            .await
+    }
+
+    /// Completes the upload into a new object; where the key is taken, settles what is there
+    /// (replacing godwit's own earlier write with this upload, conditionally on its ETag).
+    pub(super) async fn complete(
+        &self,
+        job: &mut Job<'_>,
+        upload_id: &str,
+        resumed: bool,
+        parts: &[UploadedPart],
+        proof: &Proof<'_>,
+    ) -> Result<Result<Done, StorageError>, StoreError> {
+        let meta = job.meta.clone();
+        let crc = match proof {
+            Proof::Streamed { crc, .. } => Some(*crc),
+            Proof::Copied { .. } => None,
+        };
+        if !self.conditions().await.complete_if_none_match.is_enforced() {
+            // The server would not refuse the completion: look first (racy, and said so).
+            match self.dest.head(&meta.key).await {
+                Ok(Some(found)) => {
+                    return self
+                        .settle_upload(job, upload_id, parts, proof, found)
+                        .await;
+                }
+                Ok(None) => {}
+                Err(error) => return Ok(Err(error)),
+            }
+        }
+        let sent_at = SystemTime::now();
         let answer = self
             .dest
-            .complete_upload_new(&meta.key, &upload_id, &parts, Some(crc))
-            .await;
-        let done = match answer {
+            .complete_upload(&meta.key, upload_id, parts, crc, &Precondition::Absent)
+            .await
+            .map_err(|error| job.own.failed(sent_at, error));
+        match answer {
             Ok(Written::Created(receipt)) => {
-                self.store.clear_upload(claimed.id).await?;
-                *upload = None;
-                let verified = self.verify_written(meta, crc, &evidence, receipt).await;
+                self.completed(job).await?;
+                Ok(self.verify_upload(job, proof, receipt).await)
+            }
+            Ok(Written::Refused) => match self.head_taken(&meta, "completion").await {
+                Ok(found) => {
+                    self.settle_upload(job, upload_id, parts, proof, found)
+                        .await
+                }
+                Err(error) => Ok(Err(error)),
+            },
+            Err(error) if error.kind() == ErrorKind::Unclear || upload_gone(&error, resumed) => {
+                let gone = upload_gone(&error, resumed);
+                self.settle_unclear_complete(job, (error, gone), proof)
+                    .await
+            }
+            Err(error) => Ok(Err(error)),
+        }
+    }
+
+    /// The upload became an object: it is no longer the ledger's to resume.
+    async fn completed(&self, job: &mut Job<'_>) -> Result<(), StoreError> {
+        self.store.clear_upload(job.claimed.id).await?;
+        job.upload = None;
+        Ok(())
+    }
+
+    /// Checks the object an upload just became.
+    async fn verify_upload(
+        &self,
+        job: &mut Job<'_>,
+        proof: &Proof<'_>,
+        receipt: WriteReceipt,
+    ) -> Result<Done, StorageError> {
+        match proof {
+            Proof::Streamed { crc, evidence } => {
+                let verified = self.verify_written(job, *crc, evidence, receipt).await;
                 if let Ok(done) = &verified {
                     let kept = if done.verified_by == Some("checksum") {
                         KEPT
@@ -141,80 +220,132 @@ impl Transfers {
                 }
                 verified
             }
-            Ok(Written::AlreadyExists) => {
-                self.drop_upload(claimed, meta, upload).await?;
-                self.settle_existing(claimed, meta, crc, &evidence).await
-            }
-            Err(error) if error.kind() == ErrorKind::Unclear || upload_gone(&error) => {
-                let gone = upload_gone(&error);
-                let compare =
-                    async |found: &DestObject| self.compare(meta, crc, &evidence, found).await;
-                return self
-                    .settle_unclear_complete(
-                        claimed,
-                        meta,
-                        upload,
-                        (error, gone),
-                        Some(crc),
-                        compare,
-                    )
-                    .await;
-            }
-            Err(error) => Err(error),
-        };
-        Ok(done)
+            Proof::Copied { source } => self.verify_copied(job, source, receipt).await,
+        }
     }
 
-    /// Opens the upload to make the object's parts in: the recorded one when it is cut in parts
-    /// of `part_size` and its parts were made the same way (sent with checksums when
-    /// `checksummed`, else copied server-side without); otherwise a new one, recorded before any
-    /// part is made. A recorded upload with no parts yet is replaced too: which way it was made
-    /// is unknown. Returns the upload id, and whether it is the recorded upload going on.
+    /// Compares `found` with what the upload holds.
+    async fn compare_upload(
+        &self,
+        meta: &ObjectMeta,
+        proof: &Proof<'_>,
+        found: &DestObject,
+    ) -> Result<Comparison, StorageError> {
+        match proof {
+            Proof::Streamed { crc, evidence } => self.compare(meta, *crc, evidence, found).await,
+            Proof::Copied { source } => self.compare_copy(source, found).await,
+        }
+    }
+
+    /// The key holds `found`: ours or already present when identical (the upload is aborted), a
+    /// conflict when someone else's; godwit's own earlier write is replaced by completing the
+    /// upload conditionally on that write's ETag.
+    async fn settle_upload(
+        &self,
+        job: &mut Job<'_>,
+        upload_id: &str,
+        parts: &[UploadedPart],
+        proof: &Proof<'_>,
+        found: DestObject,
+    ) -> Result<Result<Done, StorageError>, StoreError> {
+        let meta = job.meta.clone();
+        let crc = match proof {
+            Proof::Streamed { crc, .. } => Some(*crc),
+            Proof::Copied { .. } => None,
+        };
+        let comparison = match self.compare_upload(&meta, proof, &found).await {
+            Ok(comparison) => comparison,
+            Err(error) => return Ok(Err(error)),
+        };
+        let etag = match job.own.judge(&found, comparison) {
+            Taken::Replace(etag) => etag,
+            taken => {
+                self.drop_upload(job).await?;
+                return Ok(Ok(self.settled(&meta, crc, found, taken)));
+            }
+        };
+        let sent_at = SystemTime::now();
+        let answer = self
+            .dest
+            .complete_upload(&meta.key, upload_id, parts, crc, &Precondition::Etag(etag))
+            .await
+            .map_err(|error| job.own.failed(sent_at, error));
+        match answer {
+            Ok(Written::Created(receipt)) => {
+                self.completed(job).await?;
+                Progress::add(&self.progress.n_replaced, 1);
+                Ok(self.verify_upload(job, proof, receipt).await)
+            }
+            Ok(Written::Refused) => {
+                self.drop_upload(job).await?;
+                Ok(Err(changed_while_replacing(&meta)))
+            }
+            Err(error) => Ok(Err(error)),
+        }
+    }
+
+    /// Opens the upload to make the object's parts in: the recorded one when it belongs to this
+    /// version of the source, is cut in parts of `part_size`, and its parts were made the same
+    /// way (sent with checksums when `checksummed`, else copied server-side without); otherwise a
+    /// new one. A recorded upload with no parts yet is replaced too: which way it was made is
+    /// unknown. That a new upload is being started is recorded before it starts, and its id as
+    /// soon as it is known. Returns the upload id, and whether it is the recorded upload going on.
     pub(super) async fn open_upload(
         &self,
-        claimed: &ClaimedObject,
-        meta: &ObjectMeta,
-        upload: &mut Option<UploadRecord>,
+        job: &mut Job<'_>,
         part_size: u64,
         checksummed: bool,
+        metadata: &Metadata,
     ) -> Result<Result<(String, bool), StorageError>, StoreError> {
+        let source = SourceVersion {
+            size: job.meta.size,
+            version: job.meta.version.clone(),
+        };
         let fits = |u: &UploadRecord| {
             u.part_size == part_size
+                && u.source.as_ref() == Some(&source)
                 && !u.parts.is_empty()
                 && u.parts
                     .iter()
                     .all(|p| Crc64Nvme::from_base64(&p.checksum).is_some() == checksummed)
         };
-        if upload.as_ref().is_some_and(|u| !fits(u)) {
-            self.drop_upload(claimed, meta, upload).await?;
+        if job.upload.as_ref().is_some_and(|u| !fits(u)) {
+            self.drop_upload(job).await?;
         }
-        if let Some(record) = upload {
+        if let Some(record) = &job.upload {
             return Ok(Ok((record.upload_id.clone(), true)));
         }
-        let upload_id = match self.dest.create_upload(&meta.key, checksummed).await {
+        self.store
+            .record_upload_intent(job.claimed.id, SystemTime::now())
+            .await?;
+        let upload_id = match self
+            .dest
+            .create_upload(&job.meta.key, checksummed, metadata)
+            .await
+        {
             Ok(id) => id,
             Err(error) => return Ok(Err(error)),
         };
         self.store
-            .record_upload(claimed.id, &upload_id, part_size)
+            .record_upload(job.claimed.id, &upload_id, part_size, &source)
             .await?;
-        *upload = Some(UploadRecord {
+        job.upload = Some(UploadRecord {
             upload_id: upload_id.clone(),
             part_size,
+            source: Some(source),
             parts: Vec::new(),
         });
         Ok(Ok((upload_id, false)))
     }
 
     /// Makes the parts 1..=`n_parts` the open upload lacks with `make`, `part_concurrency` at a
-    /// time, recording each in the ledger (and in `upload`) as it finishes. Returns all the
+    /// time, recording each in the ledger (and in the job) as it finishes. Returns all the
     /// upload's parts in order, each with its MD5 when known. The first failure stops it; when
     /// the server no longer knows the upload, it is forgotten, so the next attempt starts a new
     /// one (and finds the object, should the old upload have completed).
     pub(super) async fn fill_upload<Made>(
         &self,
-        claimed: &ClaimedObject,
-        upload: &mut Option<UploadRecord>,
+        job: &mut Job<'_>,
         resumed: bool,
         n_parts: u32,
         make: impl Fn(u32) -> Made,
@@ -222,7 +353,7 @@ impl Transfers {
     where
         Made: Future<Output = Result<(UploadedPart, Option<String>), StorageError>>,
     {
-        let recorded = upload.as_ref().map_or(&[][..], |u| &u.parts[..]);
+        let recorded = job.upload.as_ref().map_or(&[][..], |u| &u.parts[..]);
         let mut parts: BTreeMap<u32, (UploadedPart, Option<String>)> = recorded
             .iter()
             .map(|p| {
@@ -252,8 +383,10 @@ impl Transfers {
                         size: part.size,
                         md5: md5.clone(),
                     };
-                    self.store.record_part(claimed.id, record.clone()).await?;
-                    if let Some(upload) = upload.as_mut() {
+                    self.store
+                        .record_part(job.claimed.id, record.clone())
+                        .await?;
+                    if let Some(upload) = job.upload.as_mut() {
                         upload.parts.push(record);
                     }
                     Progress::add(&self.progress.bytes_sent, part.size);
@@ -269,8 +402,7 @@ impl Transfers {
         match failure {
             None => Ok(Ok(parts.into_values().collect())),
             Some(error) if upload_gone(&error, resumed) => {
-                self.store.clear_upload(claimed.id).await?;
-                *upload = None;
+                self.completed(job).await?;
                 Ok(Err(StorageError::new(
                     ErrorKind::NoSuchUpload,
                     error.message(),
@@ -281,23 +413,21 @@ impl Transfers {
     }
 
     /// A completion whose outcome is unclear, or whose upload the server no longer knows: the
-    /// object at the key settles it. Ours (by `compare`) is copied; otherwise the error stands,
-    /// and an upload that is gone is forgotten so that the next attempt starts a new one (and
-    /// finds the object, should the old upload have completed after all).
-    pub(super) async fn settle_unclear_complete(
+    /// object at the key settles it. Identical and written since godwit sent the completion (or
+    /// ours by its receipt) is copied; identical and older was there already; otherwise the error
+    /// stands, and an upload that is gone is forgotten so that the next attempt starts a new one
+    /// (and finds the object, should the old upload have completed after all).
+    async fn settle_unclear_complete(
         &self,
-        claimed: &ClaimedObject,
-        meta: &ObjectMeta,
-        upload: &mut Option<UploadRecord>,
+        job: &mut Job<'_>,
         (error, gone): (StorageError, bool),
-        checksum: Option<Crc64Nvme>,
-        compare: impl AsyncFnOnce(&DestObject) -> Result<Comparison, StorageError>,
+        proof: &Proof<'_>,
     ) -> Result<Result<Done, StorageError>, StoreError> {
+        let meta = job.meta.clone();
         let found = match self.dest.head(&meta.key).await {
             Ok(Some(found)) if found.size == meta.size => found,
             Ok(_) if gone => {
-                self.store.clear_upload(claimed.id).await?;
-                *upload = None;
+                self.completed(job).await?;
                 return Ok(Err(StorageError::new(
                     ErrorKind::NoSuchUpload,
                     error.message(),
@@ -306,24 +436,24 @@ impl Transfers {
             Ok(_) => return Ok(Err(error)),
             Err(other) => return Ok(Err(other)),
         };
-        match compare(&found).await {
-            Ok(Comparison::Same(how)) => {
-                self.store.clear_upload(claimed.id).await?;
-                *upload = None;
-                Ok(Ok(Done {
-                    state: ObjectState::Copied,
-                    checksum,
-                    receipt: Some(WriteReceipt {
-                        etag: found.etag,
-                        crc64nvme: found.crc64nvme,
-                        version_id: found.version_id,
-                    }),
-                    verified_by: Some(how),
-                    note: None,
-                }))
+        let comparison = match self.compare_upload(&meta, proof, &found).await {
+            Ok(comparison) => comparison,
+            Err(other) => return Ok(Err(other)),
+        };
+        let crc = match proof {
+            Proof::Streamed { crc, .. } => Some(*crc),
+            Proof::Copied { .. } => None,
+        };
+        match job.own.judge(&found, comparison) {
+            taken @ (Taken::Ours(_) | Taken::AlreadyPresent(_)) => {
+                if matches!(taken, Taken::Ours(_)) {
+                    self.completed(job).await?;
+                } else {
+                    self.drop_upload(job).await?;
+                }
+                Ok(Ok(self.settled(&meta, crc, found, taken)))
             }
-            Ok(Comparison::Different(_)) => Ok(Err(error)),
-            Err(other) => Ok(Err(other)),
+            Taken::Replace(_) | Taken::Conflict(_) => Ok(Err(error)),
         }
     }
 }

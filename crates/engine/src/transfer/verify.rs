@@ -1,10 +1,11 @@
 //! Checking what the destination holds after our write, and settling a key that was taken.
 
-use godwit_state::{ClaimedObject, ObjectState};
+use godwit_state::ObjectState;
 use godwit_storage::{Crc64Nvme, DestObject, ErrorKind, ObjectMeta, StorageError, WriteReceipt};
 
 use super::etag::Evidence;
-use super::{Done, Transfers};
+use super::own::Taken;
+use super::{Done, Job, Transfers};
 use crate::checksum::{combine, crc64nvme};
 
 /// What comparing an object at the destination with ours found.
@@ -20,11 +21,12 @@ impl Transfers {
     /// Checks what the destination holds after our write.
     pub(super) async fn verify_written(
         &self,
-        meta: &ObjectMeta,
+        job: &mut Job<'_>,
         crc: Crc64Nvme,
         evidence: &Evidence<'_>,
         receipt: WriteReceipt,
     ) -> Result<Done, StorageError> {
+        let meta = &job.meta;
         let verdict = match receipt.crc64nvme {
             Some(reported) if reported == crc => Comparison::Same("checksum"),
             Some(reported) => Comparison::Different(format!(
@@ -36,7 +38,7 @@ impl Transfers {
                 self.compare(meta, crc, evidence, &found).await?
             }
         };
-        self.judged(meta, Some(crc), receipt, verdict).await
+        self.judged(job, Some(crc), receipt, verdict).await
     }
 
     /// The object at a key the destination refused our `what` ("write", "copy") onto as taken.
@@ -66,33 +68,50 @@ impl Transfers {
         })
     }
 
-    /// Our write is copied when the verdict says the same; otherwise it is corrupt: taken back
-    /// (only while it is still ours, by its ETag) and the object is tried again.
+    /// Our write is copied when the verdict says the same. Otherwise it is corrupt: taken back
+    /// (only while it is still ours, by its ETag, and only where the destination enforces that
+    /// condition), and the object is tried again. A write that could not be taken back stays
+    /// recorded as ours, so the next attempt replaces it; the failed verification is the reason
+    /// either way.
     pub(super) async fn judged(
         &self,
-        meta: &ObjectMeta,
+        job: &mut Job<'_>,
         checksum: Option<Crc64Nvme>,
         receipt: WriteReceipt,
         verdict: Comparison,
     ) -> Result<Done, StorageError> {
-        match verdict {
-            Comparison::Same(how) => Ok(Done {
-                state: ObjectState::Copied,
-                checksum,
-                receipt: Some(receipt),
-                verified_by: Some(how),
-                note: None,
-            }),
-            Comparison::Different(why) => {
-                if let Some(etag) = &receipt.etag {
-                    self.dest.delete_if_etag(&meta.key, etag).await?;
-                }
-                Err(StorageError::new(
-                    ErrorKind::ChecksumMismatch,
-                    format!("{}: verification after writing failed: {why}", meta.key),
-                ))
+        job.own.wrote(&receipt);
+        let why = match verdict {
+            Comparison::Same(how) => {
+                return Ok(Done {
+                    state: ObjectState::Copied,
+                    checksum,
+                    receipt: Some(receipt),
+                    verified_by: Some(how),
+                    note: None,
+                });
             }
+            Comparison::Different(why) => why,
+        };
+        let key = &job.meta.key;
+        let mut reason = format!("{key}: verification after writing failed: {why}");
+        let conditions = self.conditions().await;
+        match &receipt.etag {
+            Some(etag) if conditions.delete_if_match.is_enforced() => {
+                match self.dest.delete_if_etag(key, etag).await {
+                    Ok(()) => job.own.gone(),
+                    Err(error) => reason.push_str(&format!(
+                        "; godwit could not take its write back ({}): it stays recorded as godwit's own, and the next attempt replaces it",
+                        error.message()
+                    )),
+                }
+            }
+            Some(_) => reason.push_str(
+                "; the destination does not enforce If-Match on DELETE, so godwit left its write in place, recorded as its own: the next attempt replaces it",
+            ),
+            None => reason.push_str("; the destination gave the write no ETag, so godwit cannot take it back"),
         }
+        Err(StorageError::new(ErrorKind::ChecksumMismatch, reason))
     }
 
     /// Compares the destination's object with ours: size, then its checksum, then its ETag, and
@@ -158,58 +177,46 @@ impl Transfers {
         Ok(crc)
     }
 
-    /// The key was taken when we wrote: decide between ours (from an earlier attempt that
-    /// crashed before it was recorded), already present, and conflict.
-    pub(super) async fn settle_existing(
-        &self,
-        claimed: &ClaimedObject,
-        meta: &ObjectMeta,
-        crc: Crc64Nvme,
-        evidence: &Evidence<'_>,
-    ) -> Result<Done, StorageError> {
-        let found = self.head_taken(meta, "write").await?;
-        let verdict = self.compare(meta, crc, evidence, &found).await?;
-        Ok(self.settled(claimed, meta, Some(crc), found, verdict))
-    }
-
-    /// What the object found at a taken key makes of ours: the same is `already_present` (or
-    /// `copied`, when an earlier attempt of ours wrote it and crashed before recording it),
-    /// anything else a conflict, left alone.
+    /// How an object found at a taken key ends, short of a replacement: ours or already present
+    /// when identical, a conflict left alone otherwise.
     pub(super) fn settled(
         &self,
-        claimed: &ClaimedObject,
         meta: &ObjectMeta,
         checksum: Option<Crc64Nvme>,
         found: DestObject,
-        verdict: Comparison,
+        taken: Taken,
     ) -> Done {
         let receipt = WriteReceipt {
             etag: found.etag,
             crc64nvme: found.crc64nvme,
             version_id: found.version_id,
         };
-        match verdict {
-            Comparison::Same(how) => Done {
-                state: if claimed.attempts > 1 {
-                    ObjectState::Copied
-                } else {
-                    ObjectState::AlreadyPresent
-                },
-                checksum,
-                receipt: Some(receipt),
-                verified_by: Some(how),
-                note: None,
-            },
-            Comparison::Different(why) => Done {
-                state: ObjectState::Conflict,
-                checksum,
-                receipt: Some(receipt),
-                verified_by: None,
-                note: Some(format!(
+        let (state, verified_by, note) = match taken {
+            Taken::Ours(how) => (ObjectState::Copied, Some(how), None),
+            Taken::AlreadyPresent(how) => (ObjectState::AlreadyPresent, Some(how), None),
+            Taken::Conflict(why) => (
+                ObjectState::Conflict,
+                None,
+                Some(format!(
                     "{}: a different object is already at the destination ({why}); it was left alone",
                     meta.key
                 )),
-            },
+            ),
+            Taken::Replace(_) => (
+                ObjectState::Conflict,
+                None,
+                Some(format!(
+                    "{}: godwit's own earlier copy is at the destination and could not be replaced; it was left alone",
+                    meta.key
+                )),
+            ),
+        };
+        Done {
+            state,
+            checksum,
+            receipt: Some(receipt),
+            verified_by,
+            note,
         }
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Request checksums are sent only when godwit computed them (`WhenRequired`), as plain headers:
 //! some S3-compatible servers store the aws-chunked framing of SDK-computed trailers as data.
-//! Every write carries `If-None-Match: *`; a 412 answer becomes [`Written::AlreadyExists`].
+//! Every write carries its condition (`If-None-Match: *`, or `If-Match` replacing godwit's own
+//! write); a 412 answer becomes [`Written::Refused`].
 //!
 //! `mod.rs` holds the client, what sources and destinations share (a [`Bucket`] on one endpoint,
 //! its reads and HEADs) and the mapping of SDK errors to [`StorageError`]s; `source.rs`,
@@ -24,7 +25,9 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::types::ChecksumMode;
 use bytes::{Bytes, BytesMut};
 
-use crate::{Crc64Nvme, DestObject, ErrorKind, Location, S3Settings, StorageError, endpoint};
+use crate::{
+    Crc64Nvme, DestObject, ErrorKind, Location, S3Settings, StorageError, WriteSettings, endpoint,
+};
 
 /// A configured S3 client for one side of a migration.
 #[derive(Clone)]
@@ -108,10 +111,13 @@ impl S3Client {
         }
     }
 
-    /// A destination writing to `bucket`, below `prefix` (empty or ending in `/`).
-    pub fn destination(&self, bucket: &str, prefix: &str) -> S3Destination {
+    /// A destination writing to `bucket`, below `prefix` (empty or ending in `/`), storing objects
+    /// as `write` says.
+    pub fn destination(&self, bucket: &str, prefix: &str, write: WriteSettings) -> S3Destination {
         S3Destination {
             bucket: self.bucket(bucket, prefix),
+            write,
+            conditions: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -298,6 +304,9 @@ impl Bucket {
                 etag: out.e_tag().map(str::to_owned),
                 crc64nvme: out.checksum_crc64_nvme().and_then(Crc64Nvme::from_base64),
                 version_id: out.version_id().map(str::to_owned),
+                last_modified: out
+                    .last_modified()
+                    .and_then(|t| std::time::SystemTime::try_from(*t).ok()),
             })),
             Err(err) if Self::is_status(&err, 404) => Ok(None),
             Err(err) => Err(self.error("reading the metadata of", Some(key), err)),

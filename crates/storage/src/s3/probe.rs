@@ -1,81 +1,251 @@
 //! Probes: what a destination is found to enforce, by trying it on objects of godwit's own.
+//!
+//! Not every S3-compatible server enforces the conditions godwit's guarantees rest on: some accept
+//! `If-None-Match`/`If-Match` and write anyway. So each is tried once per run, on probe objects
+//! below the destination prefix (named `.godwit-probe-*`, holding [`PROBE_BODY`]), and the engine
+//! takes a safe route wherever one is not enforced. Every probe object is deleted again, each
+//! delete conditional on the object's ETag.
 
 use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 
 use super::{Bucket, copy_source};
-use crate::{CopySupport, StorageError};
+use crate::{Conditions, Enforcement, StorageError};
+
+/// An ETag no object has: a write or delete conditional on it must be refused.
+const NO_SUCH_ETAG: &str = "\"00000000000000000000000000000000\"";
 
 impl Bucket {
-    /// Finds out whether the server refuses a CopyObject onto an existing key, as AWS does with
-    /// `If-None-Match: *` (s3s-fs and moto ignore the header and overwrite). Writes two probe
-    /// objects of godwit's own below the prefix, copies one onto the other, and deletes both;
-    /// then deletes what an earlier probe left (see [`Bucket::remove_old_probes`]).
-    pub(super) async fn probe_conditional_copy(&self) -> CopySupport {
+    /// Tries each condition on probe objects of godwit's own: `If-None-Match: *` and `If-Match`
+    /// on PutObject and CompleteMultipartUpload, `If-None-Match: *` on CopyObject, `If-Match` on
+    /// DeleteObject. A condition counts as enforced only when the server refused the write
+    /// (412) that it should refuse. Then deletes the probe objects, and what an earlier probe
+    /// left (see [`Bucket::remove_old_probes`]).
+    pub(super) async fn probe_conditions(&self) -> Conditions {
         let nonce = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         let base = format!("{PROBE_PREFIX}{}-{nonce:x}", std::process::id());
-        let (from, onto) = (format!("{base}-a"), format!("{base}-b"));
+        let (first, second) = (format!("{base}-a"), format!("{base}-b"));
         let mut probe_etag = None;
-        let answer = async {
-            for key in [&from, &onto] {
-                let written = self
-                    .client()
-                    .put_object()
-                    .bucket(&self.name)
-                    .key(self.key(key))
-                    .if_none_match("*")
-                    .body(ByteStream::from_static(PROBE_BODY))
-                    .send()
-                    .await
-                    .map_err(|err| self.error("writing a probe object", Some(key), err))?;
-                probe_etag = written.e_tag().map(str::to_owned);
-            }
-            let copied = self
-                .client()
-                .copy_object()
-                .bucket(&self.name)
-                .key(self.key(&onto))
-                .copy_source(copy_source(&self.name, &self.key(&from)))
-                .if_none_match("*")
-                .send()
-                .await;
-            Ok::<_, StorageError>(match copied {
-                Err(err) if Self::is_status(&err, 412) => CopySupport::Conditional,
-                Ok(_) => CopySupport::No(format!(
-                    "{} ignores If-None-Match on CopyObject: a server-side copy could replace an object",
-                    self.s3.endpoint
-                )),
-                Err(err) => CopySupport::No(
-                    self.error("probing a server-side copy to", Some(&onto), err)
-                        .message()
-                        .to_owned(),
-                ),
-            })
-        }
-        .await;
-        for key in [&from, &onto] {
-            if let Err(err) = self
-                .client()
-                .delete_object()
-                .bucket(&self.name)
-                .key(self.key(key))
-                .send()
-                .await
-            {
-                tracing::warn!(
-                    "could not delete the probe object s3://{}/{}: {}",
-                    self.name,
-                    self.key(key),
-                    DisplayErrorContext(&err)
-                );
-            }
+        let conditions = match self.try_conditions(&first, &second, &mut probe_etag).await {
+            Ok(conditions) => conditions,
+            Err(error) => Conditions::unknown(&format!(
+                "the probe of the destination's conditions failed: {}",
+                error.message()
+            )),
+        };
+        for key in [&first, &second] {
+            self.delete_probe(key).await;
         }
         if let Some(etag) = probe_etag {
             self.remove_old_probes(&etag).await;
         }
-        answer.unwrap_or_else(|error| CopySupport::No(error.message().to_owned()))
+        conditions
+    }
+
+    async fn try_conditions(
+        &self,
+        first: &str,
+        second: &str,
+        probe_etag: &mut Option<String>,
+    ) -> Result<Conditions, StorageError> {
+        for key in [first, second] {
+            let written = self
+                .client()
+                .put_object()
+                .bucket(&self.name)
+                .key(self.key(key))
+                .if_none_match("*")
+                .body(ByteStream::from_static(PROBE_BODY))
+                .send()
+                .await
+                .map_err(|err| self.error("writing a probe object", Some(key), err))?;
+            *probe_etag = written.e_tag().map(str::to_owned);
+        }
+        let put = |condition: fn(
+            aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder,
+        ) -> aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder| {
+            condition(
+                self.client()
+                    .put_object()
+                    .bucket(&self.name)
+                    .key(self.key(first))
+                    .body(ByteStream::from_static(PROBE_BODY)),
+            )
+            .send()
+        };
+        let put_if_none_match = self.judge(
+            "PutObject If-None-Match",
+            put(|r| r.if_none_match("*")).await,
+        );
+        let put_if_match = self.judge(
+            "PutObject If-Match",
+            put(|r| r.if_match(NO_SUCH_ETAG)).await,
+        );
+        let copy_if_none_match = self.judge(
+            "CopyObject If-None-Match",
+            self.client()
+                .copy_object()
+                .bucket(&self.name)
+                .key(self.key(second))
+                .copy_source(copy_source(&self.name, &self.key(first)))
+                .if_none_match("*")
+                .send()
+                .await,
+        );
+        let (complete_if_none_match, complete_if_match) = self.probe_completions(first).await?;
+        let delete_if_match = self.judge(
+            "DeleteObject If-Match",
+            self.client()
+                .delete_object()
+                .bucket(&self.name)
+                .key(self.key(second))
+                .if_match(NO_SUCH_ETAG)
+                .send()
+                .await,
+        );
+        Ok(Conditions {
+            put_if_none_match,
+            put_if_match,
+            complete_if_none_match,
+            complete_if_match,
+            delete_if_match,
+            copy_if_none_match,
+        })
+    }
+
+    /// Completes uploads of one part onto `key` (which exists), first with `If-None-Match: *`,
+    /// then with `If-Match` on an ETag it does not have. An upload whose completion is refused
+    /// is aborted. Some servers' replies to a completion cannot be parsed (moto): then the
+    /// object at the key tells whether the upload completed.
+    async fn probe_completions(
+        &self,
+        key: &str,
+    ) -> Result<(Enforcement, Enforcement), StorageError> {
+        let mut found = Vec::new();
+        for if_none_match in [true, false] {
+            let upload = self
+                .client()
+                .create_multipart_upload()
+                .bucket(&self.name)
+                .key(self.key(key))
+                .send()
+                .await
+                .map_err(|err| self.error("starting a probe upload to", Some(key), err))?;
+            let upload_id = upload.upload_id().unwrap_or_default().to_owned();
+            let part = self
+                .client()
+                .upload_part()
+                .bucket(&self.name)
+                .key(self.key(key))
+                .upload_id(&upload_id)
+                .part_number(1)
+                .body(ByteStream::from_static(PROBE_BODY))
+                .send()
+                .await
+                .map_err(|err| self.error("uploading a probe part to", Some(key), err))?;
+            let before = self.head(key).await?.and_then(|o| o.etag);
+            let mut request = self
+                .client()
+                .complete_multipart_upload()
+                .bucket(&self.name)
+                .key(self.key(key))
+                .upload_id(&upload_id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .parts(
+                            CompletedPart::builder()
+                                .part_number(1)
+                                .set_e_tag(part.e_tag().map(str::to_owned))
+                                .build(),
+                        )
+                        .build(),
+                );
+            request = if if_none_match {
+                request.if_none_match("*")
+            } else {
+                request.if_match(NO_SUCH_ETAG)
+            };
+            let what = if if_none_match {
+                "CompleteMultipartUpload If-None-Match"
+            } else {
+                "CompleteMultipartUpload If-Match"
+            };
+            let answer = request.send().await;
+            let enforcement = match &answer {
+                Err(err) if Self::is_status(err, 412) => Enforcement::Enforced,
+                Ok(_) => Enforcement::Ignored,
+                Err(err) => {
+                    // The server may have completed it all the same: the key's ETag says.
+                    let after = self.head(key).await?.and_then(|o| o.etag);
+                    if after.is_some() && after != before {
+                        Enforcement::Ignored
+                    } else {
+                        Enforcement::Unknown(format!("{what}: {}", DisplayErrorContext(err)))
+                    }
+                }
+            };
+            if enforcement != Enforcement::Ignored {
+                let _ = self
+                    .client()
+                    .abort_multipart_upload()
+                    .bucket(&self.name)
+                    .key(self.key(key))
+                    .upload_id(&upload_id)
+                    .send()
+                    .await;
+            }
+            found.push(enforcement);
+        }
+        let if_match = found.pop().unwrap_or(Enforcement::Unknown(String::new()));
+        let if_none_match = found.pop().unwrap_or(Enforcement::Unknown(String::new()));
+        Ok((if_none_match, if_match))
+    }
+
+    /// What the answer to a write that a server enforcing its condition must refuse says.
+    fn judge<T, E>(
+        &self,
+        what: &str,
+        answer: Result<T, aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>>,
+    ) -> Enforcement
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        match answer {
+            Err(err) if Self::is_status(&err, 412) => Enforcement::Enforced,
+            Ok(_) => Enforcement::Ignored,
+            Err(err) => Enforcement::Unknown(format!("{what}: {}", DisplayErrorContext(&err))),
+        }
+    }
+
+    /// Deletes one of this probe's objects, conditional on the ETag it has now.
+    async fn delete_probe(&self, key: &str) {
+        let etag = match self.head(key).await {
+            Ok(Some(found)) => found.etag,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!("could not look at the probe object {key}: {error}");
+                return;
+            }
+        };
+        let mut request = self
+            .client()
+            .delete_object()
+            .bucket(&self.name)
+            .key(self.key(key));
+        if let Some(etag) = etag {
+            request = request.if_match(etag);
+        }
+        if let Err(err) = request.send().await {
+            tracing::warn!(
+                "could not delete the probe object s3://{}/{}: {}",
+                self.name,
+                self.key(key),
+                DisplayErrorContext(&err)
+            );
+        }
     }
 
     /// Deletes probe objects a run that stopped mid-probe left behind: only objects named as
@@ -151,7 +321,8 @@ impl Bucket {
 
 /// The name every probe object starts with, below the destination prefix.
 const PROBE_PREFIX: &str = ".godwit-probe-";
-/// What a probe object holds.
+/// What a probe object holds (the name is older than the probe's other uses; kept so that probes
+/// left by earlier versions are still recognised).
 const PROBE_BODY: &[u8] = b"godwit: probe for conditional copies";
 
 /// Whether `key` (below any prefix) names one of godwit's probe objects: its name, and the probe's
