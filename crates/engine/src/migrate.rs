@@ -226,7 +226,7 @@ impl Migrator {
                 Arc::clone(&self.store),
                 migration.id,
                 number,
-                filter,
+                filter.clone(),
                 Arc::clone(&self.progress),
                 Arc::clone(&notify),
                 halt.clone(),
@@ -252,6 +252,7 @@ impl Migrator {
             self.options.transfer.clone(),
             Arc::clone(&self.progress),
             copy_candidate,
+            filter,
         ));
         let dispatched = self
             .dispatch(

@@ -1064,3 +1064,155 @@ async fn a_destination_prefix_that_may_be_inside_the_source_is_left_out_of_the_s
         "a pass copied its own copies"
     );
 }
+
+/// Issue 9, point 2: on every server, objects already at the destination are never replaced,
+/// single PUT and multipart alike; where the server ignores `If-None-Match`, godwit looks before
+/// writing instead, warns, and the summary says which guarantee held how.
+#[tokio::test(flavor = "multi_thread")]
+async fn objects_at_the_destination_are_never_replaced_whatever_the_server_enforces() {
+    for target in targets().await {
+        let work = tempfile::tempdir().unwrap();
+        let source = work.path().join("src");
+        write_tree(
+            &source,
+            &[
+                ("small.txt", bytes(1, 100)),
+                ("big.bin", bytes(2, 7 << 20)),
+                ("new.txt", bytes(3, 10)),
+                ("new.bin", bytes(4, 7 << 20)),
+            ],
+        );
+        let bucket = target.bucket("keep").await;
+        let theirs_small = bytes(91, 100);
+        let theirs_big = bytes(92, 7 << 20);
+        target.put(&bucket, "small.txt", &theirs_small).await;
+        target.put(&bucket, "big.bin", &theirs_big).await;
+
+        let run = migrate(
+            &target,
+            &path_str(&source),
+            &format!("s3://{bucket}"),
+            &ledger(&work),
+            &["--multipart-threshold", "6MiB", "--part-size", "5MiB"],
+        )
+        .await;
+
+        assert_eq!(run.code, Some(1), "{:?}: {run:?}", target.kind);
+        assert_eq!(
+            (run.n("copied"), run.n("conflict")),
+            (2, 2),
+            "{:?}: {run:?}",
+            target.kind
+        );
+        assert_eq!(
+            target.get(&bucket, "small.txt").await,
+            theirs_small,
+            "{:?}",
+            target.kind
+        );
+        assert!(
+            target.get(&bucket, "big.bin").await == theirs_big,
+            "{:?}: a multipart upload replaced an object",
+            target.kind
+        );
+        let guarantees = &run.json()["guarantees"];
+        let (no_overwrite, warned) = match target.kind {
+            Kind::Lax => ("checked before write (racy)", true),
+            Kind::S3sFs | Kind::Moto => ("enforced by server", false),
+        };
+        assert_eq!(
+            guarantees["no_overwrite"], no_overwrite,
+            "{:?}: {run:?}",
+            target.kind
+        );
+        assert_eq!(
+            run.stderr.contains("does not enforce If-None-Match"),
+            warned,
+            "{:?}: {}",
+            target.kind,
+            run.stderr
+        );
+        if target.kind == Kind::Lax {
+            assert_eq!(guarantees["conditions"]["put_if_none_match"], "ignored");
+            assert!(
+                guarantees["take_back"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("never deletes"),
+                "{guarantees}"
+            );
+        }
+    }
+}
+
+/// Issue 9, point 4: an object that changed at the source replaces godwit's own earlier copy of
+/// it (conditionally on that copy's ETag), single PUT and multipart alike; an object someone
+/// else wrote over godwit's copy meanwhile is a conflict, left alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_source_replaces_godwits_own_copy_and_nothing_else() {
+    for target in targets().await {
+        let work = tempfile::tempdir().unwrap();
+        let source = work.path().join("src");
+        write_tree(
+            &source,
+            &[
+                ("small.txt", bytes(1, 100)),
+                ("big.bin", bytes(2, 7 << 20)),
+                ("taken.txt", bytes(3, 100)),
+                ("same.txt", bytes(4, 100)),
+            ],
+        );
+        let bucket = target.bucket("changed").await;
+        let dest = format!("s3://{bucket}");
+        let args = ["--multipart-threshold", "6MiB", "--part-size", "5MiB"];
+        let first = migrate(&target, &path_str(&source), &dest, &ledger(&work), &args).await;
+        assert_eq!(first.n("copied"), 4, "{:?}: {first:?}", target.kind);
+
+        // Someone else writes over one copy; then three source objects change.
+        let theirs = bytes(93, 100);
+        target.put(&bucket, "taken.txt", &theirs).await;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let (small, big) = (bytes(11, 150), bytes(12, (7 << 20) + 5));
+        write_tree(
+            &source,
+            &[
+                ("small.txt", small.clone()),
+                ("big.bin", big.clone()),
+                ("taken.txt", bytes(13, 100)),
+            ],
+        );
+
+        let second = migrate(&target, &path_str(&source), &dest, &ledger(&work), &args).await;
+
+        assert_eq!(second.code, Some(1), "{:?}: {second:?}", target.kind);
+        assert_eq!(
+            (
+                second.n("copied_this_run"),
+                second.n("replaced_this_run"),
+                second.n("conflict"),
+                second.n("copied")
+            ),
+            (2, 2, 1, 3),
+            "{:?}: {second:?}",
+            target.kind
+        );
+        assert_eq!(
+            target.get(&bucket, "small.txt").await,
+            small,
+            "{:?}",
+            target.kind
+        );
+        assert!(
+            target.get(&bucket, "big.bin").await == big,
+            "{:?}",
+            target.kind
+        );
+        assert_eq!(
+            target.get(&bucket, "taken.txt").await,
+            theirs,
+            "{:?}",
+            target.kind
+        );
+        assert_eq!(target.get(&bucket, "same.txt").await, bytes(4, 100));
+    }
+}

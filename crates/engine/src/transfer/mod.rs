@@ -36,6 +36,7 @@ use godwit_storage::{
 };
 use tokio::sync::{OnceCell, Semaphore};
 
+use crate::filter::Filter;
 use crate::progress::Progress;
 use own::Own;
 use upload::{MULTIPART_OBJECTS, UNKNOWN};
@@ -74,6 +75,8 @@ pub(crate) struct Transfers {
     pub store: Arc<dyn Store>,
     pub options: TransferOptions,
     pub progress: Arc<Progress>,
+    /// Which keys the run takes: an object queued under another filter is excluded when claimed.
+    filter: Filter,
     /// The memory budget in KiB permits.
     budget: Semaphore,
     /// Multipart objects streamed at once (see [`MULTIPART_OBJECTS`]).
@@ -124,6 +127,7 @@ impl Transfers {
         options: TransferOptions,
         progress: Arc<Progress>,
         copy_candidate: Option<CopyOrigin>,
+        filter: Filter,
     ) -> Self {
         let permits = (options.memory_budget / KIB).clamp(1, u64::from(u32::MAX >> 4)) as usize;
         Self {
@@ -132,6 +136,7 @@ impl Transfers {
             store,
             options,
             progress,
+            filter,
             budget: Semaphore::new(permits),
             multipart_objects: Semaphore::new(MULTIPART_OBJECTS),
             copy_from_on: AtomicBool::new(true),
@@ -194,6 +199,11 @@ impl Transfers {
             upload: claimed.upload.clone(),
             own: Own::new(&claimed),
         };
+        if !self.filter.takes(&claimed.key) {
+            // Queued under another filter (a rescan for the new one may not have reached it).
+            self.drop_upload(&mut job).await?;
+            return Ok(self.ended(&job, 1, ObjectState::Excluded, None));
+        }
         if let Some(since) = claimed.unrecorded_upload_since {
             self.abort_unrecorded(claimed.id, &claimed.key, since)
                 .await?;
@@ -371,9 +381,14 @@ impl Transfers {
         let mut aborted = 0;
         match self.dest.list_uploads(key).await {
             Ok(uploads) => {
+                let until = std::time::SystemTime::now() + SLACK;
                 for open in uploads {
-                    let ours = open.initiated.is_some_and(|at| at + SLACK >= since);
+                    // A server that dates uploads wrongly (moto: always 2010) gets nothing aborted.
+                    let ours = open
+                        .initiated
+                        .is_some_and(|at| at + SLACK >= since && at <= until);
                     if !ours {
+                        tracing::debug!(key, upload = %open.upload_id, "an open upload not begun by the stopped run: left alone");
                         continue;
                     }
                     match self.dest.abort_upload(key, &open.upload_id).await {

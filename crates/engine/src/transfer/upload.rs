@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use godwit_state::{PartRecord, SourceVersion, StoreError, UploadRecord};
+use godwit_state::{ObjectState, PartRecord, SourceVersion, StoreError, UploadRecord};
 use godwit_storage::{
     Crc64Nvme, DestObject, ErrorKind, Metadata, ObjectMeta, Precondition, StorageError,
     UploadedPart, WriteReceipt, Written,
@@ -279,6 +279,19 @@ impl Transfers {
             Ok(Written::Refused) => {
                 self.drop_upload(job).await?;
                 Ok(Err(changed_while_replacing(&meta)))
+            }
+            // Some servers' replies to a completion cannot be parsed (moto): the key says.
+            Err(error) if error.kind() == ErrorKind::Unclear => {
+                let settled = self
+                    .settle_unclear_complete(job, (error, false), proof)
+                    .await?;
+                if settled
+                    .as_ref()
+                    .is_ok_and(|done| done.state == ObjectState::Copied)
+                {
+                    Progress::add(&self.progress.n_replaced, 1);
+                }
+                Ok(settled)
             }
             Err(error) => Ok(Err(error)),
         }

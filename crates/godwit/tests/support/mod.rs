@@ -1,8 +1,11 @@
 //! Test harness: real S3 servers and the real `godwit` binary.
 //!
-//! Every end-to-end test runs against each target: the in-process s3s-fs server (always), and the
-//! moto server that `scripts/test.sh` starts and names in `GODWIT_TEST_MOTO_ENDPOINT`. Under CI
-//! (`CI` set) a missing moto endpoint fails the test instead of narrowing it to one server.
+//! Every end-to-end test runs against each target: the in-process s3s-fs server (always), the
+//! moto server that `scripts/test.sh` starts and names in `GODWIT_TEST_MOTO_ENDPOINT`, and the
+//! in-process server again in a mode that ignores every conditional header (`If-None-Match`,
+//! `If-Match`), as some S3-compatible servers do: a stand-in for those servers, which do not run
+//! here. Under CI (`CI` set) a missing moto endpoint fails the test instead of narrowing it to
+//! fewer servers.
 
 #![allow(dead_code)]
 
@@ -12,7 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
-use godwit_s3_server::{LocalS3, RequestCounts};
+use godwit_s3_server::{Conditions, LocalS3, RequestCounts};
 
 /// Test-only credentials of the in-process server (moto accepts any). Not secrets.
 pub const ACCESS_KEY: &str = "godwit-test-key";
@@ -22,6 +25,8 @@ pub const SECRET_KEY: &str = "godwit-test-secret";
 pub enum Kind {
     S3sFs,
     Moto,
+    /// The in-process server ignoring conditional requests (see the module docs).
+    Lax,
 }
 
 pub struct Target {
@@ -69,6 +74,7 @@ pub async fn targets() -> Vec<Target> {
             "note: GODWIT_TEST_MOTO_ENDPOINT unset; testing against s3s-fs only (scripts/test.sh adds moto)"
         ),
     }
+    targets.push(Target::lax().await);
     targets
 }
 
@@ -76,18 +82,28 @@ static BUCKETS: AtomicU32 = AtomicU32::new(0);
 
 impl Target {
     pub async fn s3s_fs() -> Target {
+        Self::local(Kind::S3sFs, Conditions::Enforced).await
+    }
+
+    /// The in-process server, ignoring conditional requests.
+    pub async fn lax() -> Target {
+        Self::local(Kind::Lax, Conditions::Ignored).await
+    }
+
+    async fn local(kind: Kind, conditions: Conditions) -> Target {
         let storage = tempfile::tempdir().unwrap();
-        let server = LocalS3::start(
+        let server = LocalS3::start_with(
             storage.path(),
             "127.0.0.1:0".parse().unwrap(),
             ACCESS_KEY,
             SECRET_KEY,
+            conditions,
         )
         .await
         .unwrap();
         let endpoint = server.endpoint();
         Target {
-            kind: Kind::S3sFs,
+            kind,
             client: client(&endpoint, ACCESS_KEY, SECRET_KEY).await,
             endpoint,
             server: Some(server),
