@@ -4,16 +4,23 @@
 //! the README's demo, and the test suites, which talk to it over real HTTP on loopback.
 //! It is not a production S3 server: its `If-None-Match` is a check-then-write inside the server.
 //!
-//! Three additions to s3s-fs, each something AWS S3 does and s3s-fs 0.14.1 does not; without them,
-//! no server that runs here would let the suite exercise godwit's server-side copies and its
-//! conditional deletes:
+//! Four additions to s3s-fs, each something AWS S3 does and s3s-fs 0.14.1 does not; without them,
+//! no server that runs here would let the suite exercise godwit's server-side copies, its
+//! conditional deletes and its clean-up of uploads a stopped run began:
 //! - a CopyObject with `If-None-Match: *` onto an existing key is refused with 412 (s3s-fs ignores
 //!   the header; see [`Access`]);
 //! - a DeleteObject with `If-Match` on another ETag is refused with 412 (s3s-fs ignores it);
 //! - a HEAD with `partNumber=N` answers with that part's length and the object's part count
 //!   (s3s-fs answers with the whole object). s3s-fs forgets how an object was cut once its
 //!   multipart upload completes, so the hook notes the part sizes of each upload as its requests
-//!   pass, and [`PartHeads`] answers from those notes. It does not check `If-Match` there.
+//!   pass, and [`PartHeads`] answers from those notes. It does not check `If-Match` there;
+//! - ListMultipartUploads answers with the open uploads, their keys and start times (s3s-fs
+//!   answers 501).
+//!
+//! And one mode for tests of godwit's fallbacks, [`Conditions::Ignored`]: every conditional
+//! header is dropped and every write goes ahead, as on the S3-compatible servers that accept the
+//! headers and ignore them (none of which runs here). Requests on godwit's probe objects are
+//! counted apart ([`RequestCounts`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
