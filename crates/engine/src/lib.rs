@@ -12,13 +12,17 @@
 pub mod checksum;
 mod filter;
 mod migrate;
+mod plan;
 mod progress;
+mod recheck;
 mod throttle;
 mod transfer;
 
 pub use filter::{BadPattern, Filter};
-pub use migrate::{MigrateOptions, Migrator, Plan, Summary, plan};
+pub use migrate::{MigrateOptions, Migrator, Summary};
+pub use plan::{Ledger, Plan, plan};
 pub use progress::Progress;
+pub use recheck::Recheck;
 pub use transfer::{ConditionsFound, Guarantees, TransferOptions};
 
 use godwit_state::StoreError;

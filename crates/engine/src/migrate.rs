@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::EngineError;
 use crate::filter::Filter;
 use crate::progress::Progress;
+use crate::recheck::{Recheck, recheck};
 use crate::throttle::Climber;
 use crate::transfer::{Guarantees, TransferOptions, Transfers};
 
@@ -40,6 +41,9 @@ pub struct MigrateOptions {
     /// Let the destination copy objects server-side when it shares the source's endpoint and
     /// refuses copies onto existing keys.
     pub server_side_copy: bool,
+    /// Before running a finished migration again, skip checking that the destination still
+    /// holds what the ledger counts as done (see [`crate::recheck`]).
+    pub trust_ledger: bool,
 }
 
 impl Default for MigrateOptions {
@@ -50,6 +54,7 @@ impl Default for MigrateOptions {
             transfer: TransferOptions::default(),
             worker: format!("pid-{}", std::process::id()),
             server_side_copy: true,
+            trust_ledger: false,
         }
     }
 }
@@ -101,6 +106,12 @@ pub struct Summary {
     /// How each guarantee held on this destination (what it enforces, and the safe routes taken
     /// where it does not).
     pub guarantees: Guarantees,
+    /// Objects the ledger counted as done that the destination no longer held (or held with
+    /// another size or ETag) when this run began: queued again. Checked when a finished
+    /// migration is run again, unless `--trust-ledger`.
+    pub missing_at_destination: u64,
+    /// Of those, the ones there with another size or ETag (someone else's object now).
+    pub changed_at_destination: u64,
     /// The first conflicts and failures.
     pub problems: Vec<Problem>,
 }
@@ -110,27 +121,6 @@ impl Summary {
     pub fn all_good(&self) -> bool {
         self.conflict == 0 && self.failed == 0 && self.pending == 0
     }
-}
-
-/// What a dry run found.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Plan {
-    /// Objects the source holds.
-    pub scanned: u64,
-    /// Their bytes.
-    pub bytes_scanned: u64,
-    /// Objects that would be copied.
-    pub to_copy: u64,
-    /// Their bytes.
-    pub bytes_to_copy: u64,
-    /// Objects the filters leave out.
-    pub excluded: u64,
-    /// Objects found that cannot be read.
-    pub unreadable: u64,
-    /// The first unreadable ones with their reasons.
-    pub problems: Vec<Problem>,
-    /// Wall time.
-    pub seconds: f64,
 }
 
 /// A migration run over a source, a destination and a ledger.
@@ -144,9 +134,9 @@ pub struct Migrator {
 }
 
 /// How many problems a summary lists.
-const PROBLEMS_LISTED: u32 = 20;
+pub(crate) const PROBLEMS_LISTED: u32 = 20;
 
-fn classify(listed: Listed, filter: &Filter) -> ScannedObject {
+pub(crate) fn classify(listed: Listed, filter: &Filter) -> ScannedObject {
     match listed {
         Listed::Object(meta) => {
             let scanned = if filter.takes(&meta.key) {
@@ -215,7 +205,21 @@ impl Migrator {
                 "put objects claimed by an earlier run back in the queue"
             );
         }
-        let pass = self.choose_pass(&migration, &filter).await?;
+        let (pass, finished_before) = self.choose_pass(&migration, &filter).await?;
+        let rechecked = if finished_before && !self.options.trust_ledger {
+            let found =
+                recheck(self.dest.as_ref(), self.store.as_ref(), migration.id, true).await?;
+            if found.missing + found.changed > 0 {
+                tracing::warn!(
+                    "{} objects the ledger counted as done are missing at the destination and {} are different there: they are copied again",
+                    found.missing,
+                    found.changed
+                );
+            }
+            found
+        } else {
+            Recheck::default()
+        };
 
         let notify = Arc::new(Notify::new());
         // Cancelled by a stop, and when the run cannot go on (the ledger stopped recording).
@@ -278,17 +282,22 @@ impl Migrator {
         dispatched?;
         let mut summary = self.summary(&migration, pass_number, &tally, problems, started);
         summary.guarantees = transfers.guarantees();
+        summary.missing_at_destination = rechecked.missing + rechecked.changed;
+        summary.changed_at_destination = rechecked.changed;
         Ok(summary)
     }
 
+    /// Which pass this run makes, and whether it follows a finished one (so the destination is
+    /// checked against the ledger first).
     async fn choose_pass(
         &self,
         migration: &Migration,
         filter: &Filter,
-    ) -> Result<PassPlan, EngineError> {
+    ) -> Result<(PassPlan, bool), EngineError> {
         let described = filter.describe();
         let store = &self.store;
-        Ok(match &migration.last_pass {
+        let mut finished_before = false;
+        let plan = match &migration.last_pass {
             // The scan was cut short: scan again under the same pass (recording is idempotent).
             Some(pass) if !pass.scan_complete => {
                 store
@@ -310,11 +319,13 @@ impl Migrator {
                         .await?;
                     PassPlan::Scan(pass.number)
                 } else {
+                    finished_before = true;
                     PassPlan::Scan(store.start_pass(migration.id, &described).await?.number)
                 }
             }
             None => PassPlan::Scan(store.start_pass(migration.id, &described).await?.number),
-        })
+        };
+        Ok((plan, finished_before))
     }
 
     /// Claims packets and runs a transfer per object until the queue is empty and the scan over.
@@ -497,6 +508,8 @@ impl Migrator {
             copied_server_side_this_run: Progress::get(&self.progress.n_copied_server_side),
             replaced_this_run: Progress::get(&self.progress.n_replaced),
             guarantees: Guarantees::of(None),
+            missing_at_destination: 0,
+            changed_at_destination: 0,
             problems,
         }
     }
@@ -504,7 +517,7 @@ impl Migrator {
 
 /// Checks both sides, with the messages of their own checks, and that neither lies inside the
 /// other (see [`overlap`]); returns the filter the scan must use.
-async fn check(
+pub(crate) async fn check(
     source: &dyn Source,
     dest: &dyn Destination,
     filter: &Filter,
@@ -573,56 +586,6 @@ async fn overlap(
         );
     }
     Ok(filter)
-}
-
-/// The dry run: checks both sides, lists the source and counts what a run would copy. It writes
-/// nothing anywhere, the ledger included.
-pub async fn plan(
-    source: &dyn Source,
-    dest: &dyn Destination,
-    filter: &Filter,
-    progress: &Progress,
-    stop: &CancellationToken,
-) -> Result<Plan, EngineError> {
-    let started = Instant::now();
-    let filter = check(source, dest, filter).await?;
-    let mut plan = Plan::default();
-    let mut listing = source.list();
-    loop {
-        let page = tokio::select! {
-            page = listing.recv() => page,
-            () = stop.cancelled() => break,
-        };
-        let Some(page) = page else { break };
-        for object in page.map_err(EngineError::Scan)? {
-            let object = classify(object, &filter);
-            plan.scanned += 1;
-            plan.bytes_scanned += object.size;
-            Progress::add(&progress.n_scanned, 1);
-            Progress::add(&progress.bytes_scanned, object.size);
-            match object.scanned {
-                Scanned::Wanted => {
-                    plan.to_copy += 1;
-                    plan.bytes_to_copy += object.size;
-                }
-                Scanned::Excluded => plan.excluded += 1,
-                Scanned::Unreadable { kind, message } => {
-                    plan.unreadable += 1;
-                    if plan.problems.len() < PROBLEMS_LISTED as usize {
-                        plan.problems.push(Problem {
-                            key: object.key,
-                            state: ObjectState::Failed,
-                            kind: Some(kind),
-                            message: Some(message),
-                        });
-                    }
-                }
-            }
-        }
-    }
-    progress.scan_complete.store(true, Ordering::Relaxed);
-    plan.seconds = started.elapsed().as_secs_f64();
-    Ok(plan)
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -353,6 +353,8 @@ fn spec() -> MigrationSpec {
         name: "test".into(),
         source_url: "src".into(),
         dest_url: "dst".into(),
+        source_endpoint: None,
+        dest_endpoint: None,
     }
 }
 
@@ -894,6 +896,30 @@ impl Store for FailingLedger {
     }
     async fn migrations(&self) -> Result<Vec<godwit_state::Migration>, StoreError> {
         self.inner.migrations().await
+    }
+    async fn find_migration(
+        &self,
+        name: &str,
+    ) -> Result<Option<godwit_state::Migration>, StoreError> {
+        self.inner.find_migration(name).await
+    }
+    async fn done_objects(
+        &self,
+        migration: MigrationId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<godwit_state::DoneObject>, StoreError> {
+        self.inner.done_objects(migration, after, limit).await
+    }
+    async fn requeue(&self, objects: &[ObjectId]) -> Result<u64, StoreError> {
+        self.inner.requeue(objects).await
+    }
+    async fn lookup(
+        &self,
+        migration: MigrationId,
+        keys: Vec<String>,
+    ) -> Result<Vec<godwit_state::KnownObject>, StoreError> {
+        self.inner.lookup(migration, keys).await
     }
     async fn start_pass(
         &self,

@@ -88,6 +88,10 @@ pub struct MigrateArgs {
     /// (same endpoint, conditional copies): slower, but every byte is checked by godwit.
     #[arg(long)]
     pub no_server_side_copy: bool,
+    /// Before running a finished migration again, do not check that the destination still
+    /// holds what the ledger counts as done (one LIST per 1,000 keys); trust the ledger.
+    #[arg(long)]
+    pub trust_ledger: bool,
     /// Attempts at one object before it goes to the fail queue.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_attempts: u32,

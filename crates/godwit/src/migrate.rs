@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use godwit_engine::{EngineError, Filter, MigrateOptions, Migrator, Progress, TransferOptions};
-use godwit_state::{MigrationSpec, SqliteStore};
+use godwit_state::{MigrationSpec, SqliteStore, Store};
 use godwit_storage::{Location, S3Settings, WriteSettings};
 use tokio_util::sync::CancellationToken;
 
@@ -49,6 +49,37 @@ fn canonical(location: &Location) -> String {
             .display()
             .to_string(),
         Location::S3 { .. } => location.to_string(),
+    }
+}
+
+/// What identifies the migration: where it moves objects from and to, the endpoints included
+/// (the same bucket name on staging and on production is two migrations). The default name says
+/// all of it; a custom endpoint is written after its location.
+fn spec(
+    name: Option<String>,
+    source: &Location,
+    source_endpoint: Option<&str>,
+    dest: &Location,
+    dest_endpoint: Option<&str>,
+) -> MigrationSpec {
+    let side = |location: &Location, endpoint: Option<&str>| match endpoint {
+        Some(endpoint) if endpoint != godwit_storage::endpoint::AWS => {
+            format!("{} at {endpoint}", canonical(location))
+        }
+        _ => canonical(location),
+    };
+    MigrationSpec {
+        name: name.unwrap_or_else(|| {
+            format!(
+                "{} -> {}",
+                side(source, source_endpoint),
+                side(dest, dest_endpoint)
+            )
+        }),
+        source_url: canonical(source),
+        dest_url: canonical(dest),
+        source_endpoint: source_endpoint.map(str::to_owned),
+        dest_endpoint: dest_endpoint.map(str::to_owned),
     }
 }
 
@@ -115,19 +146,54 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<u8> {
             memory_budget: args.memory_budget.0,
         },
         server_side_copy: !args.no_server_side_copy,
+        trust_ledger: args.trust_ledger,
         ..MigrateOptions::default()
     };
     let stop = CancellationToken::new();
     watch_ctrl_c(stop.clone());
+    let spec = spec(
+        args.name.clone(),
+        &source_location,
+        source.endpoint(),
+        &dest_location,
+        dest.endpoint(),
+    );
+    let state_path = args.ledger.state.clone().unwrap_or_else(default_state_path);
 
     if args.dry_run {
-        // A dry run opens no ledger: it writes nothing anywhere.
+        // A dry run writes nothing anywhere: it reads the ledger, if there is one, and never
+        // creates it.
+        let reader = if state_path.exists() {
+            match SqliteStore::open_read_only(&state_path) {
+                Ok(reader) => Some(reader),
+                Err(error) => return Ok(config_error(error)),
+            }
+        } else {
+            None
+        };
+        let migration = match &reader {
+            Some(reader) => reader.find_migration(&spec.name).await?,
+            None => None,
+        };
+        if let Some(found) = &migration
+            && found.spec != spec
+        {
+            return Ok(config_error(godwit_state::StoreError::NameTaken {
+                name: spec.name.clone(),
+                recorded: found.spec.describe(),
+            }));
+        }
+        let ledger = match (&reader, &migration) {
+            (Some(reader), Some(migration)) => Some((reader as &dyn Store, migration.id)),
+            _ => None,
+        };
         let progress = Arc::new(Progress::default());
         let bar = render::ProgressBar::start(Arc::clone(&progress), !args.no_progress);
         let plan = godwit_engine::plan(
             source.as_ref(),
             dest.as_ref(),
             &options.filter,
+            ledger,
             &progress,
             &stop,
         )
@@ -139,21 +205,9 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<u8> {
         });
     }
 
-    let state_path = args.ledger.state.clone().unwrap_or_else(default_state_path);
     let store = match SqliteStore::open(&state_path) {
         Ok(store) => Arc::new(store),
         Err(error) => return Ok(config_error(error)),
-    };
-    let spec = MigrationSpec {
-        name: args.name.clone().unwrap_or_else(|| {
-            format!(
-                "{} -> {}",
-                canonical(&source_location),
-                canonical(&dest_location)
-            )
-        }),
-        source_url: canonical(&source_location),
-        dest_url: canonical(&dest_location),
     };
     let migrator = Migrator::new(source, dest, store, options, stop.clone());
     let bar = render::ProgressBar::start(migrator.progress(), !args.no_progress);

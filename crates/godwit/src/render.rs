@@ -194,6 +194,28 @@ pub fn summary(summary: &Summary, ledger: &Path, json: bool) -> anyhow::Result<(
         bytes(rate as u64),
         ledger.display()
     )?;
+    if summary.replaced_this_run > 0 {
+        writeln!(
+            out,
+            "{} of them replaced godwit's own earlier copy of an object that changed at the source",
+            summary.replaced_this_run
+        )?;
+    }
+    if summary.missing_at_destination > 0 {
+        writeln!(
+            out,
+            "{} objects the ledger counted as done were missing at the destination ({} held another object): queued again",
+            summary.missing_at_destination, summary.changed_at_destination
+        )?;
+    }
+    let guarantees = &summary.guarantees;
+    if guarantees.conditions.is_some() && guarantees.no_overwrite != "enforced by server" {
+        writeln!(
+            out,
+            "no overwrite: {} (the destination does not enforce If-None-Match everywhere)",
+            guarantees.no_overwrite
+        )?;
+    }
     if summary.server_side_copy {
         writeln!(
             out,
@@ -222,14 +244,21 @@ pub fn plan(plan: &Plan, json: bool) -> u8 {
         println!("{value}");
     } else {
         println!(
-            "dry run: {} objects ({}) found; {} ({}) would be copied, {} excluded, {} unreadable; nothing was written",
+            "dry run: {} objects ({}) found; {} ({}) would be copied, {} up to date, {} excluded, {} unreadable; nothing was written",
             plan.scanned,
             bytes(plan.bytes_scanned),
             plan.to_copy,
             bytes(plan.bytes_to_copy),
+            plan.up_to_date,
             plan.excluded,
             plan.unreadable
         );
+        if plan.missing_at_destination > 0 {
+            println!(
+                "  of those, {} the ledger counts as done are missing (or different) at the destination",
+                plan.missing_at_destination
+            );
+        }
     }
     if plan.unreadable > 0 {
         exit::PROBLEMS

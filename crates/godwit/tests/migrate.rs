@@ -1216,3 +1216,132 @@ async fn a_changed_source_replaces_godwits_own_copy_and_nothing_else() {
         assert_eq!(target.get(&bucket, "same.txt").await, bytes(4, 100));
     }
 }
+
+/// Issue 9, point 12: where the bytes go includes the endpoint. The same command with another
+/// `--dest-endpoint` (staging, then production, one bucket name) is another migration, and its
+/// objects are copied there; a `--name` reused for another endpoint is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn another_endpoint_is_another_migration() {
+    let (staging, production) = (
+        support::Target::s3s_fs().await,
+        support::Target::s3s_fs().await,
+    );
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("src");
+    write_tree(&source, &[("a.txt", bytes(1, 10)), ("b.txt", bytes(2, 20))]);
+    for target in [&staging, &production] {
+        target
+            .client
+            .create_bucket()
+            .bucket("same")
+            .send()
+            .await
+            .unwrap();
+    }
+    let state = ledger(&work);
+    let first = migrate(&staging, &path_str(&source), "s3://same", &state, &[]).await;
+    assert_eq!(first.n("copied_this_run"), 2, "{first:?}");
+
+    let second = migrate(&production, &path_str(&source), "s3://same", &state, &[]).await;
+
+    assert_eq!(second.code, Some(0), "{second:?}");
+    assert_eq!(second.n("copied_this_run"), 2, "{second:?}");
+    assert_eq!(production.keys("same").await, ["a.txt", "b.txt"]);
+    assert_ne!(first.json()["migration"], second.json()["migration"]);
+    let source = path_str(&source);
+    let named = ["--name", "release"];
+    let first_named = migrate(&staging, &source, "s3://same", &state, &named).await;
+    assert_eq!(first_named.code, Some(0), "{first_named:?}");
+    let refused = migrate(&production, &source, "s3://same", &state, &named).await;
+    assert_eq!(refused.code, Some(2), "{refused:?}");
+    assert!(
+        refused.stderr.contains("already exists") && refused.stderr.contains(&staging.endpoint),
+        "{}",
+        refused.stderr
+    );
+}
+
+/// Issue 9, point 12: a re-run of a finished migration trusts the destination over the ledger:
+/// an object deleted there since is copied again, one someone else replaced is a conflict, and
+/// the summary (and the dry run before it) says how many; `--trust-ledger` skips the check.
+#[tokio::test(flavor = "multi_thread")]
+async fn objects_lost_at_the_destination_are_copied_again() {
+    for target in targets().await {
+        let work = tempfile::tempdir().unwrap();
+        let source = work.path().join("src");
+        write_tree(
+            &source,
+            &[
+                ("deleted.txt", bytes(1, 10)),
+                ("replaced.txt", bytes(2, 20)),
+                ("kept.txt", bytes(3, 30)),
+            ],
+        );
+        let bucket = target.bucket("lost").await;
+        let dest = format!("s3://{bucket}");
+        let state = ledger(&work);
+        let first = migrate(&target, &path_str(&source), &dest, &state, &[]).await;
+        assert_eq!(first.n("copied"), 3, "{:?}: {first:?}", target.kind);
+        target
+            .client
+            .delete_object()
+            .bucket(&bucket)
+            .key("deleted.txt")
+            .send()
+            .await
+            .unwrap();
+        let theirs = bytes(99, 25);
+        target.put(&bucket, "replaced.txt", &theirs).await;
+
+        let trusting = migrate(
+            &target,
+            &path_str(&source),
+            &dest,
+            &state,
+            &["--trust-ledger"],
+        )
+        .await;
+        assert_eq!(
+            (
+                trusting.n("copied_this_run"),
+                trusting.n("missing_at_destination")
+            ),
+            (0, 0),
+            "{:?}: {trusting:?}",
+            target.kind
+        );
+        let dry = migrate(&target, &path_str(&source), &dest, &state, &["--dry-run"]).await;
+        assert_eq!(
+            (
+                dry.n("to_copy"),
+                dry.n("missing_at_destination"),
+                dry.n("up_to_date")
+            ),
+            (2, 2, 1),
+            "{:?}: {dry:?}",
+            target.kind
+        );
+
+        let checked = migrate(&target, &path_str(&source), &dest, &state, &[]).await;
+
+        assert_eq!(checked.code, Some(1), "{:?}: {checked:?}", target.kind);
+        assert_eq!(
+            (
+                checked.n("missing_at_destination"),
+                checked.n("changed_at_destination"),
+                checked.n("copied_this_run"),
+                checked.n("conflict"),
+                checked.n("copied")
+            ),
+            (2, 1, 1, 1, 2),
+            "{:?}: {checked:?}",
+            target.kind
+        );
+        assert_eq!(target.get(&bucket, "deleted.txt").await, bytes(1, 10));
+        assert_eq!(
+            target.get(&bucket, "replaced.txt").await,
+            theirs,
+            "a conflict was replaced"
+        );
+    }
+}

@@ -37,17 +37,15 @@ pub enum StoreError {
         /// Where the ledger is.
         path: String,
     },
-    /// A migration of that name exists with other locations.
+    /// A migration of that name exists with other locations (or other endpoints).
     #[error(
-        "migration '{name}' already exists in this ledger for {source_url} -> {dest_url}; pick another --name or another --state file"
+        "migration '{name}' already exists in this ledger for {recorded}; pick another --name or another --state file"
     )]
     NameTaken {
         /// The name asked for.
         name: String,
-        /// Its recorded source.
-        source_url: String,
-        /// Its recorded destination.
-        dest_url: String,
+        /// Where the recorded migration moves objects, as [`MigrationSpec::describe`] says.
+        recorded: String,
     },
     /// No migration of that name.
     #[error("no migration named '{0}' in this ledger")]
@@ -139,8 +137,8 @@ impl fmt::Display for ObjectState {
     }
 }
 
-/// What identifies a migration.
-#[derive(Debug, Clone)]
+/// What identifies a migration: its name, and where it moves objects from and to.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MigrationSpec {
     /// Its name, unique in the ledger.
     pub name: String,
@@ -148,6 +146,51 @@ pub struct MigrationSpec {
     pub source_url: String,
     /// The destination URL as given.
     pub dest_url: String,
+    /// The source's S3 endpoint, resolved and normalized (`None` for a source that is not S3).
+    pub source_endpoint: Option<String>,
+    /// The destination's S3 endpoint, resolved and normalized.
+    pub dest_endpoint: Option<String>,
+}
+
+impl MigrationSpec {
+    /// `SOURCE -> DEST`, each with its endpoint when it has one.
+    pub fn describe(&self) -> String {
+        let side = |url: &str, endpoint: &Option<String>| match endpoint {
+            Some(endpoint) => format!("{url} at {endpoint}"),
+            None => url.to_owned(),
+        };
+        format!(
+            "{} -> {}",
+            side(&self.source_url, &self.source_endpoint),
+            side(&self.dest_url, &self.dest_endpoint)
+        )
+    }
+}
+
+/// An object the ledger counts as done at the destination (`copied` or `already_present`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DoneObject {
+    /// Its row id.
+    pub id: ObjectId,
+    /// Relative key.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// The destination's ETag, as recorded.
+    pub dest_etag: Option<String>,
+}
+
+/// What the ledger knows of an object, for a dry run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownObject {
+    /// Relative key.
+    pub key: String,
+    /// Size recorded.
+    pub size: u64,
+    /// Version recorded.
+    pub version: String,
+    /// Its state.
+    pub state: ObjectState,
 }
 
 /// A migration as the ledger knows it.
@@ -388,8 +431,11 @@ pub struct Problem {
 /// many objects.
 #[async_trait]
 pub trait Store: Send + Sync {
-    /// Finds the migration named in `spec`, or creates it.
+    /// Finds the migration named in `spec`, or creates it. A migration of that name that moves
+    /// objects elsewhere (other locations, other endpoints) is [`StoreError::NameTaken`].
     async fn open_migration(&self, spec: &MigrationSpec) -> Result<Migration, StoreError>;
+    /// The migration named `name`, if the ledger has it (without creating it).
+    async fn find_migration(&self, name: &str) -> Result<Option<Migration>, StoreError>;
     /// Every migration in the ledger, oldest first.
     async fn migrations(&self) -> Result<Vec<Migration>, StoreError>;
     /// Starts a new pass, whose scan applies `filter`, and returns it.
@@ -457,4 +503,20 @@ pub trait Store: Send + Sync {
     ) -> Result<Vec<Problem>, StoreError>;
     /// Puts every failed object back in the queue with fresh attempts; returns how many.
     async fn requeue_failed(&self, migration: MigrationId) -> Result<u64, StoreError>;
+    /// Up to `limit` objects counted done at the destination, in key order, after `after`.
+    async fn done_objects(
+        &self,
+        migration: MigrationId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DoneObject>, StoreError>;
+    /// Puts these objects back in the queue with fresh attempts (the destination lost them);
+    /// returns how many.
+    async fn requeue(&self, objects: &[ObjectId]) -> Result<u64, StoreError>;
+    /// What the ledger knows of these keys (those it has).
+    async fn lookup(
+        &self,
+        migration: MigrationId,
+        keys: Vec<String>,
+    ) -> Result<Vec<KnownObject>, StoreError>;
 }

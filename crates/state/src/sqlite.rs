@@ -9,13 +9,13 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{
-    ClaimedObject, Migration, MigrationId, MigrationSpec, ObjectId, ObjectState, Outcome, OwnWrite,
-    OwnWriteChange, PacketLimits, PartRecord, Pass, Problem, Scanned, ScannedObject, SourceVersion,
-    StaleUpload, Store, StoreError, Tally, UploadRecord,
+    ClaimedObject, DoneObject, KnownObject, Migration, MigrationId, MigrationSpec, ObjectId,
+    ObjectState, Outcome, OwnWrite, OwnWriteChange, PacketLimits, PartRecord, Pass, Problem,
+    Scanned, ScannedObject, SourceVersion, StaleUpload, Store, StoreError, Tally, UploadRecord,
 };
 
 /// 2: uploads bound to a source version and begun before their id is known, godwit's own
-/// writes, first claims, the filter of each pass.
+/// writes, first claims, the filter of each pass, the endpoints of each migration.
 const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
@@ -24,7 +24,9 @@ CREATE TABLE IF NOT EXISTS migrations (
     name TEXT NOT NULL UNIQUE,
     source_url TEXT NOT NULL,
     dest_url TEXT NOT NULL,
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    source_endpoint TEXT,
+    dest_endpoint TEXT
 );
 CREATE TABLE IF NOT EXISTS passes (
     migration_id INTEGER NOT NULL REFERENCES migrations(id),
@@ -74,6 +76,7 @@ CREATE TABLE IF NOT EXISTS parts (
     PRIMARY KEY (object_id, part_number)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS objects_pending ON objects (migration_id, id) WHERE state = 0;
+CREATE INDEX IF NOT EXISTS objects_done ON objects (migration_id, key) WHERE state IN (2, 3);
 CREATE INDEX IF NOT EXISTS objects_in_progress ON objects (migration_id) WHERE state = 1;
 CREATE INDEX IF NOT EXISTS objects_problems ON objects (migration_id, id) WHERE state IN (4, 7);
 CREATE INDEX IF NOT EXISTS objects_uploads ON objects (migration_id)
@@ -82,7 +85,9 @@ CREATE INDEX IF NOT EXISTS objects_uploads ON objects (migration_id)
 
 /// Columns added since schema 1, added to older ledgers as they are opened (times are
 /// milliseconds since the Unix epoch).
-const ADDED_COLUMNS: [(&str, &str, &str); 7] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 9] = [
+    ("migrations", "source_endpoint", "TEXT"),
+    ("migrations", "dest_endpoint", "TEXT"),
     ("passes", "filter", "TEXT"),
     ("objects", "upload_size", "INTEGER"),
     ("objects", "upload_version", "TEXT"),
@@ -297,18 +302,23 @@ fn scanned_columns(scanned: &Scanned) -> (ObjectState, Option<&str>, Option<&str
 fn load_migration(connection: &Connection, name: &str) -> rusqlite::Result<Option<Migration>> {
     let found = connection
         .query_row(
-            "SELECT id, source_url, dest_url FROM migrations WHERE name = ?1",
+            "SELECT id, source_url, dest_url, source_endpoint, dest_endpoint FROM migrations WHERE name = ?1",
             params![name],
             |row| {
                 Ok((
                     row.get::<_, i64>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
+                    MigrationSpec {
+                        name: name.to_owned(),
+                        source_url: row.get(1)?,
+                        dest_url: row.get(2)?,
+                        source_endpoint: row.get(3)?,
+                        dest_endpoint: row.get(4)?,
+                    },
                 ))
             },
         )
         .optional()?;
-    let Some((id, source_url, dest_url)) = found else {
+    let Some((id, spec)) = found else {
         return Ok(None);
     };
     let last_pass = connection
@@ -327,11 +337,7 @@ fn load_migration(connection: &Connection, name: &str) -> rusqlite::Result<Optio
         .optional()?;
     Ok(Some(Migration {
         id: MigrationId(id),
-        spec: MigrationSpec {
-            name: name.to_owned(),
-            source_url,
-            dest_url,
-        },
+        spec,
         last_pass,
     }))
 }
@@ -343,25 +349,41 @@ impl Store for SqliteStore {
         let migration = self
             .with(move |connection| {
                 let spec = wanted;
-                if let Some(found) = load_migration(connection, &spec.name)? {
+                if let Some(mut found) = load_migration(connection, &spec.name)? {
+                    // Ledgers from before godwit recorded endpoints learn them on first use.
+                    if found.spec.source_endpoint.is_none() && found.spec.dest_endpoint.is_none()
+                        && found.spec.source_url == spec.source_url
+                        && found.spec.dest_url == spec.dest_url
+                    {
+                        connection.execute(
+                            "UPDATE migrations SET source_endpoint = ?2, dest_endpoint = ?3 WHERE id = ?1",
+                            params![found.id.0, spec.source_endpoint, spec.dest_endpoint],
+                        )?;
+                        found.spec = spec;
+                    }
                     return Ok(found);
                 }
                 connection.execute(
-                    "INSERT INTO migrations (name, source_url, dest_url, created_at) VALUES (?1, ?2, ?3, ?4)",
-                    params![spec.name, spec.source_url, spec.dest_url, now()],
+                    "INSERT INTO migrations (name, source_url, dest_url, created_at, source_endpoint, dest_endpoint)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![spec.name, spec.source_url, spec.dest_url, now(), spec.source_endpoint, spec.dest_endpoint],
                 )?;
                 Ok(Migration { id: MigrationId(connection.last_insert_rowid()), spec, last_pass: None })
             })
             .await?;
-        if migration.spec.source_url != spec.source_url || migration.spec.dest_url != spec.dest_url
-        {
+        if migration.spec != *spec {
             return Err(StoreError::NameTaken {
                 name: spec.name.clone(),
-                source_url: migration.spec.source_url,
-                dest_url: migration.spec.dest_url,
+                recorded: migration.spec.describe(),
             });
         }
         Ok(migration)
+    }
+
+    async fn find_migration(&self, name: &str) -> Result<Option<Migration>, StoreError> {
+        let name = name.to_owned();
+        self.with(move |connection| load_migration(connection, &name))
+            .await
     }
 
     async fn migrations(&self) -> Result<Vec<Migration>, StoreError> {
@@ -793,6 +815,80 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn done_objects(
+        &self,
+        migration: MigrationId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DoneObject>, StoreError> {
+        let after = after.map(str::to_owned);
+        self.with(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT id, key, size, dest_etag FROM objects
+                 WHERE migration_id = ?1 AND state IN (2, 3) AND (?2 IS NULL OR key > ?2)
+                 ORDER BY key LIMIT ?3",
+            )?;
+            let rows = statement.query_map(params![migration.0, after, limit], |row| {
+                Ok(DoneObject {
+                    id: ObjectId(row.get(0)?),
+                    key: row.get(1)?,
+                    size: row.get::<_, i64>(2)? as u64,
+                    dest_etag: row.get(3)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn requeue(&self, objects: &[ObjectId]) -> Result<u64, StoreError> {
+        let ids: Vec<i64> = objects.iter().map(|id| id.0).collect();
+        self.with(move |connection| {
+            let transaction = connection.transaction()?;
+            let mut n = 0;
+            {
+                let mut update = transaction.prepare_cached(
+                    "UPDATE objects SET state = 0, attempts = 0, verified_by = NULL WHERE id = ?1",
+                )?;
+                for id in ids {
+                    n += update.execute(params![id])? as u64;
+                }
+            }
+            transaction.commit()?;
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn lookup(
+        &self,
+        migration: MigrationId,
+        keys: Vec<String>,
+    ) -> Result<Vec<KnownObject>, StoreError> {
+        self.with(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT key, size, version, state FROM objects WHERE migration_id = ?1 AND key = ?2",
+            )?;
+            let mut known = Vec::new();
+            for key in keys {
+                let row = statement
+                    .query_row(params![migration.0, key], |row| {
+                        Ok(KnownObject {
+                            key: row.get(0)?,
+                            size: row.get::<_, i64>(1)? as u64,
+                            version: row.get(2)?,
+                            state: ObjectState::from_code(row.get(3)?)
+                                .unwrap_or(ObjectState::Pending),
+                        })
+                    })
+                    .optional()?;
+                known.extend(row);
+            }
+            Ok(known)
+        })
+        .await
+    }
+
     async fn requeue_failed(&self, migration: MigrationId) -> Result<u64, StoreError> {
         self.with(move |connection| {
             let n = connection.execute(
@@ -816,6 +912,8 @@ mod tests {
             name: "m".into(),
             source_url: "./a".into(),
             dest_url: "s3://b/".into(),
+            source_endpoint: None,
+            dest_endpoint: Some("http://127.0.0.1:9000".into()),
         }
     }
 
@@ -876,6 +974,66 @@ mod tests {
             store.open_migration(&other).await,
             Err(StoreError::NameTaken { .. })
         ));
+        // The same bucket name on another endpoint is another place.
+        let elsewhere = MigrationSpec {
+            dest_endpoint: Some("http://127.0.0.1:9001".into()),
+            ..spec()
+        };
+        let refused = store.open_migration(&elsewhere).await.unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains("s3://b/ at http://127.0.0.1:9000"),
+            "{refused}"
+        );
+        assert!(store.find_migration("m").await.unwrap().is_some());
+        assert!(store.find_migration("n").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn done_objects_come_in_key_order_and_can_be_requeued() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("ledger.db")).unwrap();
+        let migration = store.open_migration(&spec()).await.unwrap();
+        store.start_pass(migration.id, "").await.unwrap();
+        let keys = ["b", "a/z", "a-b", "\u{e9}", "c"];
+        store
+            .record_scanned(
+                migration.id,
+                1,
+                keys.iter().map(|k| object(k, 1, "1")).collect(),
+            )
+            .await
+            .unwrap();
+        let claimed = store.claim(migration.id, "w", LIMITS).await.unwrap();
+        let outcomes = claimed
+            .iter()
+            .filter(|c| c.key != "c")
+            .map(|c| done(c, ObjectState::Copied))
+            .collect();
+        store.record_outcomes(outcomes).await.unwrap();
+        let first = store.done_objects(migration.id, None, 2).await.unwrap();
+        let rest = store
+            .done_objects(migration.id, Some(&first[1].key), 10)
+            .await
+            .unwrap();
+        let order: Vec<&str> = first.iter().chain(&rest).map(|d| d.key.as_str()).collect();
+        // Byte order of UTF-8, as S3 lists keys.
+        assert_eq!(order, ["a-b", "a/z", "b", "\u{e9}"]);
+        assert_eq!(store.requeue(&[first[0].id]).await.unwrap(), 1);
+        let known = store
+            .lookup(migration.id, vec!["a-b".into(), "none".into(), "c".into()])
+            .await
+            .unwrap();
+        let states: Vec<(&str, ObjectState)> =
+            known.iter().map(|k| (k.key.as_str(), k.state)).collect();
+        assert_eq!(
+            states,
+            [
+                ("a-b", ObjectState::Pending),
+                ("c", ObjectState::InProgress)
+            ]
+        );
     }
 
     #[tokio::test]
@@ -1193,10 +1351,17 @@ mod tests {
             .unwrap();
         }
         let reader = SqliteStore::open_read_only(&path).unwrap();
-        let migration = reader.open_migration(&spec()).await.unwrap();
+        let migration = reader.find_migration("m").await.unwrap().unwrap();
         assert_eq!(migration.last_pass.as_ref().unwrap().filter, None);
+        assert_eq!(migration.spec.dest_endpoint, None, "not recorded then");
         drop(reader);
         let store = SqliteStore::open(&path).unwrap();
+        let learned = store.open_migration(&spec()).await.unwrap();
+        assert_eq!(
+            learned.spec,
+            spec(),
+            "the endpoints are learned on first use"
+        );
         let claimed = store.claim(migration.id, "w", LIMITS).await.unwrap();
         let upload = claimed[0].upload.as_ref().unwrap();
         assert_eq!(upload.upload_id, "old-upload");

@@ -435,6 +435,16 @@ pub trait Destination: Send + Sync {
     async fn check(&self) -> Result<(), StorageError>;
     /// The object at `key`, or `None`.
     async fn head(&self, key: &str) -> Result<Option<DestObject>, StorageError>;
+    /// Lists every object below the root in pages, in key order (UTF-8 bytes, as S3 lists them);
+    /// each entry's `version` is its ETag where the listing gives one.
+    fn list(&self) -> Listing {
+        let (pages, receiver) = mpsc::channel(1);
+        let _ = pages.try_send(Err(StorageError::new(
+            ErrorKind::Unsupported,
+            "the destination cannot be listed",
+        )));
+        receiver
+    }
     /// Reads a byte range of the object at `key` (for read-back verification).
     async fn read(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StorageError>;
     /// Writes `body` with `metadata` at `key` if `condition` holds; the server checks

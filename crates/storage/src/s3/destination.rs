@@ -14,8 +14,9 @@ use tokio::sync::OnceCell;
 use super::{Bucket, copy_source};
 use crate::{
     Conditions, CopyOrigin, CopySupport, Crc64Nvme, DestObject, Destination,
-    DestinationCapabilities, Encryption, Enforcement, ErrorKind, Location, Metadata, ObjectMeta,
-    OpenUpload, Precondition, StorageError, UploadedPart, WriteReceipt, WriteSettings, Written,
+    DestinationCapabilities, Encryption, Enforcement, ErrorKind, Listing, Location, Metadata,
+    ObjectMeta, OpenUpload, Precondition, StorageError, UploadedPart, WriteReceipt, WriteSettings,
+    Written,
 };
 
 /// An S3 bucket (below a prefix) as a destination.
@@ -105,6 +106,10 @@ impl Destination for S3Destination {
 
     async fn head(&self, key: &str) -> Result<Option<DestObject>, StorageError> {
         self.bucket.head(key).await
+    }
+
+    fn list(&self) -> Listing {
+        self.bucket.list()
     }
 
     async fn read(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StorageError> {

@@ -19,7 +19,7 @@ pub struct S3Source {
 
 impl Bucket {
     /// Pages through ListObjectsV2 in a background task.
-    fn list(&self) -> Listing {
+    pub(super) fn list(&self) -> Listing {
         let (pages, receiver) = mpsc::channel(4);
         let bucket = self.clone();
         tokio::spawn(async move {
