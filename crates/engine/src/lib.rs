@@ -10,11 +10,13 @@
 #![deny(missing_docs)]
 
 pub mod checksum;
+mod dispatch;
 mod filter;
 mod migrate;
 mod plan;
 mod progress;
 mod recheck;
+mod scan;
 mod throttle;
 mod transfer;
 

@@ -1,30 +1,25 @@
 //! One run of a migration: scan into the ledger, claim packets, copy, record outcomes.
 //!
-//! The scan and the copies run at once: the scanner streams pages of the listing into the ledger
-//! in one transaction a page, while the dispatcher claims packets of pending objects and starts a
-//! transfer per object under a concurrency limit. Outcomes go through one writer that records them
-//! in batches. Memory holds a page, a packet and the objects in flight, whatever the source's size.
+//! The scan and the copies run at once: the scanner (`scan`) streams pages of the listing into
+//! the ledger in one transaction a page, while the dispatcher (`dispatch`) claims packets of
+//! pending objects and starts a transfer per object under a concurrency limit. Outcomes go through
+//! one writer that records them in batches. Memory holds a page, a packet and the objects in
+//! flight, whatever the source's size. This module chooses the pass, runs the parts, and sums up.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use godwit_state::{
-    ClaimedObject, Migration, MigrationId, MigrationSpec, ObjectState, Outcome, OwnWriteChange,
-    PacketLimits, Problem, Scanned, ScannedObject, Store, StoreError, Tally,
-};
-use godwit_storage::{Destination, Listed, Location, Source, endpoint};
+use godwit_state::{Migration, MigrationSpec, ObjectState, Problem, Store, Tally};
+use godwit_storage::{Destination, Source};
 use serde::Serialize;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio::task::JoinSet;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::EngineError;
 use crate::filter::Filter;
 use crate::progress::Progress;
 use crate::recheck::{Recheck, recheck};
-use crate::throttle::Climber;
+use crate::scan::{check, mark_work_known, scan};
 use crate::transfer::{Guarantees, TransferOptions, Transfers};
 
 /// How a migration runs.
@@ -125,43 +120,16 @@ impl Summary {
 
 /// A migration run over a source, a destination and a ledger.
 pub struct Migrator {
-    source: Arc<dyn Source>,
-    dest: Arc<dyn Destination>,
-    store: Arc<dyn Store>,
-    options: MigrateOptions,
-    progress: Arc<Progress>,
-    stop: CancellationToken,
+    pub(crate) source: Arc<dyn Source>,
+    pub(crate) dest: Arc<dyn Destination>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) options: MigrateOptions,
+    pub(crate) progress: Arc<Progress>,
+    pub(crate) stop: CancellationToken,
 }
 
 /// How many problems a summary lists.
 pub(crate) const PROBLEMS_LISTED: u32 = 20;
-
-pub(crate) fn classify(listed: Listed, filter: &Filter) -> ScannedObject {
-    match listed {
-        Listed::Object(meta) => {
-            let scanned = if filter.takes(&meta.key) {
-                Scanned::Wanted
-            } else {
-                Scanned::Excluded
-            };
-            ScannedObject {
-                key: meta.key,
-                size: meta.size,
-                version: meta.version,
-                scanned,
-            }
-        }
-        Listed::Unreadable { key, error } => ScannedObject {
-            key,
-            size: 0,
-            version: String::new(),
-            scanned: Scanned::Unreadable {
-                kind: error.kind().as_str().to_owned(),
-                message: error.message().to_owned(),
-            },
-        },
-    }
-}
 
 impl Migrator {
     /// A run over these parts. `stop` ends it early and cleanly: no new objects start, the ones in
@@ -328,157 +296,6 @@ impl Migrator {
         Ok((plan, finished_before))
     }
 
-    /// Claims packets and runs a transfer per object until the queue is empty and the scan over.
-    async fn dispatch(
-        &self,
-        migration: MigrationId,
-        mut scanner: Option<tokio::task::JoinHandle<Result<(), EngineError>>>,
-        notify: &Notify,
-        transfers: Arc<Transfers>,
-        halt: CancellationToken,
-    ) -> Result<(), EngineError> {
-        let concurrency = self.options.concurrency.max(1);
-        // Packets of twice the objects in flight: enough to keep every slot busy between claims,
-        // few enough not to hoard work other workers could take.
-        let packet = |in_flight: usize| PacketLimits {
-            max_objects: (in_flight * 2).clamp(16, 512) as u32,
-            max_bytes: 200 << 20,
-            lease: Duration::from_secs(300),
-        };
-        let (outcomes, receiver) = mpsc::channel::<Outcome>(4096);
-        let writer = tokio::spawn(write_outcomes(
-            Arc::clone(&self.store),
-            receiver,
-            Arc::clone(&self.progress),
-            halt.clone(),
-        ));
-        // The limit on objects in flight moves with the measured throughput (see `throttle`);
-        // `concurrency` is its ceiling.
-        let climber = Climber::new(START_CONCURRENCY, MIN_CONCURRENCY, concurrency);
-        let slots = Arc::new(Semaphore::new(climber.limit()));
-        let debt = Arc::new(AtomicUsize::new(0));
-        let limit = Arc::new(AtomicUsize::new(climber.limit()));
-        let steering = tokio::spawn(steer(
-            climber,
-            Arc::clone(&slots),
-            Arc::clone(&debt),
-            Arc::clone(&limit),
-            Arc::clone(&self.progress),
-            halt.clone(),
-        ));
-        let mut tasks: JoinSet<Result<(), StoreError>> = JoinSet::new();
-        let mut result: Result<(), EngineError> = Ok(());
-
-        'claiming: while !halt.is_cancelled() {
-            while let Some(joined) = tasks.try_join_next() {
-                if let Err(error) = flatten(joined) {
-                    result = Err(error);
-                    break 'claiming;
-                }
-            }
-            let packet = match self
-                .store
-                .claim(
-                    migration,
-                    &self.options.worker,
-                    packet(limit.load(Ordering::Relaxed)),
-                )
-                .await
-            {
-                Ok(packet) => packet,
-                Err(error) => {
-                    result = Err(error.into());
-                    break;
-                }
-            };
-            if packet.is_empty() {
-                match &mut scanner {
-                    Some(running) if !running.is_finished() => {
-                        tokio::select! {
-                            () = notify.notified() => {}
-                            () = tokio::time::sleep(Duration::from_millis(100)) => {}
-                            () = halt.cancelled() => {}
-                        }
-                        continue;
-                    }
-                    Some(finished) => {
-                        let scanned = finished.await;
-                        scanner = None;
-                        match scanned {
-                            // Look once more: the last page may have queued objects.
-                            Ok(Ok(())) => continue,
-                            Ok(Err(error)) => result = Err(error),
-                            Err(join) => {
-                                result = Err(EngineError::Internal(format!("scan task: {join}")))
-                            }
-                        }
-                        break;
-                    }
-                    // Retries happen inside transfers, so no new work can appear: done.
-                    None => break,
-                }
-            }
-            let mut packet: VecDeque<ClaimedObject> = packet.into();
-            while let Some(object) = packet.pop_front() {
-                let slot = tokio::select! {
-                    slot = acquire_slot(&slots, &debt) => slot,
-                    () = halt.cancelled() => {
-                        packet.push_front(object);
-                        break;
-                    }
-                };
-                let transfers = Arc::clone(&transfers);
-                let outcomes = outcomes.clone();
-                let halt = halt.clone();
-                tasks.spawn(async move {
-                    let outcome = transfers.copy(object).await?;
-                    drop(slot);
-                    // The writer only goes away when it failed (and halted the run): the
-                    // object stays claimed, and the next run settles it.
-                    if outcomes.send(outcome).await.is_err() {
-                        halt.cancel();
-                    }
-                    Ok(())
-                });
-            }
-            // Objects claimed but never started go back to the queue as they were (unless the
-            // writer is gone: then the next run recovers them).
-            for object in packet {
-                if outcomes.send(release(&object)).await.is_err() {
-                    break;
-                }
-            }
-        }
-
-        steering.abort();
-        if let Some(running) = scanner {
-            // Stopped or failed before the scan ended: let it notice and finish its page.
-            halt.cancel();
-            if let Ok(Err(error)) = running.await
-                && result.is_ok()
-            {
-                result = Err(error);
-            }
-        }
-        while let Some(joined) = tasks.join_next().await {
-            if let Err(error) = flatten(joined)
-                && result.is_ok()
-            {
-                result = Err(error);
-            }
-        }
-        drop(outcomes);
-        match writer.await {
-            Ok(Ok(())) => {}
-            // The ledger's failure is why everything else stopped: it is the error to report.
-            Ok(Err(error)) => result = Err(error.into()),
-            Err(join) => {
-                result = result.and(Err(EngineError::Internal(format!("ledger writer: {join}"))))
-            }
-        }
-        result
-    }
-
     fn summary(
         &self,
         migration: &Migration,
@@ -515,290 +332,8 @@ impl Migrator {
     }
 }
 
-/// Checks both sides, with the messages of their own checks, and that neither lies inside the
-/// other (see [`overlap`]); returns the filter the scan must use.
-pub(crate) async fn check(
-    source: &dyn Source,
-    dest: &dyn Destination,
-    filter: &Filter,
-) -> Result<Filter, EngineError> {
-    let filter = overlap(source, dest, filter.clone()).await?;
-    let (source, dest) = tokio::join!(source.check(), dest.check());
-    source.map_err(EngineError::Source)?;
-    dest.map_err(EngineError::Destination)?;
-    Ok(filter)
-}
-
-/// Refuses a destination that overlaps the source on one server (the endpoints as resolved and
-/// normalized are equal, or their hosts resolve to a shared address): each pass would copy its
-/// own copies again. Where the two could be one server under names that do not resolve alike, a
-/// destination prefix below the source's is left out of the scan instead (those objects are
-/// counted `excluded`), with a warning.
-async fn overlap(
-    source: &dyn Source,
-    dest: &dyn Destination,
-    filter: Filter,
-) -> Result<Filter, EngineError> {
-    let (
-        Location::S3 {
-            bucket: source_bucket,
-            prefix: source_prefix,
-        },
-        Location::S3 {
-            bucket: dest_bucket,
-            prefix: dest_prefix,
-        },
-    ) = (source.location(), dest.location())
-    else {
-        return Ok(filter);
-    };
-    let dest_inside = dest_prefix.starts_with(source_prefix.as_str());
-    let source_inside = source_prefix.starts_with(dest_prefix.as_str());
-    if source_bucket != dest_bucket || !(dest_inside || source_inside) {
-        return Ok(filter);
-    }
-    let same = match (source.endpoint(), dest.endpoint()) {
-        (Some(a), Some(b)) => endpoint::same_server(a, b).await,
-        _ => endpoint::Sameness::Unknown,
-    };
-    let (source_location, dest_location) = (source.location(), dest.location());
-    if same == endpoint::Sameness::Same {
-        return Err(EngineError::Overlap(format!(
-            "the destination {dest_location} overlaps the source {source_location} on one server ({}): a scan would find godwit's own copies; choose a prefix outside the source",
-            dest.endpoint().unwrap_or("AWS S3")
-        )));
-    }
-    let endpoints = format!(
-        "{} and {}",
-        source.endpoint().unwrap_or("?"),
-        dest.endpoint().unwrap_or("?")
-    );
-    if dest_inside && dest_prefix != source_prefix {
-        let below = dest_prefix[source_prefix.len()..].to_owned();
-        tracing::warn!(
-            "the destination {dest_location} lies inside the source {source_location} if {endpoints} are one server; source objects below '{below}' are left out of the scan (counted excluded), so no pass copies its own copies"
-        );
-        return Ok(filter.without_prefix(below));
-    }
-    if source_inside && dest_prefix != source_prefix {
-        tracing::warn!(
-            "the source {source_location} lies inside the destination {dest_location} if {endpoints} are one server: copies could land inside the source"
-        );
-    }
-    Ok(filter)
-}
-
 #[derive(Debug, Clone, Copy)]
 enum PassPlan {
     Scan(u32),
     Resume(u32),
-}
-
-fn flatten(
-    joined: Result<Result<(), StoreError>, tokio::task::JoinError>,
-) -> Result<(), EngineError> {
-    match joined {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(error)) => Err(error.into()),
-        Err(join) => Err(EngineError::Internal(format!("transfer task: {join}"))),
-    }
-}
-
-/// The outcome that hands a claimed, unstarted object back to the queue unchanged.
-/// Objects in flight when a run starts; the limit then climbs or falls with the throughput.
-const START_CONCURRENCY: usize = 16;
-/// The limit never falls below this.
-const MIN_CONCURRENCY: usize = 4;
-/// How long each throughput measurement lasts.
-const WINDOW: Duration = Duration::from_millis(500);
-/// What finishing one object is worth in bytes, when throughput mixes objects and bytes: about
-/// what a request's fixed cost would send instead.
-const OBJECT_WORK: u64 = 128 << 10;
-
-/// A slot for one more object in flight, unless the limit was lowered: then slots coming free
-/// are retired first.
-async fn acquire_slot(slots: &Arc<Semaphore>, debt: &AtomicUsize) -> OwnedSemaphorePermit {
-    loop {
-        let slot = Arc::clone(slots)
-            .acquire_owned()
-            .await
-            .expect("the slots are never closed");
-        let owed = debt.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| d.checked_sub(1));
-        if owed.is_ok() {
-            slot.forget();
-            continue;
-        }
-        return slot;
-    }
-}
-
-/// Measures the throughput of each window and moves the limit on objects in flight.
-async fn steer(
-    mut climber: Climber,
-    slots: Arc<Semaphore>,
-    debt: Arc<AtomicUsize>,
-    limit: Arc<AtomicUsize>,
-    progress: Arc<Progress>,
-    stop: CancellationToken,
-) {
-    let work =
-        || Progress::get(&progress.bytes_sent) + Progress::get(&progress.n_done) * OBJECT_WORK;
-    let mut ticker = tokio::time::interval(WINDOW);
-    ticker.tick().await;
-    let mut last = (Instant::now(), work());
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            () = stop.cancelled() => return,
-        }
-        let now = (Instant::now(), work());
-        let rate = (now.1 - last.1) as f64 / (now.0 - last.0).as_secs_f64().max(1e-3);
-        last = now;
-        // Only a window that used every slot says something about the limit (not one spent
-        // waiting for the scan, or draining the last objects).
-        if rate <= 0.0 || slots.available_permits() > 0 {
-            continue;
-        }
-        let before = climber.limit();
-        let after = climber.observe(rate);
-        tracing::debug!(before, after, rate, "objects in flight");
-        limit.store(after, Ordering::Relaxed);
-        if after > before {
-            let mut more = after - before;
-            let repaid = debt
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
-                    Some(d - d.min(more))
-                })
-                .map_or(0, |d| d.min(more));
-            more -= repaid;
-            slots.add_permits(more);
-        } else if after < before {
-            // Free slots go at once; slots in use go as their objects finish.
-            let fewer = before - after;
-            let retired = slots.forget_permits(fewer);
-            debt.fetch_add(fewer - retired, Ordering::Relaxed);
-        }
-    }
-}
-
-fn release(object: &ClaimedObject) -> Outcome {
-    Outcome {
-        id: object.id,
-        state: ObjectState::Pending,
-        attempts: object.attempts.saturating_sub(1),
-        size: object.size,
-        version: object.version.clone(),
-        checksum: None,
-        dest_etag: None,
-        dest_version: None,
-        verified_by: None,
-        error: None,
-        own_write: OwnWriteChange::Keep,
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn scan(
-    source: Arc<dyn Source>,
-    store: Arc<dyn Store>,
-    migration: MigrationId,
-    pass: u32,
-    filter: Filter,
-    progress: Arc<Progress>,
-    notify: Arc<Notify>,
-    stop: CancellationToken,
-) -> Result<(), EngineError> {
-    let mut listing = source.list();
-    loop {
-        let page = tokio::select! {
-            page = listing.recv() => page,
-            () = stop.cancelled() => return Ok(()),
-        };
-        let Some(page) = page else { break };
-        let page = page.map_err(EngineError::Scan)?;
-        let batch: Vec<ScannedObject> = page
-            .into_iter()
-            .map(|listed| classify(listed, &filter))
-            .collect();
-        Progress::add(&progress.n_scanned, batch.len() as u64);
-        Progress::add(&progress.bytes_scanned, batch.iter().map(|o| o.size).sum());
-        store.record_scanned(migration, pass, batch).await?;
-        notify.notify_one();
-    }
-    store.finish_scan(migration, pass).await?;
-    mark_work_known(store.as_ref(), migration, &progress).await?;
-    Ok(())
-}
-
-/// Once the scan is over, the pending work is known in full: record it for the ETA.
-async fn mark_work_known(
-    store: &dyn Store,
-    migration: MigrationId,
-    progress: &Progress,
-) -> Result<(), StoreError> {
-    let tally = store.tally(migration).await?;
-    let n = tally.n(ObjectState::Pending) + tally.n(ObjectState::InProgress);
-    let bytes = tally.bytes_in(ObjectState::Pending) + tally.bytes_in(ObjectState::InProgress);
-    progress
-        .n_to_do
-        .store(n + Progress::get(&progress.n_done), Ordering::Relaxed);
-    progress.bytes_to_do.store(
-        bytes + Progress::get(&progress.bytes_done),
-        Ordering::Relaxed,
-    );
-    progress.scan_complete.store(true, Ordering::Relaxed);
-    Ok(())
-}
-
-/// Records outcomes in batches: whatever has arrived while the last batch was written.
-async fn write_outcomes(
-    store: Arc<dyn Store>,
-    mut receiver: mpsc::Receiver<Outcome>,
-    progress: Arc<Progress>,
-    halt: CancellationToken,
-) -> Result<(), StoreError> {
-    const BATCH: usize = 1024;
-    // Each commit costs WAL writes whatever its size: gather for a moment before writing. A kill
-    // loses at most this window of outcomes, and those objects are settled by their next claim.
-    const GATHER: Duration = Duration::from_millis(25);
-    let mut batch = Vec::with_capacity(BATCH);
-    let mut more = Vec::with_capacity(BATCH);
-    while receiver.recv_many(&mut batch, BATCH).await > 0 {
-        let deadline = tokio::time::Instant::now() + GATHER;
-        while batch.len() < BATCH {
-            tokio::select! {
-                n = receiver.recv_many(&mut more, BATCH) => {
-                    batch.append(&mut more);
-                    if n == 0 { break }
-                }
-                () = tokio::time::sleep_until(deadline) => break,
-            }
-        }
-        let finished: Vec<(ObjectState, u64)> = batch
-            .iter()
-            .filter(|o| o.state.is_terminal())
-            .map(|o| (o.state, o.size))
-            .collect();
-        if let Err(error) = store.record_outcomes(std::mem::take(&mut batch)).await {
-            // Nothing more can be recorded: stop taking work at once, and say why.
-            tracing::error!("cannot record outcomes in the ledger, stopping: {error}");
-            halt.cancel();
-            return Err(error);
-        }
-        for (state, size) in finished {
-            Progress::add(&progress.n_done, 1);
-            Progress::add(&progress.bytes_done, size);
-            match state {
-                ObjectState::Copied => {
-                    Progress::add(&progress.n_copied, 1);
-                    Progress::add(&progress.bytes_copied, size);
-                }
-                ObjectState::Conflict | ObjectState::Failed => {
-                    Progress::add(&progress.n_problems, 1)
-                }
-                _ => {}
-            }
-        }
-    }
-    Ok(())
 }

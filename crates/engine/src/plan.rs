@@ -15,9 +15,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::EngineError;
 use crate::filter::Filter;
-use crate::migrate::{PROBLEMS_LISTED, check, classify};
+use crate::migrate::PROBLEMS_LISTED;
 use crate::progress::Progress;
 use crate::recheck::recheck;
+use crate::scan::{check, classify};
 
 /// What a dry run found.
 #[derive(Debug, Clone, Default, Serialize)]

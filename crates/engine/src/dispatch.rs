@@ -1,0 +1,331 @@
+//! The dispatcher: claims packets of pending objects and starts a transfer per object under a
+//! limit on objects in flight that climbs or falls with the measured throughput (see `throttle`);
+//! one writer records the outcomes in batches, and halts the run when the ledger stops recording.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use godwit_state::{
+    ClaimedObject, MigrationId, ObjectState, Outcome, OwnWriteChange, PacketLimits, Store,
+    StoreError,
+};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::EngineError;
+use crate::migrate::Migrator;
+use crate::progress::Progress;
+use crate::throttle::Climber;
+use crate::transfer::Transfers;
+
+impl Migrator {
+    /// Claims packets and runs a transfer per object until the queue is empty and the scan over.
+    pub(crate) async fn dispatch(
+        &self,
+        migration: MigrationId,
+        mut scanner: Option<tokio::task::JoinHandle<Result<(), EngineError>>>,
+        notify: &Notify,
+        transfers: Arc<Transfers>,
+        halt: CancellationToken,
+    ) -> Result<(), EngineError> {
+        let concurrency = self.options.concurrency.max(1);
+        // Packets of twice the objects in flight: enough to keep every slot busy between claims,
+        // few enough not to hoard work other workers could take.
+        let packet = |in_flight: usize| PacketLimits {
+            max_objects: (in_flight * 2).clamp(16, 512) as u32,
+            max_bytes: 200 << 20,
+            lease: Duration::from_secs(300),
+        };
+        let (outcomes, receiver) = mpsc::channel::<Outcome>(4096);
+        let writer = tokio::spawn(write_outcomes(
+            Arc::clone(&self.store),
+            receiver,
+            Arc::clone(&self.progress),
+            halt.clone(),
+        ));
+        // The limit on objects in flight moves with the measured throughput (see `throttle`);
+        // `concurrency` is its ceiling.
+        let climber = Climber::new(START_CONCURRENCY, MIN_CONCURRENCY, concurrency);
+        let slots = Arc::new(Semaphore::new(climber.limit()));
+        let debt = Arc::new(AtomicUsize::new(0));
+        let limit = Arc::new(AtomicUsize::new(climber.limit()));
+        let steering = tokio::spawn(steer(
+            climber,
+            Arc::clone(&slots),
+            Arc::clone(&debt),
+            Arc::clone(&limit),
+            Arc::clone(&self.progress),
+            halt.clone(),
+        ));
+        let mut tasks: JoinSet<Result<(), StoreError>> = JoinSet::new();
+        let mut result: Result<(), EngineError> = Ok(());
+
+        'claiming: while !halt.is_cancelled() {
+            while let Some(joined) = tasks.try_join_next() {
+                if let Err(error) = flatten(joined) {
+                    result = Err(error);
+                    break 'claiming;
+                }
+            }
+            let packet = match self
+                .store
+                .claim(
+                    migration,
+                    &self.options.worker,
+                    packet(limit.load(Ordering::Relaxed)),
+                )
+                .await
+            {
+                Ok(packet) => packet,
+                Err(error) => {
+                    result = Err(error.into());
+                    break;
+                }
+            };
+            if packet.is_empty() {
+                match &mut scanner {
+                    Some(running) if !running.is_finished() => {
+                        tokio::select! {
+                            () = notify.notified() => {}
+                            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                            () = halt.cancelled() => {}
+                        }
+                        continue;
+                    }
+                    Some(finished) => {
+                        let scanned = finished.await;
+                        scanner = None;
+                        match scanned {
+                            // Look once more: the last page may have queued objects.
+                            Ok(Ok(())) => continue,
+                            Ok(Err(error)) => result = Err(error),
+                            Err(join) => {
+                                result = Err(EngineError::Internal(format!("scan task: {join}")))
+                            }
+                        }
+                        break;
+                    }
+                    // Retries happen inside transfers, so no new work can appear: done.
+                    None => break,
+                }
+            }
+            let mut packet: VecDeque<ClaimedObject> = packet.into();
+            while let Some(object) = packet.pop_front() {
+                let slot = tokio::select! {
+                    slot = acquire_slot(&slots, &debt) => slot,
+                    () = halt.cancelled() => {
+                        packet.push_front(object);
+                        break;
+                    }
+                };
+                let transfers = Arc::clone(&transfers);
+                let outcomes = outcomes.clone();
+                let halt = halt.clone();
+                tasks.spawn(async move {
+                    let outcome = transfers.copy(object).await?;
+                    drop(slot);
+                    // The writer only goes away when it failed (and halted the run): the
+                    // object stays claimed, and the next run settles it.
+                    if outcomes.send(outcome).await.is_err() {
+                        halt.cancel();
+                    }
+                    Ok(())
+                });
+            }
+            // Objects claimed but never started go back to the queue as they were (unless the
+            // writer is gone: then the next run recovers them).
+            for object in packet {
+                if outcomes.send(release(&object)).await.is_err() {
+                    break;
+                }
+            }
+        }
+
+        steering.abort();
+        if let Some(running) = scanner {
+            // Stopped or failed before the scan ended: let it notice and finish its page.
+            halt.cancel();
+            if let Ok(Err(error)) = running.await
+                && result.is_ok()
+            {
+                result = Err(error);
+            }
+        }
+        while let Some(joined) = tasks.join_next().await {
+            if let Err(error) = flatten(joined)
+                && result.is_ok()
+            {
+                result = Err(error);
+            }
+        }
+        drop(outcomes);
+        match writer.await {
+            Ok(Ok(())) => {}
+            // The ledger's failure is why everything else stopped: it is the error to report.
+            Ok(Err(error)) => result = Err(error.into()),
+            Err(join) => {
+                result = result.and(Err(EngineError::Internal(format!("ledger writer: {join}"))))
+            }
+        }
+        result
+    }
+}
+
+fn flatten(
+    joined: Result<Result<(), StoreError>, tokio::task::JoinError>,
+) -> Result<(), EngineError> {
+    match joined {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(error.into()),
+        Err(join) => Err(EngineError::Internal(format!("transfer task: {join}"))),
+    }
+}
+
+/// Objects in flight when a run starts; the limit then climbs or falls with the throughput.
+const START_CONCURRENCY: usize = 16;
+/// The limit never falls below this.
+const MIN_CONCURRENCY: usize = 4;
+/// How long each throughput measurement lasts.
+const WINDOW: Duration = Duration::from_millis(500);
+/// What finishing one object is worth in bytes, when throughput mixes objects and bytes: about
+/// what a request's fixed cost would send instead.
+const OBJECT_WORK: u64 = 128 << 10;
+
+/// A slot for one more object in flight, unless the limit was lowered: then slots coming free
+/// are retired first.
+async fn acquire_slot(slots: &Arc<Semaphore>, debt: &AtomicUsize) -> OwnedSemaphorePermit {
+    loop {
+        let slot = Arc::clone(slots)
+            .acquire_owned()
+            .await
+            .expect("the slots are never closed");
+        let owed = debt.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| d.checked_sub(1));
+        if owed.is_ok() {
+            slot.forget();
+            continue;
+        }
+        return slot;
+    }
+}
+
+/// Measures the throughput of each window and moves the limit on objects in flight.
+async fn steer(
+    mut climber: Climber,
+    slots: Arc<Semaphore>,
+    debt: Arc<AtomicUsize>,
+    limit: Arc<AtomicUsize>,
+    progress: Arc<Progress>,
+    stop: CancellationToken,
+) {
+    let work =
+        || Progress::get(&progress.bytes_sent) + Progress::get(&progress.n_done) * OBJECT_WORK;
+    let mut ticker = tokio::time::interval(WINDOW);
+    ticker.tick().await;
+    let mut last = (Instant::now(), work());
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let now = (Instant::now(), work());
+        let rate = (now.1 - last.1) as f64 / (now.0 - last.0).as_secs_f64().max(1e-3);
+        last = now;
+        // Only a window that used every slot says something about the limit (not one spent
+        // waiting for the scan, or draining the last objects).
+        if rate <= 0.0 || slots.available_permits() > 0 {
+            continue;
+        }
+        let before = climber.limit();
+        let after = climber.observe(rate);
+        tracing::debug!(before, after, rate, "objects in flight");
+        limit.store(after, Ordering::Relaxed);
+        if after > before {
+            let mut more = after - before;
+            let repaid = debt
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
+                    Some(d - d.min(more))
+                })
+                .map_or(0, |d| d.min(more));
+            more -= repaid;
+            slots.add_permits(more);
+        } else if after < before {
+            // Free slots go at once; slots in use go as their objects finish.
+            let fewer = before - after;
+            let retired = slots.forget_permits(fewer);
+            debt.fetch_add(fewer - retired, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The outcome that hands a claimed, unstarted object back to the queue unchanged.
+fn release(object: &ClaimedObject) -> Outcome {
+    Outcome {
+        id: object.id,
+        state: ObjectState::Pending,
+        attempts: object.attempts.saturating_sub(1),
+        size: object.size,
+        version: object.version.clone(),
+        checksum: None,
+        dest_etag: None,
+        dest_version: None,
+        verified_by: None,
+        error: None,
+        own_write: OwnWriteChange::Keep,
+    }
+}
+
+/// Records outcomes in batches: whatever has arrived while the last batch was written.
+async fn write_outcomes(
+    store: Arc<dyn Store>,
+    mut receiver: mpsc::Receiver<Outcome>,
+    progress: Arc<Progress>,
+    halt: CancellationToken,
+) -> Result<(), StoreError> {
+    const BATCH: usize = 1024;
+    // Each commit costs WAL writes whatever its size: gather for a moment before writing. A kill
+    // loses at most this window of outcomes, and those objects are settled by their next claim.
+    const GATHER: Duration = Duration::from_millis(25);
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut more = Vec::with_capacity(BATCH);
+    while receiver.recv_many(&mut batch, BATCH).await > 0 {
+        let deadline = tokio::time::Instant::now() + GATHER;
+        while batch.len() < BATCH {
+            tokio::select! {
+                n = receiver.recv_many(&mut more, BATCH) => {
+                    batch.append(&mut more);
+                    if n == 0 { break }
+                }
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        let finished: Vec<(ObjectState, u64)> = batch
+            .iter()
+            .filter(|o| o.state.is_terminal())
+            .map(|o| (o.state, o.size))
+            .collect();
+        if let Err(error) = store.record_outcomes(std::mem::take(&mut batch)).await {
+            // Nothing more can be recorded: stop taking work at once, and say why.
+            tracing::error!("cannot record outcomes in the ledger, stopping: {error}");
+            halt.cancel();
+            return Err(error);
+        }
+        for (state, size) in finished {
+            Progress::add(&progress.n_done, 1);
+            Progress::add(&progress.bytes_done, size);
+            match state {
+                ObjectState::Copied => {
+                    Progress::add(&progress.n_copied, 1);
+                    Progress::add(&progress.bytes_copied, size);
+                }
+                ObjectState::Conflict | ObjectState::Failed => {
+                    Progress::add(&progress.n_problems, 1)
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
