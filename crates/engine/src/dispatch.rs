@@ -274,6 +274,7 @@ fn release(object: &ClaimedObject) -> Outcome {
         verified_by: None,
         error: None,
         own_write: OwnWriteChange::Keep,
+        metadata: None,
     }
 }
 

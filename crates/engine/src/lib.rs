@@ -25,7 +25,7 @@ pub use migrate::{MigrateOptions, Migrator, Summary};
 pub use plan::{Ledger, Plan, plan};
 pub use progress::Progress;
 pub use recheck::Recheck;
-pub use transfer::{ConditionsFound, Guarantees, TransferOptions};
+pub use transfer::{ConditionsFound, Guarantees, MetadataOptions, TransferOptions};
 
 use godwit_state::StoreError;
 use godwit_storage::StorageError;

@@ -149,6 +149,49 @@ struct Faulty {
     hang_after_create: bool,
     /// Upload ids created, in order.
     created: Mutex<Vec<String>>,
+    /// Show ETags that are not MD5s (as SSE-KMS makes them), and no checksums when also
+    /// `hide_checksums`: a stand-in for AWS with KMS keys, which cannot run here.
+    opaque_etags: bool,
+    hide_checksums: bool,
+}
+
+impl Faulty {
+    /// The ETag shown for `real`: not an MD5, one to one.
+    fn opaque(&self, real: Option<String>) -> Option<String> {
+        real.map(|etag| {
+            if self.opaque_etags {
+                format!("\"kms{}\"", etag.trim_matches('"'))
+            } else {
+                etag
+            }
+        })
+    }
+
+    /// The real ETag behind one shown.
+    fn real(&self, shown: &str) -> String {
+        match shown.trim_matches('"').strip_prefix("kms") {
+            Some(real) if self.opaque_etags => format!("\"{real}\""),
+            _ => shown.to_owned(),
+        }
+    }
+
+    fn shown(&self, written: Written) -> Written {
+        match written {
+            Written::Created(receipt) => Written::Created(godwit_storage::WriteReceipt {
+                etag: self.opaque(receipt.etag),
+                crc64nvme: receipt.crc64nvme.filter(|_| !self.hide_checksums),
+                version_id: receipt.version_id,
+            }),
+            refused => refused,
+        }
+    }
+
+    fn condition(&self, condition: &Precondition) -> Precondition {
+        match condition {
+            Precondition::Etag(etag) => Precondition::Etag(self.real(etag)),
+            absent => absent.clone(),
+        }
+    }
 }
 
 impl Faulty {
@@ -170,6 +213,8 @@ impl Faulty {
             deny_deletes: false,
             hang_after_create: false,
             created: Mutex::new(Vec::new()),
+            opaque_etags: false,
+            hide_checksums: false,
         }
     }
 }
@@ -196,7 +241,11 @@ impl Destination for Faulty {
         self.inner.check().await
     }
     async fn head(&self, key: &str) -> Result<Option<DestObject>, StorageError> {
-        self.inner.head(key).await
+        Ok(self.inner.head(key).await?.map(|found| DestObject {
+            etag: self.opaque(found.etag),
+            crc64nvme: found.crc64nvme.filter(|_| !self.hide_checksums),
+            ..found
+        }))
     }
     async fn read(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StorageError> {
         self.inner.read(key, offset, len).await
@@ -231,7 +280,11 @@ impl Destination for Faulty {
         if !self.put_latency.is_zero() {
             tokio::time::sleep(self.put_latency).await;
         }
-        let written = self.inner.put(key, body, crc, metadata, condition).await;
+        let written = self
+            .inner
+            .put(key, body, crc, metadata, &self.condition(condition))
+            .await
+            .map(|written| self.shown(written));
         self.puts_in_flight.fetch_sub(1, Ordering::SeqCst);
         if self.lose_next_put_reply.swap(false, Ordering::SeqCst) {
             return Err(StorageError::new(
@@ -284,8 +337,9 @@ impl Destination for Faulty {
         condition: &Precondition,
     ) -> Result<Written, StorageError> {
         self.inner
-            .complete_upload(key, upload_id, parts, crc, condition)
+            .complete_upload(key, upload_id, parts, crc, &self.condition(condition))
             .await
+            .map(|written| self.shown(written))
     }
     async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), StorageError> {
         self.aborted.lock().unwrap().push(upload_id.to_owned());
@@ -332,7 +386,7 @@ impl Destination for Faulty {
                 format!("deleting {key}: AccessDenied (HTTP 403) (injected)"),
             ));
         }
-        self.inner.delete_if_etag(key, etag).await
+        self.inner.delete_if_etag(key, &self.real(etag)).await
     }
 }
 
@@ -1445,6 +1499,58 @@ async fn an_object_a_new_filter_leaves_out_keeps_no_open_upload() {
         assert!(real.head("big.bin").await.unwrap().is_none());
         if let Some(open) = server.open_uploads(&bucket).await {
             assert!(open.is_empty(), "{open:?}");
+        }
+    }
+}
+
+/// Issue 9, point 11: with server-side encryption by KMS keys, ETags are not MD5s; every object
+/// is still proven, by the checksum the destination reports or, where it keeps none, by reading
+/// it back. (AWS KMS cannot run here: the destination is wrapped to show ETags as KMS makes them.)
+#[tokio::test(flavor = "multi_thread")]
+async fn objects_whose_etags_are_not_md5s_are_still_proven() {
+    for server in servers().await {
+        for hide_checksums in [false, true] {
+            let work = tempfile::tempdir().unwrap();
+            let source_dir = work.path().join("src");
+            std::fs::create_dir_all(&source_dir).unwrap();
+            let (small, big) = (bytes(1, 4000), bytes(2, (5 << 20) * 2 + 9));
+            std::fs::write(source_dir.join("small.txt"), &small).unwrap();
+            std::fs::write(source_dir.join("big.bin"), &big).unwrap();
+            let (real, _bucket) = server.destination().await;
+            let kms = Arc::new(Faulty {
+                opaque_etags: true,
+                hide_checksums,
+                ..Faulty::new(Arc::clone(&real))
+            });
+            let ledger = work.path().join("ledger.db");
+            let store = Arc::new(SqliteStore::open(&ledger).unwrap());
+
+            let summary = migrator(local_source(&source_dir), kms, store, options())
+                .run(&spec())
+                .await
+                .unwrap();
+
+            assert_eq!(summary.copied, 2, "moto: {}: {summary:?}", server.is_moto());
+            assert_eq!(read_all(real.as_ref(), "small.txt").await, small);
+            assert!(read_all(real.as_ref(), "big.bin").await == big);
+            let verified: Vec<String> = rusqlite::Connection::open(&ledger)
+                .unwrap()
+                .prepare("SELECT verified_by FROM objects ORDER BY key")
+                .unwrap()
+                .query_map([], |row| row.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(
+                verified
+                    .iter()
+                    .all(|how| how == "checksum" || how == "read_back"),
+                "moto: {}, no checksums: {hide_checksums}: {verified:?}",
+                server.is_moto()
+            );
+            if hide_checksums {
+                assert_eq!(verified, ["read_back", "read_back"]);
+            }
         }
     }
 }

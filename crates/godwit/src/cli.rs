@@ -88,6 +88,28 @@ pub struct MigrateArgs {
     /// (same endpoint, conditional copies): slower, but every byte is checked by godwit.
     #[arg(long)]
     pub no_server_side_copy: bool,
+    /// Send every object with this Content-Type (instead of what its source serves, or the type
+    /// guessed from a file's name).
+    #[arg(long, value_name = "TYPE")]
+    pub content_type: Option<String>,
+    /// Send every object with this user metadata (`x-amz-meta-KEY`), beside its own (repeatable).
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_metadata)]
+    pub metadata: Vec<(String, String)>,
+    /// Copy each object's tags too (S3 sources; GetObjectTagging per object).
+    #[arg(long)]
+    pub preserve_tags: bool,
+    /// The storage class of the objects written (default: the bucket's).
+    #[arg(long, value_name = "CLASS", value_parser = [
+        "STANDARD", "REDUCED_REDUNDANCY", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING",
+        "GLACIER", "DEEP_ARCHIVE", "GLACIER_IR", "OUTPOSTS", "SNOW", "EXPRESS_ONEZONE",
+    ])]
+    pub storage_class: Option<String>,
+    /// Server-side encryption of the objects written (default: the bucket's).
+    #[arg(long, value_name = "ALGORITHM", value_parser = ["AES256", "aws:kms"])]
+    pub sse: Option<String>,
+    /// The KMS key for `--sse aws:kms` (default: the account's S3 key).
+    #[arg(long, value_name = "KEY_ID", requires = "sse")]
+    pub sse_kms_key_id: Option<String>,
     /// Before running a finished migration again, do not check that the destination still
     /// holds what the ledger counts as done (one LIST per 1,000 keys); trust the ledger.
     #[arg(long)]
@@ -160,4 +182,26 @@ pub struct DemoArgs {
     /// temporary directory, removed at the end).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+}
+
+/// `KEY=VALUE` for `--metadata`: a key S3 takes in an `x-amz-meta-` header name.
+fn parse_metadata(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("'{text}' is not KEY=VALUE"))?;
+    let valid = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !valid {
+        return Err(format!(
+            "'{key}' cannot be a metadata name: use letters, digits, '-', '_' and '.'"
+        ));
+    }
+    if !value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err(format!(
+            "the value of '{key}' must be printable ASCII (S3 sends metadata in HTTP headers)"
+        ));
+    }
+    Ok((key.to_ascii_lowercase(), value.to_owned()))
 }

@@ -4,9 +4,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use godwit_engine::{EngineError, Filter, MigrateOptions, Migrator, Progress, TransferOptions};
+use godwit_engine::{
+    EngineError, Filter, MetadataOptions, MigrateOptions, Migrator, Progress, TransferOptions,
+};
 use godwit_state::{MigrationSpec, SqliteStore, Store};
-use godwit_storage::{Location, S3Settings, WriteSettings};
+use godwit_storage::{Encryption, Location, S3Settings, WriteSettings};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{MigrateArgs, SideArgs};
@@ -83,6 +85,20 @@ fn spec(
     }
 }
 
+/// How the destination stores what godwit writes.
+fn write_settings(args: &MigrateArgs) -> WriteSettings {
+    WriteSettings {
+        storage_class: args.storage_class.clone(),
+        encryption: match args.sse.as_deref() {
+            Some("AES256") => Some(Encryption::Aes256),
+            Some(_) => Some(Encryption::Kms {
+                key_id: args.sse_kms_key_id.clone(),
+            }),
+            None => None,
+        },
+    }
+}
+
 /// Prints a configuration error and returns the exit code for it.
 fn config_error(message: impl std::fmt::Display) -> u8 {
     eprintln!("godwit: {message}");
@@ -98,6 +114,11 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<u8> {
         Ok(location) => location,
         Err(error) => return Ok(config_error(format_args!("destination: {error}"))),
     };
+    if args.sse_kms_key_id.is_some() && args.sse.as_deref() != Some("aws:kms") {
+        return Ok(config_error(
+            "--sse-kms-key-id names a KMS key: it goes with --sse aws:kms",
+        ));
+    }
     let filter = match Filter::new(&args.include, &args.exclude) {
         Ok(filter) => filter,
         Err(error) => return Ok(config_error(error)),
@@ -127,7 +148,7 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<u8> {
     let dest = match godwit_storage::open_destination(
         &dest_location,
         &dest_settings,
-        &WriteSettings::default(),
+        &write_settings(&args),
     )
     .await
     {
@@ -144,6 +165,11 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<u8> {
             part_concurrency: args.part_concurrency as usize,
             max_attempts: args.max_attempts,
             memory_budget: args.memory_budget.0,
+            metadata: MetadataOptions {
+                content_type: args.content_type.clone(),
+                user: args.metadata.iter().cloned().collect(),
+                preserve_tags: args.preserve_tags,
+            },
         },
         server_side_copy: !args.no_server_side_copy,
         trust_ledger: args.trust_ledger,

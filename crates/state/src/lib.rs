@@ -381,6 +381,9 @@ pub struct Outcome {
     pub error: Option<(String, String)>,
     /// What to keep of godwit's own write at the key.
     pub own_write: OwnWriteChange,
+    /// The metadata godwit sent with its write (JSON), when it sent it itself (a server-side copy
+    /// that keeps the source's sends none).
+    pub metadata: Option<String>,
 }
 
 /// Counts and bytes per state.

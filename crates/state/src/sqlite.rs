@@ -15,7 +15,8 @@ use crate::{
 };
 
 /// 2: uploads bound to a source version and begun before their id is known, godwit's own
-/// writes, first claims, the filter of each pass, the endpoints of each migration.
+/// writes, first claims, the filter of each pass, the endpoints of each migration, the metadata
+/// sent with each object.
 const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
@@ -64,6 +65,7 @@ CREATE TABLE IF NOT EXISTS objects (
     written_etag TEXT,
     written_version TEXT,
     first_claimed_at INTEGER,
+    metadata TEXT,
     UNIQUE (migration_id, key)
 );
 CREATE TABLE IF NOT EXISTS parts (
@@ -85,7 +87,8 @@ CREATE INDEX IF NOT EXISTS objects_uploads ON objects (migration_id)
 
 /// Columns added since schema 1, added to older ledgers as they are opened (times are
 /// milliseconds since the Unix epoch).
-const ADDED_COLUMNS: [(&str, &str, &str); 9] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 10] = [
+    ("objects", "metadata", "TEXT"),
     ("migrations", "source_endpoint", "TEXT"),
     ("migrations", "dest_endpoint", "TEXT"),
     ("passes", "filter", "TEXT"),
@@ -641,7 +644,8 @@ impl Store for SqliteStore {
                        dest_etag = ?6, dest_version = ?7, verified_by = ?8, error_kind = ?9, last_error = ?10,
                        lease_owner = NULL, lease_expires = NULL, updated_at = ?11, attempts = ?12,
                        written_etag = CASE ?13 WHEN 0 THEN written_etag WHEN 1 THEN ?14 ELSE NULL END,
-                       written_version = CASE ?13 WHEN 0 THEN written_version WHEN 1 THEN ?15 ELSE NULL END
+                       written_version = CASE ?13 WHEN 0 THEN written_version WHEN 1 THEN ?15 ELSE NULL END,
+                       metadata = COALESCE(?16, metadata)
                      WHERE id = ?1",
                 )?;
                 let at = now();
@@ -672,7 +676,8 @@ impl Store for SqliteStore {
                         outcome.attempts,
                         own,
                         own_etag,
-                        own_version
+                        own_version,
+                        outcome.metadata
                     ])?;
                 }
             }
@@ -945,6 +950,7 @@ mod tests {
             verified_by: Some("checksum"),
             error: None,
             own_write: OwnWriteChange::Keep,
+            metadata: None,
         }
     }
 

@@ -291,6 +291,10 @@ impl Source for LocalSource {
         }
     }
 
+    async fn metadata(&self, expected: &ObjectMeta) -> Result<crate::Metadata, StorageError> {
+        Ok(crate::Metadata::guessed(&expected.key))
+    }
+
     async fn read(
         &self,
         expected: &ObjectMeta,

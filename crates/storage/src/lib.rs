@@ -183,6 +183,23 @@ pub trait Source: Send + Sync {
     fn endpoint(&self) -> Option<&str> {
         None
     }
+    /// The whole object as it was when `expected` was seen, with its metadata, in one read where
+    /// the source can (an S3 GET carries both).
+    async fn read_whole(&self, expected: &ObjectMeta) -> Result<(Bytes, Metadata), StorageError> {
+        let bytes = self.read(expected, 0, expected.size).await?;
+        Ok((bytes, self.metadata(expected).await?))
+    }
+    /// What the source serves with the object beside its bytes: Content-Type and the other
+    /// headers S3 keeps, and user metadata. A directory has only a Content-Type, guessed from the
+    /// name; an S3 source answers a HEAD (conditional on `expected`'s version).
+    async fn metadata(&self, expected: &ObjectMeta) -> Result<Metadata, StorageError>;
+    /// The object's tags (URL-encoded as `x-amz-tagging` takes them), or `None` where it has none
+    /// or the source keeps none. Fails with [`ErrorKind::Unsupported`] where the source cannot
+    /// say.
+    async fn tags(&self, expected: &ObjectMeta) -> Result<Option<String>, StorageError> {
+        let _ = expected;
+        Ok(None)
+    }
     /// Where a destination on the same endpoint could copy this source's objects from.
     fn copy_origin(&self) -> Option<CopyOrigin> {
         None
@@ -371,6 +388,38 @@ impl Metadata {
     pub fn is_empty(&self) -> bool {
         *self == Metadata::default()
     }
+
+    /// The Content-Type a file of this name is served with, guessed from its extension (by the
+    /// `mime_guess` crate's table); `None` when the extension says nothing.
+    pub fn guessed(key: &str) -> Self {
+        Self {
+            content_type: mime_guess::from_path(key).first_raw().map(str::to_owned),
+            ..Self::default()
+        }
+    }
+}
+
+/// `pairs` URL-encoded as S3's `x-amz-tagging` header takes them: `k=v&k2=v2`.
+pub fn encode_tags<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    fn encode(text: &str, out: &mut String) {
+        for byte in text.bytes() {
+            if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+                out.push(byte as char);
+            } else {
+                out.push_str(&format!("%{byte:02X}"));
+            }
+        }
+    }
+    let mut out = String::new();
+    for (key, value) in pairs {
+        if !out.is_empty() {
+            out.push('&');
+        }
+        encode(key, &mut out);
+        out.push('=');
+        encode(value, &mut out);
+    }
+    out
 }
 
 /// What the destination answered to a write.
@@ -709,6 +758,23 @@ mod tests {
         assert_eq!(PartLayout::uniform(11 * MIB, 0, 3), None);
         assert_eq!(PartLayout::uniform(11 * MIB, 5 * MIB, 0), None);
         assert_eq!(PartLayout::uniform(u64::MAX, u64::MAX, 3), None);
+    }
+
+    #[test]
+    fn content_types_are_guessed_from_names_and_tags_encoded() {
+        assert_eq!(
+            Metadata::guessed("a/b/page.HTML").content_type.as_deref(),
+            Some("text/html")
+        );
+        assert_eq!(
+            Metadata::guessed("x.json").content_type.as_deref(),
+            Some("application/json")
+        );
+        assert_eq!(Metadata::guessed("README").content_type, None);
+        assert_eq!(
+            encode_tags([("team", "a b"), ("k&=", "v/ü")]),
+            "team=a%20b&k%26%3D=v%2F%C3%BC"
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ mod verify;
 
 pub use guarantees::{ConditionsFound, Guarantees};
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8};
 use std::time::Duration;
@@ -31,8 +32,8 @@ use godwit_state::{
     ClaimedObject, MigrationId, ObjectState, Outcome, Store, StoreError, UploadRecord,
 };
 use godwit_storage::{
-    Conditions, CopyOrigin, Crc64Nvme, Destination, ErrorKind, ObjectMeta, Source, StorageError,
-    WriteReceipt,
+    Conditions, CopyOrigin, Crc64Nvme, Destination, ErrorKind, Metadata, ObjectMeta, Source,
+    StorageError, WriteReceipt,
 };
 use tokio::sync::{OnceCell, Semaphore};
 
@@ -54,6 +55,38 @@ pub struct TransferOptions {
     pub max_attempts: u32,
     /// Bytes of object data held in memory at once, across all transfers.
     pub memory_budget: u64,
+    /// What is sent with every object beside what its source serves.
+    pub metadata: MetadataOptions,
+}
+
+/// What is sent with every object beside what its source serves (its Content-Type and the other
+/// headers S3 keeps, its user metadata).
+#[derive(Debug, Clone, Default)]
+pub struct MetadataOptions {
+    /// Replaces every object's Content-Type.
+    pub content_type: Option<String>,
+    /// User metadata added to every object (replacing the source's value of the same name).
+    pub user: BTreeMap<String, String>,
+    /// Copy each object's tags too (from S3 sources that keep them).
+    pub preserve_tags: bool,
+}
+
+impl MetadataOptions {
+    /// Whether the run changes what the source serves.
+    fn overrides(&self) -> bool {
+        self.content_type.is_some() || !self.user.is_empty()
+    }
+
+    fn apply(&self, metadata: &mut Metadata) {
+        if let Some(content_type) = &self.content_type {
+            metadata.content_type = Some(content_type.clone());
+        }
+        for (name, value) in &self.user {
+            metadata
+                .user
+                .insert(name.to_ascii_lowercase(), value.clone());
+        }
+    }
 }
 
 impl Default for TransferOptions {
@@ -64,6 +97,7 @@ impl Default for TransferOptions {
             part_concurrency: 8,
             max_attempts: 5,
             memory_budget: 1 << 30,
+            metadata: MetadataOptions::default(),
         }
     }
 }
@@ -95,6 +129,8 @@ pub(crate) struct Transfers {
     conditions: OnceCell<Conditions>,
     /// Whether the warning that uploads cannot be listed was given.
     unlisted_uploads_said: AtomicBool,
+    /// Whether the warning that the source keeps no tags was given.
+    untagged_said: AtomicBool,
 }
 
 /// One object being copied, across the attempts of a claim: what was claimed, the version being
@@ -104,6 +140,8 @@ struct Job<'a> {
     meta: ObjectMeta,
     upload: Option<UploadRecord>,
     own: Own,
+    /// The metadata godwit sent with its last write, for the ledger.
+    sent: Option<Metadata>,
 }
 
 /// How a copy attempt ended, short of an error.
@@ -145,6 +183,7 @@ impl Transfers {
             multipart_checksums: AtomicU8::new(UNKNOWN),
             conditions: OnceCell::new(),
             unlisted_uploads_said: AtomicBool::new(false),
+            untagged_said: AtomicBool::new(false),
         }
     }
 
@@ -168,6 +207,54 @@ impl Transfers {
         Guarantees::of(self.conditions.get())
     }
 
+    /// Reads the whole object and its metadata within the memory budget.
+    async fn read_whole_budgeted(
+        &self,
+        meta: &ObjectMeta,
+    ) -> Result<(Bytes, Metadata, tokio::sync::SemaphorePermit<'_>), StorageError> {
+        let permit = self.budget_permit(meta.size).await?;
+        let (bytes, metadata) = self.source.read_whole(meta).await?;
+        Ok((bytes, metadata, permit))
+    }
+
+    /// What to send with the object: what its source serves (`served`, else asked for), the
+    /// run's overrides, and its tags when the run keeps them.
+    async fn metadata_for(
+        &self,
+        meta: &ObjectMeta,
+        served: Option<Metadata>,
+    ) -> Result<Metadata, StorageError> {
+        let mut metadata = match served {
+            Some(served) => served,
+            None => self.source.metadata(meta).await?,
+        };
+        self.options.metadata.apply(&mut metadata);
+        if self.options.metadata.preserve_tags {
+            metadata.tags = self.tags_of(meta).await?;
+        }
+        Ok(metadata)
+    }
+
+    /// The object's tags; none, said once, where the source cannot say.
+    async fn tags_of(&self, meta: &ObjectMeta) -> Result<Option<String>, StorageError> {
+        match self.source.tags(meta).await {
+            Ok(tags) => Ok(tags),
+            Err(error) if error.kind() == ErrorKind::Unsupported => {
+                if !self
+                    .untagged_said
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::warn!(
+                        "--preserve-tags: the source cannot say what tags its objects have ({}); objects are copied without tags",
+                        error.message()
+                    );
+                }
+                Ok(None)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
     /// Reads a byte range of the source within the memory budget; the permit travels with the bytes.
     async fn read_budgeted(
         &self,
@@ -175,15 +262,22 @@ impl Transfers {
         offset: u64,
         len: u64,
     ) -> Result<(Bytes, tokio::sync::SemaphorePermit<'_>), StorageError> {
-        let wanted = len.div_ceil(KIB).max(1);
-        let all = (self.options.memory_budget / KIB).clamp(1, u64::from(u32::MAX >> 4));
-        let permit = self
-            .budget
-            .acquire_many(wanted.min(all) as u32)
-            .await
-            .map_err(|_| StorageError::new(ErrorKind::Other, "memory budget closed"))?;
+        let permit = self.budget_permit(len).await?;
         let bytes = self.source.read(meta, offset, len).await?;
         Ok((bytes, permit))
+    }
+
+    /// Permits for `len` bytes of the memory budget (all of it, for more than it holds).
+    async fn budget_permit(
+        &self,
+        len: u64,
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, StorageError> {
+        let wanted = len.div_ceil(KIB).max(1);
+        let all = (self.options.memory_budget / KIB).clamp(1, u64::from(u32::MAX >> 4));
+        self.budget
+            .acquire_many(wanted.min(all) as u32)
+            .await
+            .map_err(|_| StorageError::new(ErrorKind::Other, "memory budget closed"))
     }
 
     /// Copies one claimed object, retrying temporary failures, and says how it ended. Only a
@@ -198,6 +292,7 @@ impl Transfers {
             },
             upload: claimed.upload.clone(),
             own: Own::new(&claimed),
+            sent: None,
         };
         if !self.filter.takes(&claimed.key) {
             // Queued under another filter (a rescan for the new one may not have reached it).
@@ -301,6 +396,13 @@ impl Transfers {
             verified_by: done.verified_by,
             error: done.note.map(|note| ("conflict".to_owned(), note)),
             own_write: job.own.change(),
+            metadata: match done.state {
+                ObjectState::Copied => job
+                    .sent
+                    .as_ref()
+                    .and_then(|sent| serde_json::to_string(sent).ok()),
+                _ => None,
+            },
         }
     }
 
@@ -323,6 +425,7 @@ impl Transfers {
             verified_by: None,
             error,
             own_write: job.own.change(),
+            metadata: None,
         }
     }
 

@@ -5,8 +5,8 @@ use std::sync::atomic::Ordering;
 
 use godwit_state::{StoreError, UploadRecord};
 use godwit_storage::{
-    CopyOrigin, CopySupport, DestObject, ErrorKind, MAX_COPY_SIZE, Metadata, ObjectMeta,
-    PartLayout, StorageError, UploadedPart, WriteReceipt, Written,
+    CopyOrigin, CopySupport, DestObject, ErrorKind, MAX_COPY_SIZE, ObjectMeta, PartLayout,
+    StorageError, UploadedPart, WriteReceipt, Written,
 };
 
 use super::etag::{is_md5_etag, multipart_etag_parts, same_content_etag};
@@ -130,10 +130,27 @@ impl Transfers {
         source: &ObjectMeta,
         origin: &CopyOrigin,
     ) -> Result<Option<Done>, StorageError> {
+        // The server copies the source's metadata (and its tags, when kept) unless the run
+        // changes it: then godwit sends the source's with the changes.
+        let options = &self.options.metadata;
+        let metadata = if options.overrides() {
+            let mut metadata = self.source.metadata(source).await?;
+            options.apply(&mut metadata);
+            Some(metadata)
+        } else {
+            None
+        };
+        job.sent = metadata.clone();
         let sent_at = std::time::SystemTime::now();
         let answer = self
             .dest
-            .copy_new(&source.key, origin, source, None, false)
+            .copy_new(
+                &source.key,
+                origin,
+                source,
+                metadata.as_ref(),
+                options.preserve_tags,
+            )
             .await;
         match answer.map_err(|error| job.own.failed(sent_at, error))? {
             Written::Created(receipt) => {
@@ -213,7 +230,11 @@ impl Transfers {
         origin: &CopyOrigin,
         layout: PartLayout,
     ) -> Result<Result<Option<Done>, StorageError>, StoreError> {
-        let metadata = Metadata::default();
+        let metadata = match self.metadata_for(source, None).await {
+            Ok(metadata) => metadata,
+            Err(error) => return Ok(Err(error)),
+        };
+        job.sent = Some(metadata.clone());
         let (upload_id, resumed) = match self
             .open_upload(job, layout.part_size, false, &metadata)
             .await?

@@ -16,9 +16,10 @@ use crate::progress::Progress;
 impl Transfers {
     pub(super) async fn copy_single(&self, job: &mut Job<'_>) -> Result<Done, StorageError> {
         let meta = job.meta.clone();
-        let (body, _permit) = self.read_budgeted(&meta, 0, meta.size).await?;
+        let (body, served, _permit) = self.read_whole_budgeted(&meta).await?;
         let crc = crc64nvme(&body);
-        let metadata = Metadata::default();
+        let metadata = self.metadata_for(&meta, Some(served)).await?;
+        job.sent = Some(metadata.clone());
         let evidence = Evidence::Body(&body);
         if !self.conditions().await.put_if_none_match.is_enforced() {
             // The server would not refuse the write: look first (racy, and said so).

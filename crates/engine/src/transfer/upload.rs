@@ -81,7 +81,11 @@ impl Transfers {
         );
         let n_parts = meta.size.div_ceil(part_size) as u32;
 
-        let metadata = Metadata::default();
+        let metadata = match self.metadata_for(&meta, None).await {
+            Ok(metadata) => metadata,
+            Err(error) => return Ok(Err(error)),
+        };
+        job.sent = Some(metadata.clone());
         let (upload_id, resumed) = match self.open_upload(job, part_size, true, &metadata).await? {
             Ok(opened) => opened,
             Err(error) => return Ok(Err(error)),

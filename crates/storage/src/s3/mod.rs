@@ -26,7 +26,8 @@ use aws_sdk_s3::types::ChecksumMode;
 use bytes::{Bytes, BytesMut};
 
 use crate::{
-    Crc64Nvme, DestObject, ErrorKind, Location, S3Settings, StorageError, WriteSettings, endpoint,
+    Crc64Nvme, DestObject, ErrorKind, Location, Metadata, S3Settings, StorageError, WriteSettings,
+    endpoint,
 };
 
 /// A configured S3 client for one side of a migration.
@@ -247,6 +248,11 @@ impl Bucket {
                     ErrorKind::Unclear if status == 200 => {
                         "; the server's reply could not be parsed".to_owned()
                     }
+                    _ if code == "InvalidStorageClass" => {
+                        format!(
+                            "; {endpoint} does not offer that storage class: choose another --storage-class"
+                        )
+                    }
                     _ => String::new(),
                 };
                 let sep = if message.is_empty() { "" } else { ": " };
@@ -320,6 +326,42 @@ impl Bucket {
         offset: u64,
         len: u64,
     ) -> Result<Bytes, StorageError> {
+        Ok(self.read_with(key, if_match, offset, len, false).await?.0)
+    }
+
+    /// What the object at `key` is served with (a HEAD, conditional on `if_match`).
+    async fn metadata(&self, key: &str, if_match: Option<&str>) -> Result<Metadata, StorageError> {
+        let answer = self
+            .client()
+            .head_object()
+            .bucket(&self.name)
+            .key(self.key(key))
+            .set_if_match(if_match.map(str::to_owned))
+            .send()
+            .await;
+        match answer {
+            Ok(out) => Ok(metadata_of!(out)),
+            Err(err) if Self::is_status(&err, 412) => {
+                Err(self.source_changed(&self.name, &self.key(key)))
+            }
+            Err(err) if Self::is_status(&err, 404) => Err(StorageError::new(
+                ErrorKind::NotFound,
+                format!("s3://{}/{} is no longer there", self.name, self.key(key)),
+            )),
+            Err(err) => Err(self.error("reading the metadata of", Some(key), err)),
+        }
+    }
+
+    /// Reads `len` bytes from `offset`, and the object's metadata when `with_metadata` (a GET
+    /// carries both).
+    async fn read_with(
+        &self,
+        key: &str,
+        if_match: Option<&str>,
+        offset: u64,
+        len: u64,
+        with_metadata: bool,
+    ) -> Result<(Bytes, Option<Metadata>), StorageError> {
         let mut request = self
             .client()
             .get_object()
@@ -338,6 +380,7 @@ impl Bucket {
             }
             Err(err) => return Err(self.error("reading", Some(key), err)),
         };
+        let metadata = with_metadata.then(|| metadata_of!(answer));
         // Straight into one buffer of the asked size: no second copy, and a server that sends
         // more than asked cannot grow it.
         let mut body = answer.body;
@@ -370,9 +413,34 @@ impl Bucket {
                 ),
             ));
         }
-        Ok(bytes.freeze())
+        Ok((bytes.freeze(), metadata))
     }
 }
+
+/// The [`Metadata`] a GetObject or HeadObject answer carries.
+macro_rules! metadata_of {
+    ($out:expr) => {{
+        let out = &$out;
+        Metadata {
+            content_type: out.content_type().map(str::to_owned),
+            content_encoding: out.content_encoding().map(str::to_owned),
+            content_disposition: out.content_disposition().map(str::to_owned),
+            content_language: out.content_language().map(str::to_owned),
+            cache_control: out.cache_control().map(str::to_owned),
+            expires: out.expires_string().map(str::to_owned),
+            user: out
+                .metadata()
+                .map(|user| {
+                    user.iter()
+                        .map(|(name, value)| (name.to_ascii_lowercase(), value.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            tags: None,
+        }
+    }};
+}
+use metadata_of;
 
 /// The `x-amz-copy-source` value for `key` in `bucket`: the key percent-encoded, `/` kept.
 fn copy_source(bucket: &str, key: &str) -> String {

@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use super::Bucket;
 use super::probe::is_probe;
 use crate::{
-    CopyOrigin, ErrorKind, Listed, Listing, Location, ObjectMeta, PartLayout, Source,
+    CopyOrigin, ErrorKind, Listed, Listing, Location, Metadata, ObjectMeta, PartLayout, Source,
     SourceCapabilities, StorageError,
 };
 
@@ -107,6 +107,35 @@ impl Source for S3Source {
 
     fn endpoint(&self) -> Option<&str> {
         Some(&self.bucket.s3.endpoint)
+    }
+
+    async fn read_whole(&self, expected: &ObjectMeta) -> Result<(Bytes, Metadata), StorageError> {
+        let if_match = Some(expected.version.as_str()).filter(|v| !v.is_empty());
+        let (bytes, metadata) = self
+            .bucket
+            .read_with(&expected.key, if_match, 0, expected.size, true)
+            .await?;
+        Ok((bytes, metadata.unwrap_or_default()))
+    }
+
+    async fn metadata(&self, expected: &ObjectMeta) -> Result<Metadata, StorageError> {
+        let if_match = Some(expected.version.as_str()).filter(|v| !v.is_empty());
+        self.bucket.metadata(&expected.key, if_match).await
+    }
+
+    async fn tags(&self, expected: &ObjectMeta) -> Result<Option<String>, StorageError> {
+        let b = &self.bucket;
+        let answer = b
+            .client()
+            .get_object_tagging()
+            .bucket(&b.name)
+            .key(b.key(&expected.key))
+            .send()
+            .await
+            .map_err(|err| b.error("reading the tags of", Some(&expected.key), err))?;
+        let tags = answer.tag_set();
+        Ok((!tags.is_empty())
+            .then(|| crate::encode_tags(tags.iter().map(|tag| (tag.key(), tag.value())))))
     }
 
     fn copy_origin(&self) -> Option<CopyOrigin> {
