@@ -49,10 +49,9 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<u8> {
             .collect();
         if !args.json {
             println!(
-                "{}\n  {} -> {} | pass {} | {} objects, {}",
+                "{}\n  {} | pass {} | {} objects, {}",
                 migration.spec.name,
-                migration.spec.source_url,
-                migration.spec.dest_url,
+                migration.spec.describe(),
                 migration.last_pass.as_ref().map_or(0, |p| p.number),
                 tally.n_total(),
                 bytes(tally.bytes_total())
@@ -68,6 +67,8 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<u8> {
             "name": migration.spec.name,
             "source": migration.spec.source_url,
             "dest": migration.spec.dest_url,
+            "source_endpoint": migration.spec.source_endpoint,
+            "dest_endpoint": migration.spec.dest_endpoint,
             "pass": migration.last_pass.as_ref().map(|p| p.number),
             "objects": counts,
             "bytes": tally.bytes_total(),

@@ -104,16 +104,29 @@ const ADDED_COLUMNS: [(&str, &str, &str); 10] = [
 /// them from `SCHEMA` directly.
 fn upgrade(connection: &Connection) -> rusqlite::Result<()> {
     for (table, column, kind) in ADDED_COLUMNS {
-        let present: bool = connection.query_row(
-            &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
-            params![column],
-            |row| row.get(0),
-        )?;
-        if !present {
+        if !has_column(connection, table, column)? {
             connection.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
         }
     }
     Ok(())
+}
+
+fn has_column(connection: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    connection.query_row(
+        &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
+        params![column],
+        |row| row.get(0),
+    )
+}
+
+/// Whether the ledger lacks a column this godwit reads.
+fn lacks_columns(connection: &Connection) -> rusqlite::Result<bool> {
+    for (table, column, _) in ADDED_COLUMNS {
+        if !has_column(connection, table, column)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn millis(at: SystemTime) -> i64 {
@@ -228,7 +241,9 @@ impl SqliteStore {
             Ok::<_, StoreError>((connection, version))
         };
         let (mut connection, mut version) = open()?;
-        if version < SCHEMA_VERSION {
+        let stale = version <= SCHEMA_VERSION
+            && lacks_columns(&connection).map_err(|e| db_error(path, e))?;
+        if version < SCHEMA_VERSION || stale {
             drop(connection);
             match Self::open(path) {
                 Ok(writer) => drop(writer),
