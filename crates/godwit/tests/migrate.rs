@@ -401,6 +401,11 @@ async fn server_side_copies_send_no_bytes_and_never_replace() {
     .await;
 
     assert_eq!(run.code, Some(1), "the conflict exits 1: {run:?}");
+    assert_eq!(
+        run.json()["guarantees"]["no_overwrite"],
+        "enforced by server",
+        "{run:?}"
+    );
     let sent = |op: &str| requests.get(op) - before.get(op).copied().unwrap_or(0);
     // One copy per object, and none of their bytes PUT through godwit (the probe's requests
     // are counted apart). Only the conflict was read through godwit, both sides, to compare

@@ -38,6 +38,9 @@ impl Transfers {
         }
         self.copy_from
             .get_or_init(|| async {
+                // The same probe answers for every condition: learn them all (and say which
+                // fall short) before the first copy.
+                self.conditions().await;
                 match self.dest.copy_support(candidate).await {
                     CopySupport::Conditional => {
                         tracing::info!("the destination copies objects server-side");
