@@ -1678,3 +1678,32 @@ async fn tags_storage_class_and_encryption_are_sent_as_asked() {
         }
     }
 }
+
+/// Issue 9, point 4, bucket to bucket: an object that changed in the source bucket replaces
+/// godwit's own earlier copy whichever route the first copy took (server-side where the server
+/// refuses copies onto taken keys, streamed elsewhere).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_source_object_replaces_its_copy_bucket_to_bucket() {
+    for target in targets().await {
+        let work = tempfile::tempdir().unwrap();
+        let from = target.bucket("from").await;
+        let to = target.bucket("to").await;
+        target.put(&from, "a.txt", &bytes(1, 100)).await;
+        target.put(&from, "b.txt", &bytes(2, 100)).await;
+        let (source, dest) = (format!("s3://{from}"), format!("s3://{to}"));
+        let first = migrate(&target, &source, &dest, &ledger(&work), &[]).await;
+        assert_eq!(first.n("copied"), 2, "{:?}: {first:?}", target.kind);
+        target.put(&from, "a.txt", &bytes(3, 120)).await;
+
+        let second = migrate(&target, &source, &dest, &ledger(&work), &[]).await;
+
+        assert_eq!(second.code, Some(0), "{:?}: {second:?}", target.kind);
+        assert_eq!(
+            (second.n("copied_this_run"), second.n("replaced_this_run")),
+            (1, 1),
+            "{:?}: {second:?}",
+            target.kind
+        );
+        assert_eq!(target.get(&to, "a.txt").await, bytes(3, 120));
+    }
+}
