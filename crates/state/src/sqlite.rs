@@ -78,7 +78,6 @@ CREATE TABLE IF NOT EXISTS parts (
     PRIMARY KEY (object_id, part_number)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS objects_pending ON objects (migration_id, id) WHERE state = 0;
-CREATE INDEX IF NOT EXISTS objects_done ON objects (migration_id, key) WHERE state IN (2, 3);
 CREATE INDEX IF NOT EXISTS objects_in_progress ON objects (migration_id) WHERE state = 1;
 CREATE INDEX IF NOT EXISTS objects_problems ON objects (migration_id, id) WHERE state IN (4, 7);
 CREATE INDEX IF NOT EXISTS objects_uploads ON objects (migration_id)
