@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command: unit tests, then the end-to-end suite against two independent S3 servers —
+# The test command: unit tests, the ledger's conformance suite against SQLite and PostgreSQL
+# (started here if it is down), then the end-to-end suite against independent S3 servers —
 # s3s-fs in process, and a moto server this script installs (if needed) and starts — then the
 # format and lint gates. Extra arguments go to `cargo test`.
 set -euo pipefail
@@ -25,6 +26,22 @@ python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$por
   || { echo "moto did not start:"; cat "$log"; exit 1; }
 
 export GODWIT_TEST_MOTO_ENDPOINT="http://127.0.0.1:$port"
+
+# PostgreSQL, for the shared ledger: the machine runs one (127.0.0.1:5432, trust auth, database
+# test). Start it if it is down; say plainly why not if it cannot be.
+pg_up() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
+if ! pg_up; then
+  echo "PostgreSQL is not answering on 127.0.0.1:5432; starting it"
+  if command -v pg_ctlcluster >/dev/null 2>&1 && ls /etc/postgresql >/dev/null 2>&1; then
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+  fi
+  for _ in $(seq 1 50); do pg_up && break; sleep 0.2; done
+fi
+if ! pg_up; then
+  echo "PostgreSQL cannot be reached on 127.0.0.1:5432 and could not be started (pg_ctlcluster: $(command -v pg_ctlcluster || echo missing)); the ledger tests need it"
+  exit 1
+fi
+export GODWIT_TEST_POSTGRES="postgres://${GODWIT_TEST_POSTGRES_USER:-$(id -un)}@127.0.0.1:5432/test"
 # Never let an SDK look for instance metadata: this machine has no network beyond loopback.
 export AWS_EC2_METADATA_DISABLED=true
 

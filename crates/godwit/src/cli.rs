@@ -36,10 +36,11 @@ pub enum Command {
 /// Where the ledger lives.
 #[derive(Debug, Args)]
 pub struct LedgerArgs {
-    /// The ledger file (SQLite). Default: $GODWIT_STATE, else
+    /// The ledger: a SQLite file, or a PostgreSQL database (postgres://USER@HOST:PORT/DB) that
+    /// a fleet of workers shares. Default: $GODWIT_STATE, else
     /// $XDG_STATE_HOME/godwit/ledger.db, else ~/.local/state/godwit/ledger.db.
-    #[arg(long, value_name = "PATH")]
-    pub state: Option<PathBuf>,
+    #[arg(long, value_name = "PATH|URL")]
+    pub state: Option<String>,
 }
 
 #[derive(Debug, Args)]

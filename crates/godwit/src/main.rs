@@ -11,6 +11,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod cli;
 mod demo;
+mod ledger;
 mod migrate;
 mod render;
 mod serve_s3;

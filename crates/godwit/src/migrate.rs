@@ -1,32 +1,19 @@
 //! `godwit migrate`: parse, open the parts, run the engine, render.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
 use godwit_engine::{
     EngineError, Filter, MetadataOptions, MigrateOptions, Migrator, Progress, TransferOptions,
 };
-use godwit_state::{MigrationSpec, SqliteStore, Store};
+use godwit_state::MigrationSpec;
 use godwit_storage::{Encryption, Location, S3Settings, WriteSettings};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{MigrateArgs, SideArgs};
 use crate::exit;
+use crate::ledger::Place;
 use crate::render;
-
-/// The default ledger path (see `LedgerArgs::state`).
-pub fn default_state_path() -> PathBuf {
-    if let Some(path) = std::env::var_os("GODWIT_STATE").filter(|p| !p.is_empty()) {
-        return PathBuf::from(path);
-    }
-    let base = std::env::var_os("XDG_STATE_HOME")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/state")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    base.join("godwit/ledger.db")
-}
 
 fn settings(
     endpoint: &Option<String>,
@@ -184,13 +171,13 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<u8> {
         &dest_location,
         dest.endpoint(),
     );
-    let state_path = args.ledger.state.clone().unwrap_or_else(default_state_path);
+    let place = Place::from_args(args.ledger.state.clone());
 
     if args.dry_run {
         // A dry run writes nothing anywhere: it reads the ledger, if there is one, and never
         // creates it.
-        let reader = if state_path.exists() {
-            match SqliteStore::open_read_only(&state_path) {
+        let reader = if place.exists() {
+            match place.open_to_read().await {
                 Ok(reader) => Some(reader),
                 Err(error) => return Ok(config_error(error)),
             }
@@ -210,7 +197,7 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<u8> {
             }));
         }
         let ledger = match (&reader, &migration) {
-            (Some(reader), Some(migration)) => Some((reader as &dyn Store, migration.id)),
+            (Some(reader), Some(migration)) => Some((reader.as_ref(), migration.id)),
             _ => None,
         };
         let progress = Arc::new(Progress::default());
@@ -231,8 +218,8 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<u8> {
         });
     }
 
-    let store = match SqliteStore::open(&state_path) {
-        Ok(store) => Arc::new(store),
+    let store = match place.open().await {
+        Ok(store) => store,
         Err(error) => return Ok(config_error(error)),
     };
     let migrator = Migrator::new(source, dest, store, options, stop.clone());
@@ -243,7 +230,7 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<u8> {
         Ok(summary) => summary,
         Err(error) => return Ok(engine_error(error)),
     };
-    render::summary(&summary, &state_path, args.json).context("writing the summary")?;
+    render::summary(&summary, &place.to_string(), args.json).context("writing the summary")?;
     Ok(if summary.interrupted && summary.pending > 0 {
         exit::INTERRUPTED
     } else if summary.all_good() {

@@ -1,7 +1,6 @@
 //! What the user sees: the progress bar, the summary, the problems.
 
 use std::io::{IsTerminal, Write};
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -143,7 +142,7 @@ fn list_problems(problems: &[Problem], more: u64) {
 }
 
 /// Prints the end-of-run summary (JSON on stdout with `json`), and the first problems on stderr.
-pub fn summary(summary: &Summary, ledger: &Path, json: bool) -> anyhow::Result<()> {
+pub fn summary(summary: &Summary, ledger: &str, json: bool) -> anyhow::Result<()> {
     let n_problems = summary.conflict + summary.failed;
     if !summary.problems.is_empty() {
         eprintln!("godwit: {n_problems} objects need attention:");
@@ -157,7 +156,7 @@ pub fn summary(summary: &Summary, ledger: &Path, json: bool) -> anyhow::Result<(
     }
     if json {
         let mut value = serde_json::to_value(summary)?;
-        value["ledger"] = serde_json::Value::String(ledger.display().to_string());
+        value["ledger"] = serde_json::Value::String(ledger.to_owned());
         println!("{value}");
         return Ok(());
     }
@@ -192,7 +191,7 @@ pub fn summary(summary: &Summary, ledger: &Path, json: bool) -> anyhow::Result<(
         summary.copied_this_run,
         bytes(summary.bytes_copied_this_run),
         bytes(rate as u64),
-        ledger.display()
+        ledger
     )?;
     if summary.replaced_this_run > 0 {
         writeln!(

@@ -1,33 +1,29 @@
 //! `godwit status` and `godwit retry-failed`: read or nudge the ledger.
 
-use godwit_state::{Migration, ObjectState, SqliteStore, Store};
+use std::sync::Arc;
+
+use godwit_state::{Migration, ObjectState, Store};
 
 use crate::cli::{RetryArgs, StatusArgs};
 use crate::exit;
-use crate::migrate::default_state_path;
+use crate::ledger::Place;
 use crate::render::bytes;
 
 /// Opens the ledger: to read it (`status`: no lock, so it works while a migration runs), or to
 /// change it.
-fn open(
-    state: Option<std::path::PathBuf>,
-    read_only: bool,
-) -> Result<(SqliteStore, std::path::PathBuf), u8> {
-    let path = state.unwrap_or_else(default_state_path);
-    if !path.exists() {
-        eprintln!(
-            "godwit: no ledger at {}; run `godwit migrate` first, or pass --state",
-            path.display()
-        );
+async fn open(state: Option<String>, read_only: bool) -> Result<(Arc<dyn Store>, Place), u8> {
+    let place = Place::from_args(state);
+    if !place.exists() {
+        eprintln!("godwit: no ledger at {place}; run `godwit migrate` first, or pass --state");
         return Err(exit::CONFIG);
     }
     let opened = if read_only {
-        SqliteStore::open_read_only(&path)
+        place.open_to_read().await
     } else {
-        SqliteStore::open(&path)
+        place.open().await
     };
     match opened {
-        Ok(store) => Ok((store, path)),
+        Ok(store) => Ok((store, place)),
         Err(error) => {
             eprintln!("godwit: {error}");
             Err(exit::CONFIG)
@@ -36,7 +32,7 @@ fn open(
 }
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<u8> {
-    let (store, path) = match open(args.ledger.state, true) {
+    let (store, path) = match open(args.ledger.state, true).await {
         Ok(opened) => opened,
         Err(code) => return Ok(code),
     };
@@ -77,16 +73,16 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<u8> {
     if args.json {
         println!(
             "{}",
-            serde_json::json!({ "ledger": path.display().to_string(), "migrations": rows })
+            serde_json::json!({ "ledger": path.to_string(), "migrations": rows })
         );
     } else if rows.is_empty() {
-        println!("no migrations in {}", path.display());
+        println!("no migrations in {path}");
     }
     Ok(exit::OK)
 }
 
 pub async fn retry_failed(args: RetryArgs) -> anyhow::Result<u8> {
-    let (store, _) = match open(args.ledger.state, false) {
+    let (store, _) = match open(args.ledger.state, false).await {
         Ok(opened) => opened,
         Err(code) => return Ok(code),
     };

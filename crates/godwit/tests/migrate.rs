@@ -1707,3 +1707,80 @@ async fn a_changed_source_object_replaces_its_copy_bucket_to_bucket() {
         assert_eq!(target.get(&to, "a.txt").await, bytes(3, 120));
     }
 }
+
+/// Issue 10, point 1: `--state postgres://...` (and `GODWIT_STATE`) puts the ledger in
+/// PostgreSQL (here in a schema of this test's own): a re-run resumes from it, `status` reads it,
+/// and nothing is written to a local path named after the URL.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgres_ledger_is_used_as_the_sqlite_one() {
+    let Some(url) = support::postgres_schema("cli").await else {
+        return;
+    };
+    let target = support::Target::s3s_fs().await;
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("src");
+    write_tree(
+        &source,
+        &[("a.txt", bytes(1, 10)), ("b/c.txt", bytes(2, 20))],
+    );
+    let bucket = target.bucket("pg").await;
+    let dest = format!("s3://{bucket}");
+
+    let mut first = support::godwit();
+    first
+        .current_dir(work.path())
+        .args([
+            "migrate",
+            &path_str(&source),
+            &dest,
+            "--json",
+            "--no-progress",
+        ])
+        .args(["--dest-endpoint", &target.endpoint, "--state", &url]);
+    let first = support::run(first).await;
+    assert_eq!(first.code, Some(0), "{first:?}");
+    assert_eq!(first.n("copied"), 2);
+    assert!(
+        !first.json()["ledger"]
+            .as_str()
+            .unwrap()
+            .contains("password"),
+        "{first:?}"
+    );
+
+    let mut second = support::godwit();
+    second
+        .current_dir(work.path())
+        .args([
+            "migrate",
+            &path_str(&source),
+            &dest,
+            "--json",
+            "--no-progress",
+        ])
+        .args(["--dest-endpoint", &target.endpoint])
+        .env("GODWIT_STATE", &url);
+    let second = support::run(second).await;
+    assert_eq!(second.code, Some(0), "{second:?}");
+    assert_eq!(
+        (second.n("copied"), second.n("copied_this_run")),
+        (2, 0),
+        "{second:?}"
+    );
+
+    let mut status = support::godwit();
+    status.args(["status", "--json", "--state", &url]);
+    let status = support::run(status).await;
+    assert_eq!(status.code, Some(0), "{status:?}");
+    assert_eq!(status.json()["migrations"][0]["objects"]["copied"], 2);
+    let leftovers: Vec<_> = std::fs::read_dir(work.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("postgres"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "a local path was made of the URL: {leftovers:?}"
+    );
+}

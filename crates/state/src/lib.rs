@@ -10,12 +10,14 @@
 #![deny(missing_docs)]
 
 use std::fmt;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use serde::Serialize;
 
+mod postgres;
 mod sqlite;
+pub use postgres::{PgStore, without_password};
 pub use sqlite::SqliteStore;
 
 /// A failure of the ledger itself (not of an object).
@@ -522,4 +524,34 @@ pub trait Store: Send + Sync {
         migration: MigrationId,
         keys: Vec<String>,
     ) -> Result<Vec<KnownObject>, StoreError>;
+}
+
+/// Seconds since the Unix epoch (leases, `created_at`, `updated_at`).
+pub(crate) fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Milliseconds since the Unix epoch (claims, upload intents).
+pub(crate) fn millis(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+pub(crate) fn from_millis(ms: i64) -> SystemTime {
+    UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64)
+}
+
+/// The state, error kind and message a scan's verdict gives a new row.
+pub(crate) fn scanned_columns(scanned: &Scanned) -> (ObjectState, Option<&str>, Option<&str>) {
+    match scanned {
+        Scanned::Wanted => (ObjectState::Pending, None, None),
+        Scanned::Excluded => (ObjectState::Excluded, None, None),
+        Scanned::Unreadable { kind, message } => (
+            ObjectState::Failed,
+            Some(kind.as_str()),
+            Some(message.as_str()),
+        ),
+    }
 }

@@ -3,7 +3,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -11,7 +11,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::{
     ClaimedObject, DoneObject, KnownObject, Migration, MigrationId, MigrationSpec, ObjectId,
     ObjectState, Outcome, OwnWrite, OwnWriteChange, PacketLimits, PartRecord, Pass, Problem,
-    Scanned, ScannedObject, SourceVersion, StaleUpload, Store, StoreError, Tally, UploadRecord,
+    ScannedObject, SourceVersion, StaleUpload, Store, StoreError, Tally, UploadRecord, from_millis,
+    millis, now, scanned_columns,
 };
 
 /// 2: uploads bound to a source version and begun before their id is known, godwit's own
@@ -128,15 +129,6 @@ fn lacks_columns(connection: &Connection) -> rusqlite::Result<bool> {
     Ok(false)
 }
 
-fn millis(at: SystemTime) -> i64 {
-    at.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-fn from_millis(ms: i64) -> SystemTime {
-    UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64)
-}
-
 /// The SQLite ledger. Opening it to work on takes an exclusive lock on `PATH.lock`, so a second
 /// process on the same file gets [`StoreError::Busy`] instead of a corrupted queue; every claim
 /// left in the file therefore belongs to a process that is gone. Opening it to read
@@ -146,12 +138,6 @@ pub struct SqliteStore {
     path: PathBuf,
     /// The writer's lock; `None` for a reader.
     _lock: Option<File>,
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 fn db_error(path: &Path, err: impl std::fmt::Display) -> StoreError {
@@ -302,18 +288,6 @@ struct Claimed {
     upload_started_at: Option<i64>,
     written_etag: Option<String>,
     written_version: Option<String>,
-}
-
-fn scanned_columns(scanned: &Scanned) -> (ObjectState, Option<&str>, Option<&str>) {
-    match scanned {
-        Scanned::Wanted => (ObjectState::Pending, None, None),
-        Scanned::Excluded => (ObjectState::Excluded, None, None),
-        Scanned::Unreadable { kind, message } => (
-            ObjectState::Failed,
-            Some(kind.as_str()),
-            Some(message.as_str()),
-        ),
-    }
 }
 
 fn load_migration(connection: &Connection, name: &str) -> rusqlite::Result<Option<Migration>> {
@@ -925,6 +899,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::Scanned;
 
     fn spec() -> MigrationSpec {
         MigrationSpec {
@@ -1011,52 +986,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn done_objects_come_in_key_order_and_can_be_requeued() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("ledger.db")).unwrap();
-        let migration = store.open_migration(&spec()).await.unwrap();
-        store.start_pass(migration.id, "").await.unwrap();
-        let keys = ["b", "a/z", "a-b", "\u{e9}", "c"];
-        store
-            .record_scanned(
-                migration.id,
-                1,
-                keys.iter().map(|k| object(k, 1, "1")).collect(),
-            )
-            .await
-            .unwrap();
-        let claimed = store.claim(migration.id, "w", LIMITS).await.unwrap();
-        let outcomes = claimed
-            .iter()
-            .filter(|c| c.key != "c")
-            .map(|c| done(c, ObjectState::Copied))
-            .collect();
-        store.record_outcomes(outcomes).await.unwrap();
-        let first = store.done_objects(migration.id, None, 2).await.unwrap();
-        let rest = store
-            .done_objects(migration.id, Some(&first[1].key), 10)
-            .await
-            .unwrap();
-        let order: Vec<&str> = first.iter().chain(&rest).map(|d| d.key.as_str()).collect();
-        // Byte order of UTF-8, as S3 lists keys.
-        assert_eq!(order, ["a-b", "a/z", "b", "\u{e9}"]);
-        assert_eq!(store.requeue(&[first[0].id]).await.unwrap(), 1);
-        let known = store
-            .lookup(migration.id, vec!["a-b".into(), "none".into(), "c".into()])
-            .await
-            .unwrap();
-        let states: Vec<(&str, ObjectState)> =
-            known.iter().map(|k| (k.key.as_str(), k.state)).collect();
-        assert_eq!(
-            states,
-            [
-                ("a-b", ObjectState::Pending),
-                ("c", ObjectState::InProgress)
-            ]
-        );
-    }
-
-    #[tokio::test]
     async fn a_reader_needs_no_lock_and_cannot_write() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ledger.db");
@@ -1076,81 +1005,6 @@ mod tests {
             SqliteStore::open(&path),
             Err(StoreError::Busy { .. })
         ));
-    }
-
-    #[tokio::test]
-    async fn claims_respect_packet_limits_and_rescans_requeue_only_changes() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("ledger.db")).unwrap();
-        let migration = store.open_migration(&spec()).await.unwrap();
-        let pass = store.start_pass(migration.id, "").await.unwrap();
-        assert_eq!(pass.number, 1);
-        store
-            .record_scanned(
-                migration.id,
-                1,
-                vec![
-                    object("a", 600, "1"),
-                    object("b", 600, "1"),
-                    object("c", 10, "1"),
-                ],
-            )
-            .await
-            .unwrap();
-        let first = store.claim(migration.id, "w", LIMITS).await.unwrap();
-        assert_eq!(
-            first.iter().map(|c| c.key.as_str()).collect::<Vec<_>>(),
-            ["a"]
-        );
-        assert_eq!(first[0].attempts, 1);
-        let second = store.claim(migration.id, "w", LIMITS).await.unwrap();
-        assert_eq!(
-            second.iter().map(|c| c.key.as_str()).collect::<Vec<_>>(),
-            ["b", "c"]
-        );
-        store
-            .record_outcomes(vec![
-                done(&first[0], ObjectState::Copied),
-                done(&second[0], ObjectState::Copied),
-            ])
-            .await
-            .unwrap();
-        assert_eq!(
-            store.recover_abandoned(migration.id).await.unwrap(),
-            1,
-            "c was still claimed"
-        );
-
-        // A rescan: a unchanged, b changed, c pending, d new.
-        let pass = store.start_pass(migration.id, "").await.unwrap();
-        assert_eq!(pass.number, 2);
-        store
-            .record_scanned(
-                migration.id,
-                2,
-                vec![
-                    object("a", 600, "1"),
-                    object("b", 600, "2"),
-                    object("c", 10, "1"),
-                    object("d", 1, "1"),
-                ],
-            )
-            .await
-            .unwrap();
-        let tally = store.tally(migration.id).await.unwrap();
-        assert_eq!(tally.n(ObjectState::Copied), 1);
-        assert_eq!(tally.n(ObjectState::Pending), 3);
-        assert_eq!(tally.n_total(), 4);
-        let again = store.claim(migration.id, "w", LIMITS).await.unwrap();
-        assert_eq!(
-            again.iter().map(|c| c.key.as_str()).collect::<Vec<_>>(),
-            ["b", "c", "d"]
-        );
-        assert_eq!(
-            again[0].attempts, 1,
-            "a changed object starts its attempts afresh"
-        );
-        assert_eq!(again[1].attempts, 2, "an unchanged object keeps counting");
     }
 
     #[tokio::test]
@@ -1218,128 +1072,6 @@ mod tests {
         );
         assert_eq!(big.attempts, 2);
         assert!(big.earlier_claim_at.is_some(), "claimed before the reopen");
-    }
-
-    #[tokio::test]
-    async fn own_writes_survive_a_new_version_and_claims_tell_an_earlier_claim() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("ledger.db")).unwrap();
-        let migration = store.open_migration(&spec()).await.unwrap();
-        store.start_pass(migration.id, "").await.unwrap();
-        store
-            .record_scanned(migration.id, 1, vec![object("a", 1, "1")])
-            .await
-            .unwrap();
-        let first = store.claim(migration.id, "w", LIMITS).await.unwrap();
-        assert_eq!(first[0].earlier_claim_at, None, "a first claim");
-        assert_eq!(first[0].own_write, None);
-        let ours = OwnWrite {
-            etag: Some("\"e1\"".into()),
-            version_id: None,
-        };
-        store
-            .record_outcomes(vec![Outcome {
-                own_write: OwnWriteChange::Set(ours.clone()),
-                ..done(&first[0], ObjectState::Copied)
-            }])
-            .await
-            .unwrap();
-
-        // A new version: queued again, a first claim again, our copy of the old one still known.
-        store.start_pass(migration.id, "").await.unwrap();
-        store
-            .record_scanned(migration.id, 2, vec![object("a", 1, "2")])
-            .await
-            .unwrap();
-        let second = store.claim(migration.id, "w", LIMITS).await.unwrap();
-        assert_eq!(second[0].earlier_claim_at, None);
-        assert_eq!(second[0].own_write.as_ref(), Some(&ours));
-        // Released unstarted, then claimed again: this claim has an earlier one.
-        let mut back = done(&second[0], ObjectState::Pending);
-        back.own_write = OwnWriteChange::Keep;
-        store.record_outcomes(vec![back]).await.unwrap();
-        let third = store.claim(migration.id, "w", LIMITS).await.unwrap();
-        assert!(third[0].earlier_claim_at.is_some());
-        assert_eq!(third[0].own_write.as_ref(), Some(&ours));
-        store
-            .record_outcomes(vec![Outcome {
-                own_write: OwnWriteChange::Forget,
-                ..done(&third[0], ObjectState::Conflict)
-            }])
-            .await
-            .unwrap();
-        store.start_pass(migration.id, "").await.unwrap();
-        store
-            .record_scanned(migration.id, 3, vec![object("a", 1, "3")])
-            .await
-            .unwrap();
-        let fourth = store.claim(migration.id, "w", LIMITS).await.unwrap();
-        assert_eq!(fourth[0].own_write, None);
-    }
-
-    #[tokio::test]
-    async fn uploads_begun_but_unrecorded_or_no_longer_needed_are_found() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("ledger.db")).unwrap();
-        let migration = store.open_migration(&spec()).await.unwrap();
-        store.start_pass(migration.id, "").await.unwrap();
-        store
-            .record_scanned(
-                migration.id,
-                1,
-                vec![object("begun", 10, "1"), object("open", 10, "1")],
-            )
-            .await
-            .unwrap();
-        let claimed = store.claim(migration.id, "w", LIMITS).await.unwrap();
-        let at = SystemTime::now();
-        store.record_upload_intent(claimed[0].id, at).await.unwrap();
-        store.record_upload_intent(claimed[1].id, at).await.unwrap();
-        let source = SourceVersion {
-            size: 10,
-            version: "1".into(),
-        };
-        store
-            .record_upload(claimed[1].id, "up", 5, &source)
-            .await
-            .unwrap();
-        assert_eq!(store.recover_abandoned(migration.id).await.unwrap(), 2);
-        assert!(store.stale_uploads(migration.id).await.unwrap().is_empty());
-        let again = store.claim(migration.id, "w", LIMITS).await.unwrap();
-        let since = again[0].unrecorded_upload_since.unwrap();
-        assert_eq!(millis(since), millis(at));
-        assert!(again[1].unrecorded_upload_since.is_none());
-
-        // A new filter leaves both out: their uploads are stale.
-        store.recover_abandoned(migration.id).await.unwrap();
-        store
-            .record_scanned(
-                migration.id,
-                1,
-                vec![
-                    ScannedObject {
-                        scanned: Scanned::Excluded,
-                        ..object("begun", 10, "1")
-                    },
-                    ScannedObject {
-                        scanned: Scanned::Excluded,
-                        ..object("open", 10, "1")
-                    },
-                ],
-            )
-            .await
-            .unwrap();
-        let stale = store.stale_uploads(migration.id).await.unwrap();
-        assert_eq!(
-            stale
-                .iter()
-                .map(|s| (s.key.as_str(), s.upload_id.as_deref()))
-                .collect::<Vec<_>>(),
-            [("begun", None), ("open", Some("up"))]
-        );
-        store.clear_upload(stale[0].id).await.unwrap();
-        store.clear_upload(stale[1].id).await.unwrap();
-        assert!(store.stale_uploads(migration.id).await.unwrap().is_empty());
     }
 
     #[tokio::test]

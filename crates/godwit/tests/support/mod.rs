@@ -378,3 +378,36 @@ pub fn path_str(path: &Path) -> String {
 pub fn ledger(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("ledger.db")
 }
+
+/// A PostgreSQL URL whose connections work in a fresh schema of their own, from the database
+/// `scripts/test.sh` names in `GODWIT_TEST_POSTGRES`; `None` (or, under CI, a failure) without it.
+pub async fn postgres_schema(hint: &str) -> Option<String> {
+    static SCHEMAS: AtomicU32 = AtomicU32::new(0);
+    let url = match std::env::var("GODWIT_TEST_POSTGRES") {
+        Ok(url) if !url.is_empty() => url,
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("GODWIT_TEST_POSTGRES is not set: run the tests with scripts/test.sh")
+        }
+        _ => {
+            eprintln!("note: GODWIT_TEST_POSTGRES unset; skipping the PostgreSQL ledger");
+            return None;
+        }
+    };
+    let schema = format!(
+        "{hint}_{}_{}",
+        std::process::id(),
+        SCHEMAS.fetch_add(1, Ordering::Relaxed)
+    );
+    let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    admin
+        .batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+        ))
+        .await
+        .unwrap();
+    let separator = if url.contains('?') { '&' } else { '?' };
+    Some(format!("{url}{separator}options=-csearch_path%3D{schema}"))
+}

@@ -1,0 +1,891 @@
+//! The shared ledger: PostgreSQL, for a fleet of workers on several machines.
+//!
+//! The same tables as the SQLite ledger, in the schema the connection's `search_path` names
+//! (`public` unless the URL says otherwise, e.g. `?options=-csearch_path%3Dgodwit`). Keys are
+//! compared byte by byte (`COLLATE "C"`), as S3 orders them. Claims take rows with
+//! `FOR UPDATE SKIP LOCKED`, so workers never wait on each other's packets; a claim left by a
+//! worker that is gone returns to the pool once its lease expires.
+//!
+//! Schema changes are versioned (`godwit_schema`) and applied in order when a store opens, under
+//! an advisory lock so that workers starting together apply each once; a ledger written by a
+//! newer godwit is refused.
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+use tokio_postgres::types::ToSql;
+
+use crate::{
+    ClaimedObject, DoneObject, KnownObject, Migration, MigrationId, MigrationSpec, ObjectId,
+    ObjectState, Outcome, OwnWrite, OwnWriteChange, PacketLimits, PartRecord, Pass, Problem,
+    ScannedObject, SourceVersion, StaleUpload, Store, StoreError, Tally, UploadRecord, from_millis,
+    millis, now, scanned_columns,
+};
+
+/// The schema, one step a version: version N is `MIGRATIONS[N - 1]`.
+const MIGRATIONS: [&str; 1] = ["
+CREATE TABLE migrations (
+    id BIGSERIAL PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    source_url TEXT NOT NULL,
+    dest_url TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    source_endpoint TEXT,
+    dest_endpoint TEXT
+);
+CREATE TABLE passes (
+    migration_id BIGINT NOT NULL REFERENCES migrations(id),
+    number BIGINT NOT NULL,
+    started_at BIGINT NOT NULL,
+    scan_completed_at BIGINT,
+    filter TEXT,
+    PRIMARY KEY (migration_id, number)
+);
+CREATE TABLE objects (
+    id BIGSERIAL PRIMARY KEY,
+    migration_id BIGINT NOT NULL REFERENCES migrations(id),
+    key TEXT COLLATE \"C\" NOT NULL,
+    size BIGINT NOT NULL,
+    version TEXT NOT NULL,
+    state BIGINT NOT NULL,
+    pass BIGINT NOT NULL,
+    group_key TEXT,
+    partition_key TEXT,
+    attempts BIGINT NOT NULL DEFAULT 0,
+    checksum TEXT,
+    dest_etag TEXT,
+    dest_version TEXT,
+    verified_by TEXT,
+    error_kind TEXT,
+    last_error TEXT,
+    lease_owner TEXT,
+    lease_expires BIGINT,
+    upload_id TEXT,
+    part_size BIGINT,
+    updated_at BIGINT NOT NULL,
+    upload_size BIGINT,
+    upload_version TEXT,
+    upload_started_at BIGINT,
+    written_etag TEXT,
+    written_version TEXT,
+    first_claimed_at BIGINT,
+    metadata TEXT,
+    UNIQUE (migration_id, key)
+);
+CREATE TABLE parts (
+    object_id BIGINT NOT NULL REFERENCES objects(id),
+    part_number BIGINT NOT NULL,
+    etag TEXT NOT NULL,
+    checksum TEXT NOT NULL,
+    size BIGINT NOT NULL,
+    md5 TEXT,
+    PRIMARY KEY (object_id, part_number)
+);
+CREATE INDEX objects_pending ON objects (migration_id, id) WHERE state = 0;
+CREATE INDEX objects_in_progress ON objects (migration_id, lease_expires) WHERE state = 1;
+CREATE INDEX objects_problems ON objects (migration_id, id) WHERE state IN (4, 7);
+CREATE INDEX objects_uploads ON objects (migration_id)
+    WHERE upload_id IS NOT NULL OR upload_started_at IS NOT NULL;
+"];
+
+/// The advisory lock key under which schema changes are applied (any constant of godwit's own).
+const SCHEMA_LOCK: i64 = 0x676f_6477_6974;
+
+/// Connections to the database at once, per process.
+const POOL_SIZE: usize = 8;
+
+/// The PostgreSQL ledger.
+pub struct PgStore {
+    pool: Pool,
+    /// The URL without its password, for messages.
+    shown: String,
+}
+
+/// `url` with any password taken out, for messages.
+pub fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((credentials, host)) => {
+            let user = credentials.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+impl PgStore {
+    /// Connects to the ledger at `url` (`postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`) and
+    /// brings its schema up to date.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let shown = without_password(url);
+        let config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Database {
+            path: shown.clone(),
+            message: format!(
+                "not a PostgreSQL URL ({e}); write postgres://USER@HOST:PORT/DATABASE"
+            ),
+        })?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .map_err(|e| StoreError::Database {
+                path: shown.clone(),
+                message: e.to_string(),
+            })?;
+        let store = Self { pool, shown };
+        store.migrate_schema().await?;
+        Ok(store)
+    }
+
+    /// Where the ledger is, without its password.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    fn error(&self, error: impl std::fmt::Display) -> StoreError {
+        StoreError::Database {
+            path: self.shown.clone(),
+            message: error.to_string(),
+        }
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(|e| {
+            self.error(format!(
+                "cannot connect ({e}); check that PostgreSQL runs there and accepts this user"
+            ))
+        })
+    }
+
+    /// Applies the schema changes this ledger lacks, once, whoever opens it first.
+    async fn migrate_schema(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await.map_err(|e| self.error(e))?;
+        transaction
+            .execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+            .await
+            .map_err(|e| self.error(e))?;
+        transaction
+            .batch_execute("CREATE TABLE IF NOT EXISTS godwit_schema (version BIGINT NOT NULL)")
+            .await
+            .map_err(|e| self.error(e))?;
+        let version: i64 = transaction
+            .query_opt("SELECT version FROM godwit_schema", &[])
+            .await
+            .map_err(|e| self.error(e))?
+            .map_or(0, |row| row.get(0));
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(self.error(format!(
+                "it was written by a newer godwit (schema {version}, this one knows {known}); upgrade godwit"
+            )));
+        }
+        for step in &MIGRATIONS[version as usize..] {
+            transaction
+                .batch_execute(step)
+                .await
+                .map_err(|e| self.error(e))?;
+        }
+        if version == 0 {
+            transaction
+                .execute("INSERT INTO godwit_schema (version) VALUES ($1)", &[&known])
+                .await
+                .map_err(|e| self.error(e))?;
+        } else if version < known {
+            transaction
+                .execute("UPDATE godwit_schema SET version = $1", &[&known])
+                .await
+                .map_err(|e| self.error(e))?;
+        }
+        transaction.commit().await.map_err(|e| self.error(e))
+    }
+
+    async fn load_migration(
+        &self,
+        client: &deadpool_postgres::Client,
+        name: &str,
+    ) -> Result<Option<Migration>, StoreError> {
+        let Some(row) = client
+            .query_opt(
+                "SELECT id, source_url, dest_url, source_endpoint, dest_endpoint FROM migrations WHERE name = $1",
+                &[&name],
+            )
+            .await
+            .map_err(|e| self.error(e))?
+        else {
+            return Ok(None);
+        };
+        let id: i64 = row.get(0);
+        let spec = MigrationSpec {
+            name: name.to_owned(),
+            source_url: row.get(1),
+            dest_url: row.get(2),
+            source_endpoint: row.get(3),
+            dest_endpoint: row.get(4),
+        };
+        let last_pass = client
+            .query_opt(
+                "SELECT number, scan_completed_at IS NOT NULL, filter FROM passes
+                 WHERE migration_id = $1 ORDER BY number DESC LIMIT 1",
+                &[&id],
+            )
+            .await
+            .map_err(|e| self.error(e))?
+            .map(|row| Pass {
+                number: row.get::<_, i64>(0) as u32,
+                scan_complete: row.get(1),
+                filter: row.get(2),
+            });
+        Ok(Some(Migration {
+            id: MigrationId(id),
+            spec,
+            last_pass,
+        }))
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn open_migration(&self, spec: &MigrationSpec) -> Result<Migration, StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO migrations (name, source_url, dest_url, created_at, source_endpoint, dest_endpoint)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING",
+                &[
+                    &spec.name,
+                    &spec.source_url,
+                    &spec.dest_url,
+                    &now(),
+                    &spec.source_endpoint,
+                    &spec.dest_endpoint,
+                ],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        let migration = self
+            .load_migration(&client, &spec.name)
+            .await?
+            .ok_or_else(|| self.error("the migration vanished as it was created"))?;
+        if migration.spec != *spec {
+            return Err(StoreError::NameTaken {
+                name: spec.name.clone(),
+                recorded: migration.spec.describe(),
+            });
+        }
+        Ok(migration)
+    }
+
+    async fn find_migration(&self, name: &str) -> Result<Option<Migration>, StoreError> {
+        let client = self.client().await?;
+        self.load_migration(&client, name).await
+    }
+
+    async fn migrations(&self) -> Result<Vec<Migration>, StoreError> {
+        let client = self.client().await?;
+        let names: Vec<String> = client
+            .query("SELECT name FROM migrations ORDER BY id", &[])
+            .await
+            .map_err(|e| self.error(e))?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let mut migrations = Vec::with_capacity(names.len());
+        for name in names {
+            migrations.extend(self.load_migration(&client, &name).await?);
+        }
+        Ok(migrations)
+    }
+
+    async fn start_pass(&self, migration: MigrationId, filter: &str) -> Result<Pass, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "INSERT INTO passes (migration_id, number, started_at, filter)
+                 SELECT $1, COALESCE(MAX(number), 0) + 1, $2, $3 FROM passes WHERE migration_id = $1
+                 RETURNING number",
+                &[&migration.0, &now(), &filter],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(Pass {
+            number: row.get::<_, i64>(0) as u32,
+            scan_complete: false,
+            filter: Some(filter.to_owned()),
+        })
+    }
+
+    async fn restart_scan(
+        &self,
+        migration: MigrationId,
+        pass: u32,
+        filter: &str,
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE passes SET scan_completed_at = NULL, filter = $3
+                 WHERE migration_id = $1 AND number = $2",
+                &[&migration.0, &i64::from(pass), &filter],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    async fn record_scanned(
+        &self,
+        migration: MigrationId,
+        pass: u32,
+        batch: Vec<ScannedObject>,
+    ) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut keys = Vec::with_capacity(batch.len());
+        let mut sizes = Vec::with_capacity(batch.len());
+        let mut versions = Vec::with_capacity(batch.len());
+        let mut states = Vec::with_capacity(batch.len());
+        let mut kinds: Vec<Option<String>> = Vec::with_capacity(batch.len());
+        let mut messages: Vec<Option<String>> = Vec::with_capacity(batch.len());
+        for object in &batch {
+            let (state, kind, message) = scanned_columns(&object.scanned);
+            keys.push(object.key.as_str());
+            sizes.push(object.size as i64);
+            versions.push(object.version.as_str());
+            states.push(state as i64);
+            kinds.push(kind.map(str::to_owned));
+            messages.push(message.map(str::to_owned));
+        }
+        let client = self.client().await?;
+        // The same rules as the SQLite ledger: an object already claimed is left to its worker;
+        // one that changed is queued again from scratch; one that never started takes the
+        // current filters' verdict.
+        client
+            .execute(
+                "INSERT INTO objects (migration_id, key, size, version, state, pass, error_kind, last_error, updated_at)
+                 SELECT $1, k, s, v, st, $2, ek, le, $3
+                 FROM UNNEST($4::text[], $5::bigint[], $6::text[], $7::bigint[], $8::text[], $9::text[])
+                   AS batch(k, s, v, st, ek, le)
+                 ON CONFLICT (migration_id, key) DO UPDATE SET
+                   pass = excluded.pass,
+                   state = CASE
+                     WHEN objects.state = 1 THEN objects.state
+                     WHEN objects.size != excluded.size OR objects.version != excluded.version
+                       OR objects.state IN (0, 5) THEN excluded.state
+                     ELSE objects.state END,
+                   attempts = CASE
+                     WHEN objects.state != 1 AND (objects.size != excluded.size OR objects.version != excluded.version)
+                       THEN 0 ELSE objects.attempts END,
+                   first_claimed_at = CASE
+                     WHEN objects.state != 1 AND (objects.size != excluded.size OR objects.version != excluded.version)
+                       THEN NULL ELSE objects.first_claimed_at END,
+                   error_kind = CASE
+                     WHEN objects.state != 1 AND (objects.size != excluded.size OR objects.version != excluded.version
+                       OR objects.state IN (0, 5)) THEN excluded.error_kind
+                     ELSE objects.error_kind END,
+                   last_error = CASE
+                     WHEN objects.state != 1 AND (objects.size != excluded.size OR objects.version != excluded.version
+                       OR objects.state IN (0, 5)) THEN excluded.last_error
+                     ELSE objects.last_error END,
+                   size = CASE WHEN objects.state = 1 THEN objects.size ELSE excluded.size END,
+                   version = CASE WHEN objects.state = 1 THEN objects.version ELSE excluded.version END,
+                   updated_at = excluded.updated_at
+                 WHERE objects.size != excluded.size OR objects.version != excluded.version
+                   OR objects.state IN (0, 5) OR objects.pass != excluded.pass",
+                &[
+                    &migration.0,
+                    &i64::from(pass),
+                    &now(),
+                    &keys,
+                    &sizes,
+                    &versions,
+                    &states,
+                    &kinds,
+                    &messages,
+                ],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    async fn finish_scan(&self, migration: MigrationId, pass: u32) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE passes SET scan_completed_at = $3 WHERE migration_id = $1 AND number = $2",
+                &[&migration.0, &i64::from(pass), &now()],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    async fn claim(
+        &self,
+        migration: MigrationId,
+        worker: &str,
+        limits: PacketLimits,
+    ) -> Result<Vec<ClaimedObject>, StoreError> {
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await.map_err(|e| self.error(e))?;
+        // Other workers' packets are skipped, not waited for.
+        let candidates = transaction
+            .query(
+                "SELECT id, size, first_claimed_at FROM objects
+                 WHERE migration_id = $1 AND state = 0 ORDER BY id LIMIT $2
+                 FOR UPDATE SKIP LOCKED",
+                &[&migration.0, &i64::from(limits.max_objects)],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        let mut ids = Vec::new();
+        let mut earlier: HashMap<i64, Option<i64>> = HashMap::new();
+        let mut bytes = 0u64;
+        for row in &candidates {
+            let size = row.get::<_, i64>(1) as u64;
+            if !ids.is_empty() && bytes + size > limits.max_bytes {
+                break;
+            }
+            bytes += size;
+            let id: i64 = row.get(0);
+            ids.push(id);
+            earlier.insert(id, row.get(2));
+        }
+        if ids.is_empty() {
+            transaction.commit().await.map_err(|e| self.error(e))?;
+            return Ok(Vec::new());
+        }
+        let expires = now() + limits.lease.as_secs() as i64;
+        let at = millis(SystemTime::now());
+        let rows = transaction
+            .query(
+                "UPDATE objects SET state = 1, attempts = attempts + 1, lease_owner = $2,
+                   lease_expires = $3, first_claimed_at = COALESCE(first_claimed_at, $4)
+                 WHERE id = ANY($1)
+                 RETURNING id, key, size, version, attempts, upload_id, part_size, upload_size,
+                   upload_version, upload_started_at, written_etag, written_version",
+                &[&ids, &worker, &expires, &at],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        let with_uploads: Vec<i64> = rows
+            .iter()
+            .filter(|row| row.get::<_, Option<String>>(5).is_some())
+            .map(|row| row.get(0))
+            .collect();
+        let mut parts: HashMap<i64, Vec<PartRecord>> = HashMap::new();
+        if !with_uploads.is_empty() {
+            for row in transaction
+                .query(
+                    "SELECT object_id, part_number, etag, checksum, size, md5 FROM parts
+                     WHERE object_id = ANY($1) ORDER BY object_id, part_number",
+                    &[&with_uploads],
+                )
+                .await
+                .map_err(|e| self.error(e))?
+            {
+                parts.entry(row.get(0)).or_default().push(PartRecord {
+                    part_number: row.get::<_, i64>(1) as u32,
+                    etag: row.get(2),
+                    checksum: row.get(3),
+                    size: row.get::<_, i64>(4) as u64,
+                    md5: row.get(5),
+                });
+            }
+        }
+        transaction.commit().await.map_err(|e| self.error(e))?;
+        let mut claimed: Vec<ClaimedObject> = rows
+            .into_iter()
+            .map(|row| {
+                let id: i64 = row.get(0);
+                let upload_id: Option<String> = row.get(5);
+                let source = match (
+                    row.get::<_, Option<i64>>(7),
+                    row.get::<_, Option<String>>(8),
+                ) {
+                    (Some(size), Some(version)) => Some(SourceVersion {
+                        size: size as u64,
+                        version,
+                    }),
+                    _ => None,
+                };
+                let started: Option<i64> = row.get(9);
+                let written_etag: Option<String> = row.get(10);
+                let written_version: Option<String> = row.get(11);
+                ClaimedObject {
+                    id: ObjectId(id),
+                    key: row.get(1),
+                    size: row.get::<_, i64>(2) as u64,
+                    version: row.get(3),
+                    attempts: row.get::<_, i64>(4) as u32,
+                    unrecorded_upload_since: match &upload_id {
+                        None => started.map(from_millis),
+                        Some(_) => None,
+                    },
+                    upload: upload_id.map(|upload_id| UploadRecord {
+                        upload_id,
+                        part_size: row.get::<_, Option<i64>>(6).unwrap_or(0) as u64,
+                        source,
+                        parts: parts.remove(&id).unwrap_or_default(),
+                    }),
+                    own_write: (written_etag.is_some() || written_version.is_some()).then_some(
+                        OwnWrite {
+                            etag: written_etag,
+                            version_id: written_version,
+                        },
+                    ),
+                    earlier_claim_at: earlier.get(&id).copied().flatten().map(from_millis),
+                }
+            })
+            .collect();
+        // In id order, as the SQLite ledger hands them out.
+        claimed.sort_by_key(|c| c.id.0);
+        Ok(claimed)
+    }
+
+    async fn recover_abandoned(&self, migration: MigrationId) -> Result<u64, StoreError> {
+        // Other workers may be alive: only claims whose lease ran out go back.
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE objects SET state = 0, lease_owner = NULL, lease_expires = NULL
+                 WHERE migration_id = $1 AND state = 1 AND lease_expires <= $2",
+                &[&migration.0, &now()],
+            )
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    async fn record_outcomes(&self, outcomes: Vec<Outcome>) -> Result<(), StoreError> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        let n = outcomes.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut states = Vec::with_capacity(n);
+        let mut sizes = Vec::with_capacity(n);
+        let mut versions = Vec::with_capacity(n);
+        let mut checksums = Vec::with_capacity(n);
+        let mut etags = Vec::with_capacity(n);
+        let mut dest_versions = Vec::with_capacity(n);
+        let mut verified = Vec::with_capacity(n);
+        let mut kinds = Vec::with_capacity(n);
+        let mut messages = Vec::with_capacity(n);
+        let mut attempts = Vec::with_capacity(n);
+        let mut own = Vec::with_capacity(n);
+        let mut own_etags = Vec::with_capacity(n);
+        let mut own_versions = Vec::with_capacity(n);
+        let mut metadata = Vec::with_capacity(n);
+        for outcome in outcomes {
+            ids.push(outcome.id.0);
+            states.push(outcome.state as i64);
+            sizes.push(outcome.size as i64);
+            versions.push(outcome.version);
+            checksums.push(outcome.checksum);
+            etags.push(outcome.dest_etag);
+            dest_versions.push(outcome.dest_version);
+            verified.push(outcome.verified_by.map(str::to_owned));
+            let (kind, message) = outcome.error.unzip();
+            kinds.push(kind);
+            messages.push(message);
+            attempts.push(i64::from(outcome.attempts));
+            let (code, etag, version) = match outcome.own_write {
+                OwnWriteChange::Keep => (0i64, None, None),
+                OwnWriteChange::Set(write) => (1, write.etag, write.version_id),
+                OwnWriteChange::Forget => (2, None, None),
+            };
+            own.push(code);
+            own_etags.push(etag);
+            own_versions.push(version);
+            metadata.push(outcome.metadata);
+        }
+        let client = self.client().await?;
+        let params: [&(dyn ToSql + Sync); 16] = [
+            &ids,
+            &states,
+            &sizes,
+            &versions,
+            &checksums,
+            &etags,
+            &dest_versions,
+            &verified,
+            &kinds,
+            &messages,
+            &attempts,
+            &own,
+            &own_etags,
+            &own_versions,
+            &metadata,
+            &now(),
+        ];
+        client
+            .execute(
+                "UPDATE objects SET state = o.state, size = o.size, version = o.version,
+                   checksum = COALESCE(o.checksum, objects.checksum), dest_etag = o.dest_etag,
+                   dest_version = o.dest_version, verified_by = o.verified_by,
+                   error_kind = o.error_kind, last_error = o.last_error,
+                   lease_owner = NULL, lease_expires = NULL, updated_at = $16, attempts = o.attempts,
+                   written_etag = CASE o.own WHEN 0 THEN objects.written_etag WHEN 1 THEN o.own_etag ELSE NULL END,
+                   written_version = CASE o.own WHEN 0 THEN objects.written_version WHEN 1 THEN o.own_version ELSE NULL END,
+                   metadata = COALESCE(o.metadata, objects.metadata)
+                 FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[],
+                   $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::bigint[],
+                   $13::text[], $14::text[], $15::text[])
+                   AS o(id, state, size, version, checksum, dest_etag, dest_version, verified_by,
+                     error_kind, last_error, attempts, own, own_etag, own_version, metadata)
+                 WHERE objects.id = o.id",
+                &params,
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    async fn record_upload_intent(
+        &self,
+        object: ObjectId,
+        at: SystemTime,
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE objects SET upload_started_at = $2 WHERE id = $1",
+                &[&object.0, &millis(at)],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    async fn record_upload(
+        &self,
+        object: ObjectId,
+        upload_id: &str,
+        part_size: u64,
+        source: &SourceVersion,
+    ) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await.map_err(|e| self.error(e))?;
+        transaction
+            .execute("DELETE FROM parts WHERE object_id = $1", &[&object.0])
+            .await
+            .map_err(|e| self.error(e))?;
+        transaction
+            .execute(
+                "UPDATE objects SET upload_id = $2, part_size = $3, upload_size = $4, upload_version = $5
+                 WHERE id = $1",
+                &[
+                    &object.0,
+                    &upload_id,
+                    &(part_size as i64),
+                    &(source.size as i64),
+                    &source.version,
+                ],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        transaction.commit().await.map_err(|e| self.error(e))
+    }
+
+    async fn record_part(&self, object: ObjectId, part: PartRecord) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO parts (object_id, part_number, etag, checksum, size, md5)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (object_id, part_number) DO UPDATE SET etag = excluded.etag,
+                   checksum = excluded.checksum, size = excluded.size, md5 = excluded.md5",
+                &[
+                    &object.0,
+                    &i64::from(part.part_number),
+                    &part.etag,
+                    &part.checksum,
+                    &(part.size as i64),
+                    &part.md5,
+                ],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    async fn clear_upload(&self, object: ObjectId) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await.map_err(|e| self.error(e))?;
+        transaction
+            .execute("DELETE FROM parts WHERE object_id = $1", &[&object.0])
+            .await
+            .map_err(|e| self.error(e))?;
+        transaction
+            .execute(
+                "UPDATE objects SET upload_id = NULL, part_size = NULL, upload_size = NULL,
+                   upload_version = NULL, upload_started_at = NULL
+                 WHERE id = $1",
+                &[&object.0],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        transaction.commit().await.map_err(|e| self.error(e))
+    }
+
+    async fn stale_uploads(&self, migration: MigrationId) -> Result<Vec<StaleUpload>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id, key, upload_id, upload_started_at FROM objects
+                 WHERE migration_id = $1 AND (upload_id IS NOT NULL OR upload_started_at IS NOT NULL)
+                   AND state NOT IN (0, 1)
+                 ORDER BY id",
+                &[&migration.0],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(rows
+            .iter()
+            .map(|row| StaleUpload {
+                id: ObjectId(row.get(0)),
+                key: row.get(1),
+                upload_id: row.get(2),
+                started_at: row.get::<_, Option<i64>>(3).map(from_millis),
+            })
+            .collect())
+    }
+
+    async fn tally(&self, migration: MigrationId) -> Result<Tally, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT state, COUNT(*), COALESCE(SUM(size), 0)::bigint FROM objects
+                 WHERE migration_id = $1 GROUP BY state",
+                &[&migration.0],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        let mut tally = Tally::default();
+        for row in rows {
+            if let Some(state) = ObjectState::from_code(row.get(0)) {
+                tally.objects[state as usize] = row.get::<_, i64>(1) as u64;
+                tally.bytes[state as usize] = row.get::<_, i64>(2) as u64;
+            }
+        }
+        Ok(tally)
+    }
+
+    async fn problems(
+        &self,
+        migration: MigrationId,
+        limit: u32,
+    ) -> Result<Vec<Problem>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT key, state, error_kind, last_error FROM objects
+                 WHERE migration_id = $1 AND state IN (4, 7) ORDER BY id LIMIT $2",
+                &[&migration.0, &i64::from(limit)],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(rows
+            .iter()
+            .map(|row| Problem {
+                key: row.get(0),
+                state: ObjectState::from_code(row.get(1)).unwrap_or(ObjectState::Failed),
+                kind: row.get(2),
+                message: row.get(3),
+            })
+            .collect())
+    }
+
+    async fn requeue_failed(&self, migration: MigrationId) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE objects SET state = 0, attempts = 0 WHERE migration_id = $1 AND state = 7",
+                &[&migration.0],
+            )
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    async fn done_objects(
+        &self,
+        migration: MigrationId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DoneObject>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id, key, size, dest_etag FROM objects
+                 WHERE migration_id = $1 AND state IN (2, 3) AND ($2::text IS NULL OR key > $2)
+                 ORDER BY key LIMIT $3",
+                &[&migration.0, &after, &i64::from(limit)],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(rows
+            .iter()
+            .map(|row| DoneObject {
+                id: ObjectId(row.get(0)),
+                key: row.get(1),
+                size: row.get::<_, i64>(2) as u64,
+                dest_etag: row.get(3),
+            })
+            .collect())
+    }
+
+    async fn requeue(&self, objects: &[ObjectId]) -> Result<u64, StoreError> {
+        let ids: Vec<i64> = objects.iter().map(|id| id.0).collect();
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE objects SET state = 0, attempts = 0, verified_by = NULL WHERE id = ANY($1)",
+                &[&ids],
+            )
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    async fn lookup(
+        &self,
+        migration: MigrationId,
+        keys: Vec<String>,
+    ) -> Result<Vec<KnownObject>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT key, size, version, state FROM objects WHERE migration_id = $1 AND key = ANY($2)",
+                &[&migration.0, &keys],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        let mut found: HashMap<String, KnownObject> = rows
+            .iter()
+            .map(|row| {
+                let key: String = row.get(0);
+                let known = KnownObject {
+                    key: key.clone(),
+                    size: row.get::<_, i64>(1) as u64,
+                    version: row.get(2),
+                    state: ObjectState::from_code(row.get(3)).unwrap_or(ObjectState::Pending),
+                };
+                (key, known)
+            })
+            .collect();
+        // In the order asked, as the trait promises.
+        Ok(keys.iter().filter_map(|key| found.remove(key)).collect())
+    }
+}

@@ -1,0 +1,521 @@
+//! One suite of `Store` behaviour, run against every ledger: the embedded SQLite one, and
+//! PostgreSQL (the database `scripts/test.sh` names in `GODWIT_TEST_POSTGRES`, each test in a
+//! schema of its own). Under CI (`CI` set) a missing PostgreSQL fails the suite instead of
+//! narrowing it to SQLite.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use godwit_state::{
+    ClaimedObject, MigrationSpec, ObjectState, Outcome, OwnWrite, OwnWriteChange, PacketLimits,
+    PartRecord, PgStore, Scanned, ScannedObject, SourceVersion, SqliteStore, Store, StoreError,
+};
+
+/// A ledger to test, and what must live as long as it.
+struct Ledger {
+    name: &'static str,
+    store: Box<dyn Store>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+static SCHEMAS: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh ledger of each kind.
+async fn ledgers() -> Vec<Ledger> {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteStore::open(&dir.path().join("ledger.db")).unwrap();
+    let mut ledgers = vec![Ledger {
+        name: "sqlite",
+        store: Box::new(sqlite),
+        _dir: Some(dir),
+    }];
+    match std::env::var("GODWIT_TEST_POSTGRES") {
+        Ok(url) if !url.is_empty() => {
+            let schema = format!(
+                "conformance_{}_{}",
+                std::process::id(),
+                SCHEMAS.fetch_add(1, Ordering::Relaxed)
+            );
+            let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(connection);
+            admin
+                .batch_execute(&format!(
+                    "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+                ))
+                .await
+                .unwrap();
+            let separator = if url.contains('?') { '&' } else { '?' };
+            let scoped = format!("{url}{separator}options=-csearch_path%3D{schema}");
+            ledgers.push(Ledger {
+                name: "postgres",
+                store: Box::new(PgStore::connect(&scoped).await.unwrap()),
+                _dir: None,
+            });
+        }
+        _ if std::env::var_os("CI").is_some() => {
+            panic!(
+                "GODWIT_TEST_POSTGRES is not set: run the tests with scripts/test.sh, which makes sure PostgreSQL is up"
+            )
+        }
+        _ => eprintln!("note: GODWIT_TEST_POSTGRES unset; testing the SQLite ledger only"),
+    }
+    ledgers
+}
+
+/// Runs one behaviour against every ledger.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread")]
+            async fn $name() {
+                for ledger in ledgers().await {
+                    eprintln!("{}: {}", stringify!($name), ledger.name);
+                    behaviour::$name(ledger.store.as_ref()).await;
+                }
+            }
+        )*
+    };
+}
+
+conformance!(
+    names_keep_their_locations_and_endpoints,
+    claims_respect_packet_limits_and_rescans_requeue_only_changes,
+    uploads_and_parts_are_kept_and_failures_requeue,
+    own_writes_survive_a_new_version_and_claims_tell_an_earlier_claim,
+    uploads_begun_but_unrecorded_or_no_longer_needed_are_found,
+    done_objects_come_in_key_order_and_can_be_requeued,
+    expired_leases_return_to_the_pool,
+);
+
+mod behaviour {
+    use super::*;
+
+    pub(super) fn spec() -> MigrationSpec {
+        MigrationSpec {
+            name: "m".into(),
+            source_url: "./a".into(),
+            dest_url: "s3://b/".into(),
+            source_endpoint: None,
+            dest_endpoint: Some("http://127.0.0.1:9000".into()),
+        }
+    }
+
+    fn object(key: &str, size: u64, version: &str) -> ScannedObject {
+        ScannedObject {
+            key: key.into(),
+            size,
+            version: version.into(),
+            scanned: Scanned::Wanted,
+        }
+    }
+
+    const LIMITS: PacketLimits = PacketLimits {
+        max_objects: 100,
+        max_bytes: 1000,
+        lease: Duration::from_secs(60),
+    };
+
+    /// Packets whose lease has run out as soon as they are claimed: every ledger hands them back.
+    const EXPIRED: PacketLimits = PacketLimits {
+        max_objects: 100,
+        max_bytes: 1000,
+        lease: Duration::ZERO,
+    };
+
+    fn ms(at: SystemTime) -> u128 {
+        at.duration_since(UNIX_EPOCH).unwrap().as_millis()
+    }
+
+    fn done(claimed: &ClaimedObject, state: ObjectState) -> Outcome {
+        Outcome {
+            id: claimed.id,
+            state,
+            attempts: claimed.attempts,
+            size: claimed.size,
+            version: claimed.version.clone(),
+            checksum: Some("c".into()),
+            dest_etag: None,
+            dest_version: None,
+            verified_by: Some("checksum"),
+            error: None,
+            own_write: OwnWriteChange::Keep,
+            metadata: None,
+        }
+    }
+
+    pub(super) async fn done_objects_come_in_key_order_and_can_be_requeued(store: &dyn Store) {
+        let migration = store.open_migration(&spec()).await.unwrap();
+        store.start_pass(migration.id, "").await.unwrap();
+        let keys = ["b", "a/z", "a-b", "\u{e9}", "c"];
+        store
+            .record_scanned(
+                migration.id,
+                1,
+                keys.iter().map(|k| object(k, 1, "1")).collect(),
+            )
+            .await
+            .unwrap();
+        let claimed = store.claim(migration.id, "w", LIMITS).await.unwrap();
+        let outcomes = claimed
+            .iter()
+            .filter(|c| c.key != "c")
+            .map(|c| done(c, ObjectState::Copied))
+            .collect();
+        store.record_outcomes(outcomes).await.unwrap();
+        let first = store.done_objects(migration.id, None, 2).await.unwrap();
+        let rest = store
+            .done_objects(migration.id, Some(&first[1].key), 10)
+            .await
+            .unwrap();
+        let order: Vec<&str> = first.iter().chain(&rest).map(|d| d.key.as_str()).collect();
+        // Byte order of UTF-8, as S3 lists keys.
+        assert_eq!(order, ["a-b", "a/z", "b", "\u{e9}"]);
+        assert_eq!(store.requeue(&[first[0].id]).await.unwrap(), 1);
+        let known = store
+            .lookup(migration.id, vec!["a-b".into(), "none".into(), "c".into()])
+            .await
+            .unwrap();
+        let states: Vec<(&str, ObjectState)> =
+            known.iter().map(|k| (k.key.as_str(), k.state)).collect();
+        assert_eq!(
+            states,
+            [
+                ("a-b", ObjectState::Pending),
+                ("c", ObjectState::InProgress)
+            ]
+        );
+    }
+
+    pub(super) async fn claims_respect_packet_limits_and_rescans_requeue_only_changes(
+        store: &dyn Store,
+    ) {
+        let migration = store.open_migration(&spec()).await.unwrap();
+        let pass = store.start_pass(migration.id, "").await.unwrap();
+        assert_eq!(pass.number, 1);
+        store
+            .record_scanned(
+                migration.id,
+                1,
+                vec![
+                    object("a", 600, "1"),
+                    object("b", 600, "1"),
+                    object("c", 10, "1"),
+                ],
+            )
+            .await
+            .unwrap();
+        let first = store.claim(migration.id, "w", EXPIRED).await.unwrap();
+        assert_eq!(
+            first.iter().map(|c| c.key.as_str()).collect::<Vec<_>>(),
+            ["a"]
+        );
+        assert_eq!(first[0].attempts, 1);
+        let second = store.claim(migration.id, "w", EXPIRED).await.unwrap();
+        assert_eq!(
+            second.iter().map(|c| c.key.as_str()).collect::<Vec<_>>(),
+            ["b", "c"]
+        );
+        store
+            .record_outcomes(vec![
+                done(&first[0], ObjectState::Copied),
+                done(&second[0], ObjectState::Copied),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            store.recover_abandoned(migration.id).await.unwrap(),
+            1,
+            "c was still claimed"
+        );
+
+        // A rescan: a unchanged, b changed, c pending, d new.
+        let pass = store.start_pass(migration.id, "").await.unwrap();
+        assert_eq!(pass.number, 2);
+        store
+            .record_scanned(
+                migration.id,
+                2,
+                vec![
+                    object("a", 600, "1"),
+                    object("b", 600, "2"),
+                    object("c", 10, "1"),
+                    object("d", 1, "1"),
+                ],
+            )
+            .await
+            .unwrap();
+        let tally = store.tally(migration.id).await.unwrap();
+        assert_eq!(tally.n(ObjectState::Copied), 1);
+        assert_eq!(tally.n(ObjectState::Pending), 3);
+        assert_eq!(tally.n_total(), 4);
+        let again = store.claim(migration.id, "w", EXPIRED).await.unwrap();
+        assert_eq!(
+            again.iter().map(|c| c.key.as_str()).collect::<Vec<_>>(),
+            ["b", "c", "d"]
+        );
+        assert_eq!(
+            again[0].attempts, 1,
+            "a changed object starts its attempts afresh"
+        );
+        assert_eq!(again[1].attempts, 2, "an unchanged object keeps counting");
+    }
+
+    pub(super) async fn own_writes_survive_a_new_version_and_claims_tell_an_earlier_claim(
+        store: &dyn Store,
+    ) {
+        let migration = store.open_migration(&spec()).await.unwrap();
+        store.start_pass(migration.id, "").await.unwrap();
+        store
+            .record_scanned(migration.id, 1, vec![object("a", 1, "1")])
+            .await
+            .unwrap();
+        let first = store.claim(migration.id, "w", LIMITS).await.unwrap();
+        assert_eq!(first[0].earlier_claim_at, None, "a first claim");
+        assert_eq!(first[0].own_write, None);
+        let ours = OwnWrite {
+            etag: Some("\"e1\"".into()),
+            version_id: None,
+        };
+        store
+            .record_outcomes(vec![Outcome {
+                own_write: OwnWriteChange::Set(ours.clone()),
+                ..done(&first[0], ObjectState::Copied)
+            }])
+            .await
+            .unwrap();
+
+        // A new version: queued again, a first claim again, our copy of the old one still known.
+        store.start_pass(migration.id, "").await.unwrap();
+        store
+            .record_scanned(migration.id, 2, vec![object("a", 1, "2")])
+            .await
+            .unwrap();
+        let second = store.claim(migration.id, "w", LIMITS).await.unwrap();
+        assert_eq!(second[0].earlier_claim_at, None);
+        assert_eq!(second[0].own_write.as_ref(), Some(&ours));
+        // Released unstarted, then claimed again: this claim has an earlier one.
+        let mut back = done(&second[0], ObjectState::Pending);
+        back.own_write = OwnWriteChange::Keep;
+        store.record_outcomes(vec![back]).await.unwrap();
+        let third = store.claim(migration.id, "w", LIMITS).await.unwrap();
+        assert!(third[0].earlier_claim_at.is_some());
+        assert_eq!(third[0].own_write.as_ref(), Some(&ours));
+        store
+            .record_outcomes(vec![Outcome {
+                own_write: OwnWriteChange::Forget,
+                ..done(&third[0], ObjectState::Conflict)
+            }])
+            .await
+            .unwrap();
+        store.start_pass(migration.id, "").await.unwrap();
+        store
+            .record_scanned(migration.id, 3, vec![object("a", 1, "3")])
+            .await
+            .unwrap();
+        let fourth = store.claim(migration.id, "w", LIMITS).await.unwrap();
+        assert_eq!(fourth[0].own_write, None);
+    }
+
+    pub(super) async fn uploads_begun_but_unrecorded_or_no_longer_needed_are_found(
+        store: &dyn Store,
+    ) {
+        let migration = store.open_migration(&spec()).await.unwrap();
+        store.start_pass(migration.id, "").await.unwrap();
+        store
+            .record_scanned(
+                migration.id,
+                1,
+                vec![object("begun", 10, "1"), object("open", 10, "1")],
+            )
+            .await
+            .unwrap();
+        let claimed = store.claim(migration.id, "w", EXPIRED).await.unwrap();
+        let at = SystemTime::now();
+        store.record_upload_intent(claimed[0].id, at).await.unwrap();
+        store.record_upload_intent(claimed[1].id, at).await.unwrap();
+        let source = SourceVersion {
+            size: 10,
+            version: "1".into(),
+        };
+        store
+            .record_upload(claimed[1].id, "up", 5, &source)
+            .await
+            .unwrap();
+        assert_eq!(store.recover_abandoned(migration.id).await.unwrap(), 2);
+        assert!(store.stale_uploads(migration.id).await.unwrap().is_empty());
+        let again = store.claim(migration.id, "w", EXPIRED).await.unwrap();
+        let since = again[0].unrecorded_upload_since.unwrap();
+        assert_eq!(ms(since), ms(at));
+        assert!(again[1].unrecorded_upload_since.is_none());
+
+        // A new filter leaves both out: their uploads are stale.
+        store.recover_abandoned(migration.id).await.unwrap();
+        store
+            .record_scanned(
+                migration.id,
+                1,
+                vec![
+                    ScannedObject {
+                        scanned: Scanned::Excluded,
+                        ..object("begun", 10, "1")
+                    },
+                    ScannedObject {
+                        scanned: Scanned::Excluded,
+                        ..object("open", 10, "1")
+                    },
+                ],
+            )
+            .await
+            .unwrap();
+        let stale = store.stale_uploads(migration.id).await.unwrap();
+        assert_eq!(
+            stale
+                .iter()
+                .map(|s| (s.key.as_str(), s.upload_id.as_deref()))
+                .collect::<Vec<_>>(),
+            [("begun", None), ("open", Some("up"))]
+        );
+        store.clear_upload(stale[0].id).await.unwrap();
+        store.clear_upload(stale[1].id).await.unwrap();
+        assert!(store.stale_uploads(migration.id).await.unwrap().is_empty());
+    }
+
+    pub(super) async fn names_keep_their_locations_and_endpoints(store: &dyn Store) {
+        store.open_migration(&spec()).await.unwrap();
+        let again = store.open_migration(&spec()).await.unwrap();
+        assert_eq!(again.spec, spec());
+        let listed = store.migrations().await.unwrap();
+        assert_eq!(
+            listed
+                .iter()
+                .map(|m| m.spec.name.as_str())
+                .collect::<Vec<_>>(),
+            ["m"]
+        );
+        let other = MigrationSpec {
+            dest_url: "s3://other/".into(),
+            ..spec()
+        };
+        assert!(matches!(
+            store.open_migration(&other).await,
+            Err(StoreError::NameTaken { .. })
+        ));
+        let elsewhere = MigrationSpec {
+            dest_endpoint: Some("http://127.0.0.1:9001".into()),
+            ..spec()
+        };
+        let refused = store.open_migration(&elsewhere).await.unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains("s3://b/ at http://127.0.0.1:9000"),
+            "{refused}"
+        );
+        assert!(store.find_migration("m").await.unwrap().is_some());
+        assert!(store.find_migration("n").await.unwrap().is_none());
+    }
+
+    pub(super) async fn uploads_and_parts_are_kept_and_failures_requeue(store: &dyn Store) {
+        let migration = store.open_migration(&spec()).await.unwrap();
+        store.start_pass(migration.id, "f").await.unwrap();
+        store
+            .record_scanned(
+                migration.id,
+                1,
+                vec![object("big", 30, "1"), object("bad", 1, "1")],
+            )
+            .await
+            .unwrap();
+        let claimed = store.claim(migration.id, "w", EXPIRED).await.unwrap();
+        let source = SourceVersion {
+            size: 30,
+            version: "1".into(),
+        };
+        store
+            .record_upload(claimed[0].id, "up-1", 10, &source)
+            .await
+            .unwrap();
+        for number in [2, 1] {
+            let part = PartRecord {
+                part_number: number,
+                etag: format!("\"e{number}\""),
+                checksum: "x".into(),
+                size: 10,
+                md5: None,
+            };
+            store.record_part(claimed[0].id, part).await.unwrap();
+        }
+        let failed = Outcome {
+            error: Some(("io".into(), "broken".into())),
+            ..done(&claimed[1], ObjectState::Failed)
+        };
+        store.record_outcomes(vec![failed]).await.unwrap();
+        let problems = store.problems(migration.id, 10).await.unwrap();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].message.as_deref(), Some("broken"));
+        assert_eq!(problems[0].kind.as_deref(), Some("io"));
+        let tally = store.tally(migration.id).await.unwrap();
+        assert_eq!(
+            (
+                tally.n(ObjectState::InProgress),
+                tally.n(ObjectState::Failed)
+            ),
+            (1, 1)
+        );
+        assert_eq!(tally.bytes_total(), 31);
+        assert_eq!(store.recover_abandoned(migration.id).await.unwrap(), 1);
+        assert_eq!(store.requeue_failed(migration.id).await.unwrap(), 1);
+        let claimed = store.claim(migration.id, "w", LIMITS).await.unwrap();
+        let big = claimed.iter().find(|c| c.key == "big").unwrap();
+        let upload = big.upload.as_ref().unwrap();
+        assert_eq!(upload.upload_id, "up-1");
+        assert_eq!(upload.source.as_ref(), Some(&source));
+        assert_eq!(
+            upload
+                .parts
+                .iter()
+                .map(|p| p.part_number)
+                .collect::<Vec<_>>(),
+            [1, 2],
+            "parts in part-number order"
+        );
+        assert_eq!(big.attempts, 2);
+        assert!(big.earlier_claim_at.is_some());
+        store.clear_upload(big.id).await.unwrap();
+        store
+            .record_outcomes(vec![done(big, ObjectState::Copied)])
+            .await
+            .unwrap();
+        let tally = store.tally(migration.id).await.unwrap();
+        assert_eq!(tally.n(ObjectState::Copied), 1);
+        assert_eq!(tally.bytes_in(ObjectState::Copied), 30);
+    }
+
+    pub(super) async fn expired_leases_return_to_the_pool(store: &dyn Store) {
+        let migration = store.open_migration(&spec()).await.unwrap();
+        store.start_pass(migration.id, "").await.unwrap();
+        store
+            .record_scanned(
+                migration.id,
+                1,
+                vec![object("a", 1, "1"), object("b", 1, "1")],
+            )
+            .await
+            .unwrap();
+        let first = store.claim(migration.id, "dead", EXPIRED).await.unwrap();
+        assert_eq!(first.len(), 2);
+        assert!(
+            store
+                .claim(migration.id, "other", LIMITS)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(store.recover_abandoned(migration.id).await.unwrap(), 2);
+        let second = store.claim(migration.id, "other", LIMITS).await.unwrap();
+        assert_eq!(second.len(), 2);
+        assert_eq!(second[0].attempts, 2);
+    }
+}
