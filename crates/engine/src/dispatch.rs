@@ -27,18 +27,28 @@ impl Migrator {
         &self,
         migration: MigrationId,
         mut scanner: Option<tokio::task::JoinHandle<Result<(), EngineError>>>,
-        notify: &Notify,
+        notify: &Arc<Notify>,
         transfers: Arc<Transfers>,
         halt: CancellationToken,
     ) -> Result<(), EngineError> {
         let concurrency = self.options.concurrency.max(1);
         // Packets of twice the objects in flight: enough to keep every slot busy between claims,
         // few enough not to hoard work other workers could take.
+        let lease = self.options.lease;
         let packet = |in_flight: usize| PacketLimits {
             max_objects: (in_flight * 2).clamp(16, 512) as u32,
             max_bytes: 200 << 20,
-            lease: Duration::from_secs(300),
+            lease,
         };
+        // The heartbeat keeps this worker's leases and hands expired ones of others back.
+        let heartbeat = AbortOnDrop(tokio::spawn(heartbeat(
+            Arc::clone(&self.store),
+            migration,
+            self.options.worker.clone(),
+            lease,
+            Arc::clone(notify),
+            halt.clone(),
+        )));
         let (outcomes, receiver) = mpsc::channel::<Outcome>(4096);
         let writer = tokio::spawn(write_outcomes(
             Arc::clone(&self.store),
@@ -52,14 +62,14 @@ impl Migrator {
         let slots = Arc::new(Semaphore::new(climber.limit()));
         let debt = Arc::new(AtomicUsize::new(0));
         let limit = Arc::new(AtomicUsize::new(climber.limit()));
-        let steering = tokio::spawn(steer(
+        let steering = AbortOnDrop(tokio::spawn(steer(
             climber,
             Arc::clone(&slots),
             Arc::clone(&debt),
             Arc::clone(&limit),
             Arc::clone(&self.progress),
             halt.clone(),
-        ));
+        )));
         let mut tasks: JoinSet<Result<(), StoreError>> = JoinSet::new();
         let mut result: Result<(), EngineError> = Ok(());
 
@@ -108,8 +118,28 @@ impl Migrator {
                         }
                         break;
                     }
-                    // Retries happen inside transfers, so no new work can appear: done.
-                    None => break,
+                    // Retries happen inside transfers, so no new work can appear here; but other
+                    // workers may still hold objects, which come back if they stop: wait for
+                    // them until every object has ended.
+                    None => match self
+                        .store
+                        .held_by_others(migration, &self.options.worker)
+                        .await
+                    {
+                        Ok(held) if held > 0 => {
+                            tokio::select! {
+                                () = notify.notified() => {}
+                                () = tokio::time::sleep(OTHERS_POLL) => {}
+                                () = halt.cancelled() => {}
+                            }
+                            continue;
+                        }
+                        Ok(_) => break,
+                        Err(error) => {
+                            result = Err(error.into());
+                            break;
+                        }
+                    },
                 }
             }
             let mut packet: VecDeque<ClaimedObject> = packet.into();
@@ -128,8 +158,11 @@ impl Migrator {
                     let outcome = transfers.copy(object).await?;
                     drop(slot);
                     // The writer only goes away when it failed (and halted the run): the
-                    // object stays claimed, and the next run settles it.
-                    if outcomes.send(outcome).await.is_err() {
+                    // object stays claimed, and the next run settles it. No outcome: the claim
+                    // was lost, and the object is another worker's now.
+                    if let Some(outcome) = outcome
+                        && outcomes.send(outcome).await.is_err()
+                    {
                         halt.cancel();
                     }
                     Ok(())
@@ -144,7 +177,7 @@ impl Migrator {
             }
         }
 
-        steering.abort();
+        drop((steering, heartbeat));
         if let Some(running) = scanner {
             // Stopped or failed before the scan ended: let it notice and finish its page.
             halt.cancel();
@@ -193,6 +226,55 @@ const WINDOW: Duration = Duration::from_millis(500);
 /// What finishing one object is worth in bytes, when throughput mixes objects and bytes: about
 /// what a request's fixed cost would send instead.
 const OBJECT_WORK: u64 = 128 << 10;
+
+/// A background task that ends with the run, however the run ends (finished, failed, or its
+/// future dropped).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How often a run whose queue is empty looks whether objects other workers hold came back.
+const OTHERS_POLL: Duration = Duration::from_secs(1);
+
+/// Renews this worker's leases a few times a lease, and puts other workers' expired claims back
+/// in the pool (waking the dispatcher when it did). A failed renewal is only logged: should the
+/// leases run out, other workers take the objects and this one's writes about them are refused.
+async fn heartbeat(
+    store: Arc<dyn Store>,
+    migration: MigrationId,
+    worker: String,
+    lease: Duration,
+    notify: Arc<Notify>,
+    halt: CancellationToken,
+) {
+    let beat = (lease / 3).max(Duration::from_millis(200));
+    let mut ticker = tokio::time::interval(beat);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = halt.cancelled() => return,
+        }
+        if let Err(error) = store.renew_leases(&worker, lease).await {
+            tracing::warn!("could not renew this worker's leases: {error}");
+        }
+        match store.recover_expired(migration).await {
+            Ok(0) => {}
+            Ok(recovered) => {
+                tracing::info!(
+                    recovered,
+                    "objects whose lease ran out are back in the queue"
+                );
+                notify.notify_one();
+            }
+            Err(error) => tracing::warn!("could not look for expired leases: {error}"),
+        }
+    }
+}
 
 /// A slot for one more object in flight, unless the limit was lowered: then slots coming free
 /// are retired first.
@@ -264,6 +346,7 @@ async fn steer(
 fn release(object: &ClaimedObject) -> Outcome {
     Outcome {
         id: object.id,
+        token: object.token,
         state: ObjectState::Pending,
         attempts: object.attempts.saturating_sub(1),
         size: object.size,
@@ -307,11 +390,18 @@ async fn write_outcomes(
             .filter(|o| o.state.is_terminal())
             .map(|o| (o.state, o.size))
             .collect();
-        if let Err(error) = store.record_outcomes(std::mem::take(&mut batch)).await {
-            // Nothing more can be recorded: stop taking work at once, and say why.
-            tracing::error!("cannot record outcomes in the ledger, stopping: {error}");
-            halt.cancel();
-            return Err(error);
+        match store.record_outcomes(std::mem::take(&mut batch)).await {
+            Ok(0) => {}
+            Ok(fenced) => tracing::warn!(
+                fenced,
+                "outcomes of claims another worker took over were not recorded"
+            ),
+            Err(error) => {
+                // Nothing more can be recorded: stop taking work at once, and say why.
+                tracing::error!("cannot record outcomes in the ledger, stopping: {error}");
+                halt.cancel();
+                return Err(error);
+            }
         }
         for (state, size) in finished {
             Progress::add(&progress.n_done, 1);

@@ -7,7 +7,7 @@
 //! flight, whatever the source's size. This module chooses the pass, runs the parts, and sums up.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use godwit_state::{Migration, MigrationSpec, ObjectState, Problem, Store, Tally};
 use godwit_storage::{Destination, Source};
@@ -31,8 +31,11 @@ pub struct MigrateOptions {
     pub filter: Filter,
     /// How each object is copied.
     pub transfer: TransferOptions,
-    /// This worker's name in leases.
+    /// This worker's name in leases: unique to the process.
     pub worker: String,
+    /// How long a claim holds without renewal; the run renews its claims a few times a lease, so
+    /// a worker that stops loses its packets after about this long.
+    pub lease: Duration,
     /// Let the destination copy objects server-side when it shares the source's endpoint and
     /// refuses copies onto existing keys.
     pub server_side_copy: bool,
@@ -47,11 +50,26 @@ impl Default for MigrateOptions {
             concurrency: 256,
             filter: Filter::default(),
             transfer: TransferOptions::default(),
-            worker: format!("pid-{}", std::process::id()),
+            worker: worker_name(),
+            lease: Duration::from_secs(60),
             server_side_copy: true,
             trust_ledger: false,
         }
     }
+}
+
+/// A name for this process in leases: host, process id and start time.
+pub fn worker_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "host".to_owned());
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("{host}:{}:{started}", std::process::id())
 }
 
 /// The end of a run, as the ledger tells it. The state counts cover every object the migration

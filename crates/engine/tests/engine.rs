@@ -13,7 +13,7 @@ use bytes::Bytes;
 use godwit_engine::{MigrateOptions, Migrator, TransferOptions};
 use godwit_s3_server::LocalS3;
 use godwit_state::{
-    ClaimedObject, MigrationId, MigrationSpec, ObjectId, ObjectState, Outcome, PacketLimits,
+    Claim, ClaimedObject, MigrationId, MigrationSpec, ObjectId, ObjectState, Outcome, PacketLimits,
     PartRecord, Scanned, ScannedObject, SqliteStore, Store, StoreError,
 };
 use godwit_storage::{
@@ -948,32 +948,14 @@ impl Store for FailingLedger {
     ) -> Result<godwit_state::Migration, StoreError> {
         self.inner.open_migration(spec).await
     }
-    async fn migrations(&self) -> Result<Vec<godwit_state::Migration>, StoreError> {
-        self.inner.migrations().await
-    }
     async fn find_migration(
         &self,
         name: &str,
     ) -> Result<Option<godwit_state::Migration>, StoreError> {
         self.inner.find_migration(name).await
     }
-    async fn done_objects(
-        &self,
-        migration: MigrationId,
-        after: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<godwit_state::DoneObject>, StoreError> {
-        self.inner.done_objects(migration, after, limit).await
-    }
-    async fn requeue(&self, objects: &[ObjectId]) -> Result<u64, StoreError> {
-        self.inner.requeue(objects).await
-    }
-    async fn lookup(
-        &self,
-        migration: MigrationId,
-        keys: Vec<String>,
-    ) -> Result<Vec<godwit_state::KnownObject>, StoreError> {
-        self.inner.lookup(migration, keys).await
+    async fn migrations(&self) -> Result<Vec<godwit_state::Migration>, StoreError> {
+        self.inner.migrations().await
     }
     async fn start_pass(
         &self,
@@ -989,19 +971,6 @@ impl Store for FailingLedger {
         filter: &str,
     ) -> Result<(), StoreError> {
         self.inner.restart_scan(migration, pass, filter).await
-    }
-    async fn record_upload_intent(
-        &self,
-        object: ObjectId,
-        at: std::time::SystemTime,
-    ) -> Result<(), StoreError> {
-        self.inner.record_upload_intent(object, at).await
-    }
-    async fn stale_uploads(
-        &self,
-        migration: MigrationId,
-    ) -> Result<Vec<godwit_state::StaleUpload>, StoreError> {
-        self.inner.stale_uploads(migration).await
     }
     async fn record_scanned(
         &self,
@@ -1025,7 +994,20 @@ impl Store for FailingLedger {
     async fn recover_abandoned(&self, migration: MigrationId) -> Result<u64, StoreError> {
         self.inner.recover_abandoned(migration).await
     }
-    async fn record_outcomes(&self, outcomes: Vec<Outcome>) -> Result<(), StoreError> {
+    async fn recover_expired(&self, migration: MigrationId) -> Result<u64, StoreError> {
+        self.inner.recover_expired(migration).await
+    }
+    async fn held_by_others(
+        &self,
+        migration: MigrationId,
+        worker: &str,
+    ) -> Result<u64, StoreError> {
+        self.inner.held_by_others(migration, worker).await
+    }
+    async fn renew_leases(&self, worker: &str, lease: Duration) -> Result<u64, StoreError> {
+        self.inner.renew_leases(worker, lease).await
+    }
+    async fn record_outcomes(&self, outcomes: Vec<Outcome>) -> Result<u64, StoreError> {
         if self.batches.fetch_add(1, Ordering::SeqCst) >= self.healthy {
             if let Some(until) = &self.hang {
                 until.cancelled().await;
@@ -1037,22 +1019,38 @@ impl Store for FailingLedger {
         }
         self.inner.record_outcomes(outcomes).await
     }
+    async fn record_upload_intent(
+        &self,
+        claim: Claim,
+        at: std::time::SystemTime,
+    ) -> Result<(), StoreError> {
+        self.inner.record_upload_intent(claim, at).await
+    }
     async fn record_upload(
         &self,
-        object: ObjectId,
+        claim: Claim,
         upload_id: &str,
         part_size: u64,
         source: &godwit_state::SourceVersion,
     ) -> Result<(), StoreError> {
         self.inner
-            .record_upload(object, upload_id, part_size, source)
+            .record_upload(claim, upload_id, part_size, source)
             .await
     }
-    async fn record_part(&self, object: ObjectId, part: PartRecord) -> Result<(), StoreError> {
-        self.inner.record_part(object, part).await
+    async fn record_part(&self, claim: Claim, part: PartRecord) -> Result<(), StoreError> {
+        self.inner.record_part(claim, part).await
     }
-    async fn clear_upload(&self, object: ObjectId) -> Result<(), StoreError> {
-        self.inner.clear_upload(object).await
+    async fn clear_upload(&self, claim: Claim) -> Result<(), StoreError> {
+        self.inner.clear_upload(claim).await
+    }
+    async fn forget_stale_upload(&self, object: ObjectId) -> Result<(), StoreError> {
+        self.inner.forget_stale_upload(object).await
+    }
+    async fn stale_uploads(
+        &self,
+        migration: MigrationId,
+    ) -> Result<Vec<godwit_state::StaleUpload>, StoreError> {
+        self.inner.stale_uploads(migration).await
     }
     async fn tally(&self, migration: MigrationId) -> Result<godwit_state::Tally, StoreError> {
         self.inner.tally(migration).await
@@ -1066,6 +1064,24 @@ impl Store for FailingLedger {
     }
     async fn requeue_failed(&self, migration: MigrationId) -> Result<u64, StoreError> {
         self.inner.requeue_failed(migration).await
+    }
+    async fn done_objects(
+        &self,
+        migration: MigrationId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<godwit_state::DoneObject>, StoreError> {
+        self.inner.done_objects(migration, after, limit).await
+    }
+    async fn requeue(&self, objects: &[ObjectId]) -> Result<u64, StoreError> {
+        self.inner.requeue(objects).await
+    }
+    async fn lookup(
+        &self,
+        migration: MigrationId,
+        keys: Vec<String>,
+    ) -> Result<Vec<godwit_state::KnownObject>, StoreError> {
+        self.inner.lookup(migration, keys).await
     }
 }
 

@@ -31,6 +31,10 @@ pub enum StoreError {
         /// What went wrong.
         message: String,
     },
+    /// The claim on the object is no longer this worker's (its lease ran out and another worker
+    /// took it): nothing was written, and the worker must drop the object.
+    #[error("the lease on object {0} was lost: another worker holds it now")]
+    LeaseLost(i64),
     /// Another process holds the ledger.
     #[error(
         "ledger {path} is in use by another godwit process; wait for it to finish or stop it (a ledger file serves one process at a time)"
@@ -61,6 +65,21 @@ pub struct MigrationId(pub i64);
 /// The row id of an object in the ledger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ObjectId(pub i64);
+
+/// The fencing token of one claim (a packet): every write its holder makes about one of its
+/// objects carries it, and changes nothing once the object was claimed again by someone else
+/// (the lease ran out and another worker took the packet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LeaseToken(pub i64);
+
+/// An object as one claim holds it: what writes about it name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Claim {
+    /// The object.
+    pub id: ObjectId,
+    /// The claim's fencing token.
+    pub token: LeaseToken,
+}
 
 /// Where an object is in its life. The terminal states are the six of the guarantees: every object
 /// a pass finds ends in exactly one of them.
@@ -326,6 +345,8 @@ pub struct PartRecord {
 pub struct ClaimedObject {
     /// Its row id.
     pub id: ObjectId,
+    /// The claim's fencing token (one a packet).
+    pub token: LeaseToken,
     /// Relative key.
     pub key: String,
     /// Size recorded by the scan.
@@ -358,11 +379,23 @@ pub struct PacketLimits {
     pub lease: Duration,
 }
 
+impl ClaimedObject {
+    /// The object as this claim holds it.
+    pub fn claim(&self) -> Claim {
+        Claim {
+            id: self.id,
+            token: self.token,
+        }
+    }
+}
+
 /// How an attempt at an object ended.
 #[derive(Debug, Clone)]
 pub struct Outcome {
     /// The object.
     pub id: ObjectId,
+    /// The claim it was attempted under: an outcome of a claim that was lost changes nothing.
+    pub token: LeaseToken,
     /// The new state: terminal, or `Pending` to try again.
     pub state: ObjectState,
     /// Attempts made so far, this one included.
@@ -470,31 +503,41 @@ pub trait Store: Send + Sync {
         worker: &str,
         limits: PacketLimits,
     ) -> Result<Vec<ClaimedObject>, StoreError>;
-    /// Puts claims whose holders are gone back in the pool; returns how many.
+    /// Puts claims whose holders are gone back in the pool, when a run starts; returns how many.
+    /// SQLite is held by one process, so every claim in it is abandoned; on PostgreSQL other
+    /// workers may be alive, so only claims whose lease ran out go back.
     async fn recover_abandoned(&self, migration: MigrationId) -> Result<u64, StoreError>;
-    /// Records a batch of outcomes in one transaction.
-    async fn record_outcomes(&self, outcomes: Vec<Outcome>) -> Result<(), StoreError>;
+    /// Puts claims whose lease ran out back in the pool (their holders stopped renewing them);
+    /// returns how many. Called as a run goes.
+    async fn recover_expired(&self, migration: MigrationId) -> Result<u64, StoreError>;
+    /// How many objects of the migration other workers than `worker` hold now.
+    async fn held_by_others(&self, migration: MigrationId, worker: &str)
+    -> Result<u64, StoreError>;
+    /// Renews the leases of every claim `worker` holds, to `lease` from now; returns how many.
+    async fn renew_leases(&self, worker: &str, lease: Duration) -> Result<u64, StoreError>;
+    /// Records a batch of outcomes in one transaction. An outcome whose claim was lost (another
+    /// worker took the object since) changes nothing; returns how many were so fenced off.
+    async fn record_outcomes(&self, outcomes: Vec<Outcome>) -> Result<u64, StoreError>;
     /// Records, before a multipart upload is started for an object, that one is being started
     /// (at `at`): should the run stop before the upload's id is recorded, the next one knows to
     /// look for it and abort it.
-    async fn record_upload_intent(
-        &self,
-        object: ObjectId,
-        at: SystemTime,
-    ) -> Result<(), StoreError>;
+    async fn record_upload_intent(&self, claim: Claim, at: SystemTime) -> Result<(), StoreError>;
     /// Records that a multipart upload was started for an object, for `source` (its parts belong
     /// to that version alone).
     async fn record_upload(
         &self,
-        object: ObjectId,
+        claim: Claim,
         upload_id: &str,
         part_size: u64,
         source: &SourceVersion,
     ) -> Result<(), StoreError>;
     /// Records a finished part of the object's current upload.
-    async fn record_part(&self, object: ObjectId, part: PartRecord) -> Result<(), StoreError>;
+    async fn record_part(&self, claim: Claim, part: PartRecord) -> Result<(), StoreError>;
     /// Forgets the object's upload and its parts (after it completed or was aborted).
-    async fn clear_upload(&self, object: ObjectId) -> Result<(), StoreError>;
+    async fn clear_upload(&self, claim: Claim) -> Result<(), StoreError>;
+    /// Forgets the upload of an object nobody holds (see [`Store::stale_uploads`]); an object
+    /// claimed since keeps its upload.
+    async fn forget_stale_upload(&self, object: ObjectId) -> Result<(), StoreError>;
     /// Uploads recorded (or begun) for objects that are neither pending nor claimed: nothing
     /// will complete them.
     async fn stale_uploads(&self, migration: MigrationId) -> Result<Vec<StaleUpload>, StoreError>;

@@ -11,7 +11,7 @@
 //! newer godwit is refused.
 
 use std::collections::HashMap;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -19,14 +19,15 @@ use tokio_postgres::NoTls;
 use tokio_postgres::types::ToSql;
 
 use crate::{
-    ClaimedObject, DoneObject, KnownObject, Migration, MigrationId, MigrationSpec, ObjectId,
-    ObjectState, Outcome, OwnWrite, OwnWriteChange, PacketLimits, PartRecord, Pass, Problem,
-    ScannedObject, SourceVersion, StaleUpload, Store, StoreError, Tally, UploadRecord, from_millis,
-    millis, now, scanned_columns,
+    Claim, ClaimedObject, DoneObject, KnownObject, LeaseToken, Migration, MigrationId,
+    MigrationSpec, ObjectId, ObjectState, Outcome, OwnWrite, OwnWriteChange, PacketLimits,
+    PartRecord, Pass, Problem, ScannedObject, SourceVersion, StaleUpload, Store, StoreError, Tally,
+    UploadRecord, from_millis, millis, now, scanned_columns,
 };
 
 /// The schema, one step a version: version N is `MIGRATIONS[N - 1]`.
-const MIGRATIONS: [&str; 1] = ["
+const MIGRATIONS: [&str; 2] = [
+    "
 CREATE TABLE migrations (
     id BIGSERIAL PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -89,13 +90,28 @@ CREATE INDEX objects_in_progress ON objects (migration_id, lease_expires) WHERE 
 CREATE INDEX objects_problems ON objects (migration_id, id) WHERE state IN (4, 7);
 CREATE INDEX objects_uploads ON objects (migration_id)
     WHERE upload_id IS NOT NULL OR upload_started_at IS NOT NULL;
-"];
+",
+    "
+ALTER TABLE objects ADD COLUMN lease_token BIGINT;
+CREATE SEQUENCE lease_tokens;
+CREATE INDEX objects_leases ON objects (lease_owner) WHERE state = 1;
+",
+];
 
 /// The advisory lock key under which schema changes are applied (any constant of godwit's own).
 const SCHEMA_LOCK: i64 = 0x676f_6477_6974;
 
 /// Connections to the database at once, per process.
 const POOL_SIZE: usize = 8;
+
+/// `Ok` when a write about a claimed object changed its row; the lease was lost otherwise.
+fn held(changed: u64, claim: Claim) -> Result<(), StoreError> {
+    if changed == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::LeaseLost(claim.id.0))
+    }
+}
 
 /// The PostgreSQL ledger.
 pub struct PgStore {
@@ -470,14 +486,20 @@ impl Store for PgStore {
         }
         let expires = now() + limits.lease.as_secs() as i64;
         let at = millis(SystemTime::now());
+        let token: i64 = transaction
+            .query_one("SELECT nextval('lease_tokens')", &[])
+            .await
+            .map_err(|e| self.error(e))?
+            .get(0);
         let rows = transaction
             .query(
                 "UPDATE objects SET state = 1, attempts = attempts + 1, lease_owner = $2,
-                   lease_expires = $3, first_claimed_at = COALESCE(first_claimed_at, $4)
+                   lease_expires = $3, first_claimed_at = COALESCE(first_claimed_at, $4),
+                   lease_token = $5
                  WHERE id = ANY($1)
                  RETURNING id, key, size, version, attempts, upload_id, part_size, upload_size,
                    upload_version, upload_started_at, written_etag, written_version",
-                &[&ids, &worker, &expires, &at],
+                &[&ids, &worker, &expires, &at, &token],
             )
             .await
             .map_err(|e| self.error(e))?;
@@ -527,6 +549,7 @@ impl Store for PgStore {
                 let written_version: Option<String> = row.get(11);
                 ClaimedObject {
                     id: ObjectId(id),
+                    token: LeaseToken(token),
                     key: row.get(1),
                     size: row.get::<_, i64>(2) as u64,
                     version: row.get(3),
@@ -569,12 +592,45 @@ impl Store for PgStore {
             .map_err(|e| self.error(e))
     }
 
-    async fn record_outcomes(&self, outcomes: Vec<Outcome>) -> Result<(), StoreError> {
+    async fn recover_expired(&self, migration: MigrationId) -> Result<u64, StoreError> {
+        self.recover_abandoned(migration).await
+    }
+
+    async fn held_by_others(
+        &self,
+        migration: MigrationId,
+        worker: &str,
+    ) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT COUNT(*) FROM objects WHERE migration_id = $1 AND state = 1
+                   AND lease_owner IS DISTINCT FROM $2",
+                &[&migration.0, &worker],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    async fn renew_leases(&self, worker: &str, lease: Duration) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE objects SET lease_expires = $2 WHERE lease_owner = $1 AND state = 1",
+                &[&worker, &(now() + lease.as_secs() as i64)],
+            )
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    async fn record_outcomes(&self, outcomes: Vec<Outcome>) -> Result<u64, StoreError> {
         if outcomes.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let n = outcomes.len();
         let mut ids = Vec::with_capacity(n);
+        let mut tokens = Vec::with_capacity(n);
         let mut states = Vec::with_capacity(n);
         let mut sizes = Vec::with_capacity(n);
         let mut versions = Vec::with_capacity(n);
@@ -591,6 +647,7 @@ impl Store for PgStore {
         let mut metadata = Vec::with_capacity(n);
         for outcome in outcomes {
             ids.push(outcome.id.0);
+            tokens.push(outcome.token.0);
             states.push(outcome.state as i64);
             sizes.push(outcome.size as i64);
             versions.push(outcome.version);
@@ -613,7 +670,7 @@ impl Store for PgStore {
             metadata.push(outcome.metadata);
         }
         let client = self.client().await?;
-        let params: [&(dyn ToSql + Sync); 16] = [
+        let params: [&(dyn ToSql + Sync); 17] = [
             &ids,
             &states,
             &sizes,
@@ -630,8 +687,9 @@ impl Store for PgStore {
             &own_versions,
             &metadata,
             &now(),
+            &tokens,
         ];
-        client
+        let written = client
             .execute(
                 "UPDATE objects SET state = o.state, size = o.size, version = o.version,
                    checksum = COALESCE(o.checksum, objects.checksum), dest_etag = o.dest_etag,
@@ -643,101 +701,129 @@ impl Store for PgStore {
                    metadata = COALESCE(o.metadata, objects.metadata)
                  FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[],
                    $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::bigint[],
-                   $13::text[], $14::text[], $15::text[])
+                   $13::text[], $14::text[], $15::text[], $17::bigint[])
                    AS o(id, state, size, version, checksum, dest_etag, dest_version, verified_by,
-                     error_kind, last_error, attempts, own, own_etag, own_version, metadata)
-                 WHERE objects.id = o.id",
+                     error_kind, last_error, attempts, own, own_etag, own_version, metadata, token)
+                 WHERE objects.id = o.id AND objects.state = 1 AND objects.lease_token = o.token",
                 &params,
             )
             .await
             .map_err(|e| self.error(e))?;
-        Ok(())
+        Ok(n as u64 - written)
     }
 
-    async fn record_upload_intent(
-        &self,
-        object: ObjectId,
-        at: SystemTime,
-    ) -> Result<(), StoreError> {
+    async fn record_upload_intent(&self, claim: Claim, at: SystemTime) -> Result<(), StoreError> {
         let client = self.client().await?;
-        client
+        let n = client
             .execute(
-                "UPDATE objects SET upload_started_at = $2 WHERE id = $1",
-                &[&object.0, &millis(at)],
+                "UPDATE objects SET upload_started_at = $2 WHERE id = $1 AND state = 1 AND lease_token = $3",
+                &[&claim.id.0, &millis(at), &claim.token.0],
             )
             .await
             .map_err(|e| self.error(e))?;
-        Ok(())
+        held(n, claim)
     }
 
     async fn record_upload(
         &self,
-        object: ObjectId,
+        claim: Claim,
         upload_id: &str,
         part_size: u64,
         source: &SourceVersion,
     ) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let transaction = client.transaction().await.map_err(|e| self.error(e))?;
-        transaction
-            .execute("DELETE FROM parts WHERE object_id = $1", &[&object.0])
-            .await
-            .map_err(|e| self.error(e))?;
-        transaction
+        let n = transaction
             .execute(
                 "UPDATE objects SET upload_id = $2, part_size = $3, upload_size = $4, upload_version = $5
-                 WHERE id = $1",
+                 WHERE id = $1 AND state = 1 AND lease_token = $6",
                 &[
-                    &object.0,
+                    &claim.id.0,
                     &upload_id,
                     &(part_size as i64),
                     &(source.size as i64),
                     &source.version,
+                    &claim.token.0,
                 ],
             )
             .await
             .map_err(|e| self.error(e))?;
-        transaction.commit().await.map_err(|e| self.error(e))
+        if n == 1 {
+            transaction
+                .execute("DELETE FROM parts WHERE object_id = $1", &[&claim.id.0])
+                .await
+                .map_err(|e| self.error(e))?;
+        }
+        transaction.commit().await.map_err(|e| self.error(e))?;
+        held(n, claim)
     }
 
-    async fn record_part(&self, object: ObjectId, part: PartRecord) -> Result<(), StoreError> {
+    async fn record_part(&self, claim: Claim, part: PartRecord) -> Result<(), StoreError> {
         let client = self.client().await?;
-        client
+        // Inserted only while the claim holds the object (its row locked against a new claim
+        // for the moment of the insert).
+        let n = client
             .execute(
                 "INSERT INTO parts (object_id, part_number, etag, checksum, size, md5)
-                 VALUES ($1, $2, $3, $4, $5, $6)
+                 SELECT id, $2, $3, $4, $5, $6 FROM objects
+                 WHERE id = $1 AND state = 1 AND lease_token = $7 FOR SHARE
                  ON CONFLICT (object_id, part_number) DO UPDATE SET etag = excluded.etag,
                    checksum = excluded.checksum, size = excluded.size, md5 = excluded.md5",
                 &[
-                    &object.0,
+                    &claim.id.0,
                     &i64::from(part.part_number),
                     &part.etag,
                     &part.checksum,
                     &(part.size as i64),
                     &part.md5,
+                    &claim.token.0,
                 ],
             )
             .await
             .map_err(|e| self.error(e))?;
-        Ok(())
+        held(n, claim)
     }
 
-    async fn clear_upload(&self, object: ObjectId) -> Result<(), StoreError> {
+    async fn clear_upload(&self, claim: Claim) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let transaction = client.transaction().await.map_err(|e| self.error(e))?;
-        transaction
-            .execute("DELETE FROM parts WHERE object_id = $1", &[&object.0])
-            .await
-            .map_err(|e| self.error(e))?;
-        transaction
+        let n = transaction
             .execute(
                 "UPDATE objects SET upload_id = NULL, part_size = NULL, upload_size = NULL,
                    upload_version = NULL, upload_started_at = NULL
-                 WHERE id = $1",
+                 WHERE id = $1 AND state = 1 AND lease_token = $2",
+                &[&claim.id.0, &claim.token.0],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        if n == 1 {
+            transaction
+                .execute("DELETE FROM parts WHERE object_id = $1", &[&claim.id.0])
+                .await
+                .map_err(|e| self.error(e))?;
+        }
+        transaction.commit().await.map_err(|e| self.error(e))?;
+        held(n, claim)
+    }
+
+    async fn forget_stale_upload(&self, object: ObjectId) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await.map_err(|e| self.error(e))?;
+        let n = transaction
+            .execute(
+                "UPDATE objects SET upload_id = NULL, part_size = NULL, upload_size = NULL,
+                   upload_version = NULL, upload_started_at = NULL
+                 WHERE id = $1 AND state NOT IN (0, 1)",
                 &[&object.0],
             )
             .await
             .map_err(|e| self.error(e))?;
+        if n == 1 {
+            transaction
+                .execute("DELETE FROM parts WHERE object_id = $1", &[&object.0])
+                .await
+                .map_err(|e| self.error(e))?;
+        }
         transaction.commit().await.map_err(|e| self.error(e))
     }
 

@@ -3,16 +3,16 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{
-    ClaimedObject, DoneObject, KnownObject, Migration, MigrationId, MigrationSpec, ObjectId,
-    ObjectState, Outcome, OwnWrite, OwnWriteChange, PacketLimits, PartRecord, Pass, Problem,
-    ScannedObject, SourceVersion, StaleUpload, Store, StoreError, Tally, UploadRecord, from_millis,
-    millis, now, scanned_columns,
+    Claim, ClaimedObject, DoneObject, KnownObject, LeaseToken, Migration, MigrationId,
+    MigrationSpec, ObjectId, ObjectState, Outcome, OwnWrite, OwnWriteChange, PacketLimits,
+    PartRecord, Pass, Problem, ScannedObject, SourceVersion, StaleUpload, Store, StoreError, Tally,
+    UploadRecord, from_millis, millis, now, scanned_columns,
 };
 
 /// 2: uploads bound to a source version and begun before their id is known, godwit's own
@@ -67,6 +67,7 @@ CREATE TABLE IF NOT EXISTS objects (
     written_version TEXT,
     first_claimed_at INTEGER,
     metadata TEXT,
+    lease_token INTEGER,
     UNIQUE (migration_id, key)
 );
 CREATE TABLE IF NOT EXISTS parts (
@@ -87,7 +88,8 @@ CREATE INDEX IF NOT EXISTS objects_uploads ON objects (migration_id)
 
 /// Columns added since schema 1, added to older ledgers as they are opened (times are
 /// milliseconds since the Unix epoch).
-const ADDED_COLUMNS: [(&str, &str, &str); 10] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 11] = [
+    ("objects", "lease_token", "INTEGER"),
     ("objects", "metadata", "TEXT"),
     ("migrations", "source_endpoint", "TEXT"),
     ("migrations", "dest_endpoint", "TEXT"),
@@ -272,6 +274,31 @@ impl SqliteStore {
         .await
         .map_err(|e| db_error(&self.path, e))?
         .map_err(|e| db_error(&path, e))
+    }
+}
+
+/// A fencing token no earlier claim of this file used: the time in nanoseconds, made to grow
+/// within a run.
+fn next_token() -> LeaseToken {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64);
+    let token = LAST
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+            Some(now.max(last + 1))
+        })
+        .map_or(now, |last| now.max(last + 1));
+    LeaseToken(token)
+}
+
+/// `Ok` when a write about a claimed object changed its row; the lease was lost otherwise.
+fn held(changed: usize, claim: Claim) -> Result<(), StoreError> {
+    if changed == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::LeaseLost(claim.id.0))
     }
 }
 
@@ -530,10 +557,11 @@ impl Store for SqliteStore {
                 }
                 drop(rows);
                 let expires = now() + limits.lease.as_secs() as i64;
+                let token = next_token();
                 // A `first_claimed_at` read before this claim sets it means an earlier claim.
                 let mut take = transaction.prepare_cached(
                     "UPDATE objects SET state = 1, attempts = attempts + 1, lease_owner = ?2, lease_expires = ?3,
-                       first_claimed_at = COALESCE(first_claimed_at, ?4)
+                       first_claimed_at = COALESCE(first_claimed_at, ?4), lease_token = ?5
                      WHERE id = ?1
                      RETURNING key, size, version, attempts, upload_id, part_size, upload_size, upload_version,
                        upload_started_at, written_etag, written_version",
@@ -542,7 +570,7 @@ impl Store for SqliteStore {
                     "SELECT part_number, etag, checksum, size, md5 FROM parts WHERE object_id = ?1 ORDER BY part_number",
                 )?;
                 for (id, earlier_claim_at) in ids {
-                    let row = take.query_row(params![id, worker, expires, at], |row| {
+                    let row = take.query_row(params![id, worker, expires, at, token.0], |row| {
                         Ok(Claimed {
                             key: row.get(0)?,
                             size: row.get::<_, i64>(1)? as u64,
@@ -591,6 +619,7 @@ impl Store for SqliteStore {
                         });
                     claimed.push(ClaimedObject {
                         id: ObjectId(id),
+                        token,
                         key: row.key,
                         size: row.size,
                         version: row.version,
@@ -622,7 +651,49 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn record_outcomes(&self, outcomes: Vec<Outcome>) -> Result<(), StoreError> {
+    async fn recover_expired(&self, migration: MigrationId) -> Result<u64, StoreError> {
+        self.with(move |connection| {
+            let n = connection.execute(
+                "UPDATE objects SET state = 0, lease_owner = NULL, lease_expires = NULL
+                 WHERE migration_id = ?1 AND state = 1 AND lease_expires <= ?2",
+                params![migration.0, now()],
+            )?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn held_by_others(
+        &self,
+        migration: MigrationId,
+        worker: &str,
+    ) -> Result<u64, StoreError> {
+        let worker = worker.to_owned();
+        self.with(move |connection| {
+            connection.query_row(
+                "SELECT COUNT(*) FROM objects WHERE migration_id = ?1 AND state = 1
+                   AND lease_owner IS NOT ?2",
+                params![migration.0, worker],
+                |row| row.get::<_, i64>(0).map(|n| n as u64),
+            )
+        })
+        .await
+    }
+
+    async fn renew_leases(&self, worker: &str, lease: Duration) -> Result<u64, StoreError> {
+        let worker = worker.to_owned();
+        self.with(move |connection| {
+            let n = connection
+                .prepare_cached(
+                    "UPDATE objects SET lease_expires = ?2 WHERE lease_owner = ?1 AND state = 1",
+                )?
+                .execute(params![worker, now() + lease.as_secs() as i64])?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn record_outcomes(&self, outcomes: Vec<Outcome>) -> Result<u64, StoreError> {
         self.with(move |connection| {
             let transaction = connection.transaction()?;
             {
@@ -634,9 +705,10 @@ impl Store for SqliteStore {
                        written_etag = CASE ?13 WHEN 0 THEN written_etag WHEN 1 THEN ?14 ELSE NULL END,
                        written_version = CASE ?13 WHEN 0 THEN written_version WHEN 1 THEN ?15 ELSE NULL END,
                        metadata = COALESCE(?16, metadata)
-                     WHERE id = ?1",
+                     WHERE id = ?1 AND state = 1 AND lease_token IS ?17",
                 )?;
                 let at = now();
+                let mut fenced = 0u64;
                 for outcome in &outcomes {
                     let (kind, message) = match &outcome.error {
                         Some((kind, message)) => (Some(kind.as_str()), Some(message.as_str())),
@@ -649,7 +721,7 @@ impl Store for SqliteStore {
                         }
                         OwnWriteChange::Forget => (2, None, None),
                     };
-                    update.execute(params![
+                    if update.execute(params![
                         outcome.id.0,
                         outcome.state as i64,
                         outcome.size as i64,
@@ -665,33 +737,36 @@ impl Store for SqliteStore {
                         own,
                         own_etag,
                         own_version,
-                        outcome.metadata
-                    ])?;
+                        outcome.metadata,
+                        outcome.token.0
+                    ])? == 0
+                    {
+                        fenced += 1;
+                    }
                 }
+                drop(update);
+                transaction.commit()?;
+                Ok(fenced)
             }
-            transaction.commit()
         })
         .await
     }
 
-    async fn record_upload_intent(
-        &self,
-        object: ObjectId,
-        at: SystemTime,
-    ) -> Result<(), StoreError> {
+    async fn record_upload_intent(&self, claim: Claim, at: SystemTime) -> Result<(), StoreError> {
         self.with(move |connection| {
-            connection.execute(
-                "UPDATE objects SET upload_started_at = ?2 WHERE id = ?1",
-                params![object.0, millis(at)],
+            let n = connection.execute(
+                "UPDATE objects SET upload_started_at = ?2 WHERE id = ?1 AND state = 1 AND lease_token IS ?3",
+                params![claim.id.0, millis(at), claim.token.0],
             )?;
-            Ok(())
+            Ok(n)
         })
         .await
+        .and_then(|n| held(n, claim))
     }
 
     async fn record_upload(
         &self,
-        object: ObjectId,
+        claim: Claim,
         upload_id: &str,
         part_size: u64,
         source: &SourceVersion,
@@ -700,47 +775,83 @@ impl Store for SqliteStore {
         let source = source.clone();
         self.with(move |connection| {
             let transaction = connection.transaction()?;
-            transaction.execute("DELETE FROM parts WHERE object_id = ?1", params![object.0])?;
-            transaction.execute(
+            let n = transaction.execute(
                 "UPDATE objects SET upload_id = ?2, part_size = ?3, upload_size = ?4, upload_version = ?5
-                 WHERE id = ?1",
-                params![object.0, upload_id, part_size as i64, source.size as i64, source.version],
+                 WHERE id = ?1 AND state = 1 AND lease_token IS ?6",
+                params![claim.id.0, upload_id, part_size as i64, source.size as i64, source.version, claim.token.0],
             )?;
-            transaction.commit()
+            if n == 1 {
+                transaction.execute("DELETE FROM parts WHERE object_id = ?1", params![claim.id.0])?;
+            }
+            transaction.commit()?;
+            Ok(n)
         })
         .await
+        .and_then(|n| held(n, claim))
     }
 
-    async fn record_part(&self, object: ObjectId, part: PartRecord) -> Result<(), StoreError> {
-        self.with(move |connection| {
-            connection
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO parts (object_id, part_number, etag, checksum, size, md5)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )?
-                .execute(params![
-                    object.0,
-                    part.part_number,
-                    part.etag,
-                    part.checksum,
-                    part.size as i64,
-                    part.md5
-                ])?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn clear_upload(&self, object: ObjectId) -> Result<(), StoreError> {
+    async fn record_part(&self, claim: Claim, part: PartRecord) -> Result<(), StoreError> {
         self.with(move |connection| {
             let transaction = connection.transaction()?;
-            transaction.execute("DELETE FROM parts WHERE object_id = ?1", params![object.0])?;
-            transaction.execute(
+            let held = transaction
+                .prepare_cached("SELECT COUNT(*) FROM objects WHERE id = ?1 AND state = 1 AND lease_token IS ?2")?
+                .query_row(params![claim.id.0, claim.token.0], |row| row.get::<_, i64>(0))?;
+            if held == 1 {
+                transaction
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO parts (object_id, part_number, etag, checksum, size, md5)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )?
+                    .execute(params![
+                        claim.id.0,
+                        part.part_number,
+                        part.etag,
+                        part.checksum,
+                        part.size as i64,
+                        part.md5
+                    ])?;
+            }
+            transaction.commit()?;
+            Ok(held as usize)
+        })
+        .await
+        .and_then(|n| held(n, claim))
+    }
+
+    async fn clear_upload(&self, claim: Claim) -> Result<(), StoreError> {
+        self.with(move |connection| {
+            let transaction = connection.transaction()?;
+            let n = transaction.execute(
                 "UPDATE objects SET upload_id = NULL, part_size = NULL, upload_size = NULL,
                    upload_version = NULL, upload_started_at = NULL
-                 WHERE id = ?1",
+                 WHERE id = ?1 AND state = 1 AND lease_token IS ?2",
+                params![claim.id.0, claim.token.0],
+            )?;
+            if n == 1 {
+                transaction.execute(
+                    "DELETE FROM parts WHERE object_id = ?1",
+                    params![claim.id.0],
+                )?;
+            }
+            transaction.commit()?;
+            Ok(n)
+        })
+        .await
+        .and_then(|n| held(n, claim))
+    }
+
+    async fn forget_stale_upload(&self, object: ObjectId) -> Result<(), StoreError> {
+        self.with(move |connection| {
+            let transaction = connection.transaction()?;
+            let n = transaction.execute(
+                "UPDATE objects SET upload_id = NULL, part_size = NULL, upload_size = NULL,
+                   upload_version = NULL, upload_started_at = NULL
+                 WHERE id = ?1 AND state NOT IN (0, 1)",
                 params![object.0],
             )?;
+            if n == 1 {
+                transaction.execute("DELETE FROM parts WHERE object_id = ?1", params![object.0])?;
+            }
             transaction.commit()
         })
         .await
@@ -929,6 +1040,7 @@ mod tests {
     fn done(claimed: &ClaimedObject, state: ObjectState) -> Outcome {
         Outcome {
             id: claimed.id,
+            token: claimed.token,
             state,
             attempts: claimed.attempts,
             size: claimed.size,
@@ -1029,7 +1141,7 @@ mod tests {
                 version: "1".into(),
             };
             store
-                .record_upload(claimed[0].id, "up-1", 10, &source)
+                .record_upload(claimed[0].claim(), "up-1", 10, &source)
                 .await
                 .unwrap();
             let part = PartRecord {
@@ -1039,7 +1151,7 @@ mod tests {
                 size: 10,
                 md5: None,
             };
-            store.record_part(claimed[0].id, part).await.unwrap();
+            store.record_part(claimed[0].claim(), part).await.unwrap();
             let failed = Outcome {
                 error: Some(("io".into(), "broken".into())),
                 ..done(&claimed[1], ObjectState::Failed)

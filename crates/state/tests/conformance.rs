@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use godwit_state::{
-    ClaimedObject, MigrationSpec, ObjectState, Outcome, OwnWrite, OwnWriteChange, PacketLimits,
-    PartRecord, PgStore, Scanned, ScannedObject, SourceVersion, SqliteStore, Store, StoreError,
+    Claim, ClaimedObject, MigrationSpec, ObjectState, Outcome, OwnWrite, OwnWriteChange,
+    PacketLimits, PartRecord, PgStore, Scanned, ScannedObject, SourceVersion, SqliteStore, Store,
+    StoreError,
 };
 
 /// A ledger to test, and what must live as long as it.
@@ -87,6 +88,8 @@ conformance!(
     uploads_begun_but_unrecorded_or_no_longer_needed_are_found,
     done_objects_come_in_key_order_and_can_be_requeued,
     expired_leases_return_to_the_pool,
+    a_lost_claim_writes_nothing_over_the_new_one,
+    renewed_leases_do_not_expire,
 );
 
 mod behaviour {
@@ -131,6 +134,7 @@ mod behaviour {
     fn done(claimed: &ClaimedObject, state: ObjectState) -> Outcome {
         Outcome {
             id: claimed.id,
+            token: claimed.token,
             state,
             attempts: claimed.attempts,
             size: claimed.size,
@@ -333,14 +337,20 @@ mod behaviour {
             .unwrap();
         let claimed = store.claim(migration.id, "w", EXPIRED).await.unwrap();
         let at = SystemTime::now();
-        store.record_upload_intent(claimed[0].id, at).await.unwrap();
-        store.record_upload_intent(claimed[1].id, at).await.unwrap();
+        store
+            .record_upload_intent(claimed[0].claim(), at)
+            .await
+            .unwrap();
+        store
+            .record_upload_intent(claimed[1].claim(), at)
+            .await
+            .unwrap();
         let source = SourceVersion {
             size: 10,
             version: "1".into(),
         };
         store
-            .record_upload(claimed[1].id, "up", 5, &source)
+            .record_upload(claimed[1].claim(), "up", 5, &source)
             .await
             .unwrap();
         assert_eq!(store.recover_abandoned(migration.id).await.unwrap(), 2);
@@ -377,8 +387,8 @@ mod behaviour {
                 .collect::<Vec<_>>(),
             [("begun", None), ("open", Some("up"))]
         );
-        store.clear_upload(stale[0].id).await.unwrap();
-        store.clear_upload(stale[1].id).await.unwrap();
+        store.forget_stale_upload(stale[0].id).await.unwrap();
+        store.forget_stale_upload(stale[1].id).await.unwrap();
         assert!(store.stale_uploads(migration.id).await.unwrap().is_empty());
     }
 
@@ -434,7 +444,7 @@ mod behaviour {
             version: "1".into(),
         };
         store
-            .record_upload(claimed[0].id, "up-1", 10, &source)
+            .record_upload(claimed[0].claim(), "up-1", 10, &source)
             .await
             .unwrap();
         for number in [2, 1] {
@@ -445,7 +455,7 @@ mod behaviour {
                 size: 10,
                 md5: None,
             };
-            store.record_part(claimed[0].id, part).await.unwrap();
+            store.record_part(claimed[0].claim(), part).await.unwrap();
         }
         let failed = Outcome {
             error: Some(("io".into(), "broken".into())),
@@ -483,7 +493,7 @@ mod behaviour {
         );
         assert_eq!(big.attempts, 2);
         assert!(big.earlier_claim_at.is_some());
-        store.clear_upload(big.id).await.unwrap();
+        store.clear_upload(big.claim()).await.unwrap();
         store
             .record_outcomes(vec![done(big, ObjectState::Copied)])
             .await
@@ -506,6 +516,11 @@ mod behaviour {
             .unwrap();
         let first = store.claim(migration.id, "dead", EXPIRED).await.unwrap();
         assert_eq!(first.len(), 2);
+        assert_eq!(
+            store.held_by_others(migration.id, "other").await.unwrap(),
+            2
+        );
+        assert_eq!(store.held_by_others(migration.id, "dead").await.unwrap(), 0);
         assert!(
             store
                 .claim(migration.id, "other", LIMITS)
@@ -517,5 +532,125 @@ mod behaviour {
         let second = store.claim(migration.id, "other", LIMITS).await.unwrap();
         assert_eq!(second.len(), 2);
         assert_eq!(second[0].attempts, 2);
+    }
+
+    /// Fencing: a worker whose lease ran out, and whose packet another worker took, writes nothing
+    /// about its objects any more: no part, no upload, no outcome.
+    pub(super) async fn a_lost_claim_writes_nothing_over_the_new_one(store: &dyn Store) {
+        let migration = store.open_migration(&spec()).await.unwrap();
+        store.start_pass(migration.id, "").await.unwrap();
+        store
+            .record_scanned(migration.id, 1, vec![object("a", 30, "1")])
+            .await
+            .unwrap();
+        let old = store.claim(migration.id, "old", EXPIRED).await.unwrap();
+        assert_eq!(store.recover_expired(migration.id).await.unwrap(), 1);
+        let new = store.claim(migration.id, "new", LIMITS).await.unwrap();
+        assert_ne!(old[0].token, new[0].token);
+        let source = SourceVersion {
+            size: 30,
+            version: "1".into(),
+        };
+        store
+            .record_upload(new[0].claim(), "new-upload", 10, &source)
+            .await
+            .unwrap();
+        let part = |n: u32, etag: &str| PartRecord {
+            part_number: n,
+            etag: etag.into(),
+            checksum: "x".into(),
+            size: 10,
+            md5: None,
+        };
+        store
+            .record_part(new[0].claim(), part(1, "new"))
+            .await
+            .unwrap();
+
+        // The old holder, back from a pause: every write is refused, nothing changes.
+        let lost = |result: Result<(), StoreError>| {
+            assert!(
+                matches!(result, Err(StoreError::LeaseLost(_))),
+                "{result:?}"
+            )
+        };
+        lost(store.record_part(old[0].claim(), part(1, "old")).await);
+        lost(store.record_part(old[0].claim(), part(2, "old")).await);
+        lost(
+            store
+                .record_upload(old[0].claim(), "old-upload", 10, &source)
+                .await,
+        );
+        lost(
+            store
+                .record_upload_intent(old[0].claim(), SystemTime::now())
+                .await,
+        );
+        lost(store.clear_upload(old[0].claim()).await);
+        let fenced = store
+            .record_outcomes(vec![done(&old[0], ObjectState::Copied)])
+            .await
+            .unwrap();
+        assert_eq!(fenced, 1, "an outcome of the lost claim was recorded");
+        let tally = store.tally(migration.id).await.unwrap();
+        assert_eq!(tally.n(ObjectState::InProgress), 1);
+
+        // The new holder's upload is intact, and its outcome counts.
+        store
+            .record_outcomes(vec![done(&new[0], ObjectState::Pending)])
+            .await
+            .unwrap();
+        let again = store.claim(migration.id, "new", LIMITS).await.unwrap();
+        let upload = again[0].upload.as_ref().unwrap();
+        assert_eq!(upload.upload_id, "new-upload");
+        assert_eq!(
+            upload
+                .parts
+                .iter()
+                .map(|p| (p.part_number, p.etag.as_str()))
+                .collect::<Vec<_>>(),
+            [(1, "new")]
+        );
+        let claim: Claim = again[0].claim();
+        store.clear_upload(claim).await.unwrap();
+        let fenced = store
+            .record_outcomes(vec![done(&again[0], ObjectState::Copied)])
+            .await
+            .unwrap();
+        assert_eq!(fenced, 0);
+        assert_eq!(
+            store
+                .tally(migration.id)
+                .await
+                .unwrap()
+                .n(ObjectState::Copied),
+            1
+        );
+    }
+
+    /// A worker that renews its leases keeps its packet.
+    pub(super) async fn renewed_leases_do_not_expire(store: &dyn Store) {
+        let migration = store.open_migration(&spec()).await.unwrap();
+        store.start_pass(migration.id, "").await.unwrap();
+        store
+            .record_scanned(migration.id, 1, vec![object("a", 1, "1")])
+            .await
+            .unwrap();
+        store.claim(migration.id, "busy", EXPIRED).await.unwrap();
+        assert_eq!(
+            store
+                .renew_leases("busy", Duration::from_secs(60))
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(store.recover_expired(migration.id).await.unwrap(), 0);
+        assert_eq!(
+            store
+                .renew_leases("someone-else", Duration::from_secs(60))
+                .await
+                .unwrap(),
+            0
+        );
     }
 }

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use godwit_state::{
-    ClaimedObject, MigrationId, ObjectState, Outcome, Store, StoreError, UploadRecord,
+    Claim, ClaimedObject, MigrationId, ObjectState, Outcome, Store, StoreError, UploadRecord,
 };
 use godwit_storage::{
     Conditions, CopyOrigin, Crc64Nvme, Destination, ErrorKind, Metadata, ObjectMeta, Source,
@@ -131,6 +131,13 @@ pub(crate) struct Transfers {
     unlisted_uploads_said: AtomicBool,
     /// Whether the warning that the source keeps no tags was given.
     untagged_said: AtomicBool,
+}
+
+/// How an object whose upload is being cleaned up is held: by this worker's claim, or by nobody
+/// (it needs no upload any more).
+enum Held {
+    Claimed(Claim),
+    Stale(godwit_state::ObjectId),
 }
 
 /// One object being copied, across the attempts of a claim: what was claimed, the version being
@@ -280,18 +287,30 @@ impl Transfers {
             .map_err(|_| StorageError::new(ErrorKind::Other, "memory budget closed"))
     }
 
-    /// Copies one claimed object, retrying temporary failures, and says how it ended. Only a
-    /// failure of the ledger itself is an `Err`.
-    pub async fn copy(&self, claimed: ClaimedObject) -> Result<Outcome, StoreError> {
+    /// Copies one claimed object, retrying temporary failures, and says how it ended: `None` when
+    /// the claim was lost meanwhile (its lease ran out and another worker took the object, which
+    /// is now that worker's to finish). Only a failure of the ledger itself is an `Err`.
+    pub async fn copy(&self, claimed: ClaimedObject) -> Result<Option<Outcome>, StoreError> {
+        match self.copy_claimed(&claimed).await {
+            Ok(outcome) => Ok(Some(outcome)),
+            Err(StoreError::LeaseLost(_)) => {
+                tracing::warn!(key = %claimed.key, "the lease on this object ran out and another worker took it: dropping it");
+                Ok(None)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn copy_claimed(&self, claimed: &ClaimedObject) -> Result<Outcome, StoreError> {
         let mut job = Job {
-            claimed: &claimed,
+            claimed,
             meta: ObjectMeta {
                 key: claimed.key.clone(),
                 size: claimed.size,
                 version: claimed.version.clone(),
             },
             upload: claimed.upload.clone(),
-            own: Own::new(&claimed),
+            own: Own::new(claimed),
             sent: None,
         };
         if !self.filter.takes(&claimed.key) {
@@ -300,7 +319,7 @@ impl Transfers {
             return Ok(self.ended(&job, 1, ObjectState::Excluded, None));
         }
         if let Some(since) = claimed.unrecorded_upload_since {
-            self.abort_unrecorded(claimed.id, &claimed.key, since)
+            self.abort_unrecorded(Held::Claimed(claimed.claim()), &claimed.key, since)
                 .await?;
         }
         let mut attempt = 0;
@@ -386,6 +405,7 @@ impl Transfers {
         };
         Outcome {
             id: job.claimed.id,
+            token: job.claimed.token,
             state: done.state,
             attempts: job.claimed.attempts + attempt - 1,
             size: job.meta.size,
@@ -415,6 +435,7 @@ impl Transfers {
     ) -> Outcome {
         Outcome {
             id: job.claimed.id,
+            token: job.claimed.token,
             state,
             attempts: job.claimed.attempts + attempt - 1,
             size: job.meta.size,
@@ -439,7 +460,7 @@ impl Transfers {
             {
                 tracing::warn!(key = %job.meta.key, %error, "could not abort an unneeded multipart upload");
             }
-            self.store.clear_upload(job.claimed.id).await?;
+            self.store.clear_upload(job.claimed.claim()).await?;
         }
         Ok(())
     }
@@ -460,12 +481,14 @@ impl Transfers {
                 },
                 None => {
                     if let Some(since) = stale.started_at {
-                        aborted += self.abort_unrecorded(stale.id, &stale.key, since).await?;
+                        aborted += self
+                            .abort_unrecorded(Held::Stale(stale.id), &stale.key, since)
+                            .await?;
                         continue;
                     }
                 }
             }
-            self.store.clear_upload(stale.id).await?;
+            self.store.forget_stale_upload(stale.id).await?;
         }
         Ok(aborted)
     }
@@ -476,7 +499,7 @@ impl Transfers {
     /// keys, and the next upload of this one is recorded before it starts, so those are ours.
     async fn abort_unrecorded(
         &self,
-        object: godwit_state::ObjectId,
+        object: Held,
         key: &str,
         since: std::time::SystemTime,
     ) -> Result<u64, StoreError> {
@@ -527,7 +550,10 @@ impl Transfers {
                 return Ok(aborted);
             }
         }
-        self.store.clear_upload(object).await?;
+        match object {
+            Held::Claimed(claim) => self.store.clear_upload(claim).await?,
+            Held::Stale(id) => self.store.forget_stale_upload(id).await?,
+        }
         Ok(aborted)
     }
 }

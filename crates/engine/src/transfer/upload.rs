@@ -199,7 +199,7 @@ impl Transfers {
 
     /// The upload became an object: it is no longer the ledger's to resume.
     async fn completed(&self, job: &mut Job<'_>) -> Result<(), StoreError> {
-        self.store.clear_upload(job.claimed.id).await?;
+        self.store.clear_upload(job.claimed.claim()).await?;
         job.upload = None;
         Ok(())
     }
@@ -333,7 +333,7 @@ impl Transfers {
             return Ok(Ok((record.upload_id.clone(), true)));
         }
         self.store
-            .record_upload_intent(job.claimed.id, SystemTime::now())
+            .record_upload_intent(job.claimed.claim(), SystemTime::now())
             .await?;
         let upload_id = match self
             .dest
@@ -344,7 +344,7 @@ impl Transfers {
             Err(error) => return Ok(Err(error)),
         };
         self.store
-            .record_upload(job.claimed.id, &upload_id, part_size, &source)
+            .record_upload(job.claimed.claim(), &upload_id, part_size, &source)
             .await?;
         job.upload = Some(UploadRecord {
             upload_id: upload_id.clone(),
@@ -401,7 +401,7 @@ impl Transfers {
                         md5: md5.clone(),
                     };
                     self.store
-                        .record_part(job.claimed.id, record.clone())
+                        .record_part(job.claimed.claim(), record.clone())
                         .await?;
                     if let Some(upload) = job.upload.as_mut() {
                         upload.parts.push(record);
