@@ -22,7 +22,8 @@ use crate::throttle::Climber;
 use crate::transfer::Transfers;
 
 impl Migrator {
-    /// Claims packets and runs a transfer per object until the queue is empty and the scan over.
+    /// Claims packets and runs a transfer per object until the queue is empty and the scan over
+    /// (and, with `wait_for_others`, no other worker holds an object of the migration).
     pub(crate) async fn dispatch(
         &self,
         migration: MigrationId,
@@ -30,6 +31,7 @@ impl Migrator {
         notify: &Arc<Notify>,
         transfers: Arc<Transfers>,
         halt: CancellationToken,
+        wait_for_others: bool,
     ) -> Result<(), EngineError> {
         let concurrency = self.options.concurrency.max(1);
         // Packets of twice the objects in flight: enough to keep every slot busy between claims,
@@ -121,6 +123,7 @@ impl Migrator {
                     // Retries happen inside transfers, so no new work can appear here; but other
                     // workers may still hold objects, which come back if they stop: wait for
                     // them until every object has ended.
+                    None if !wait_for_others => break,
                     None => match self
                         .store
                         .held_by_others(migration, &self.options.worker)

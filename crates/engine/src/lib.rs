@@ -21,7 +21,7 @@ mod throttle;
 mod transfer;
 
 pub use filter::{BadPattern, Filter};
-pub use migrate::{MigrateOptions, Migrator, Summary};
+pub use migrate::{MigrateOptions, Migrator, Summary, worker_name};
 pub use plan::{Ledger, Plan, plan};
 pub use progress::Progress;
 pub use recheck::Recheck;

@@ -251,6 +251,7 @@ impl Migrator {
                 &notify,
                 Arc::clone(&transfers),
                 halt.clone(),
+                true,
             )
             .await;
         if dispatched.is_ok() && !halt.is_cancelled() {
@@ -270,6 +271,53 @@ impl Migrator {
         summary.guarantees = transfers.guarantees();
         summary.missing_at_destination = rechecked.missing + rechecked.changed;
         summary.changed_at_destination = rechecked.changed;
+        Ok(summary)
+    }
+
+    /// Works on a migration that a `migrate` elsewhere started and scans (what a `godwit worker`
+    /// does): claims and copies what is pending until nothing is left to claim, without scanning
+    /// and without waiting for objects other workers hold. The summary is the ledger's.
+    pub async fn work(&self, migration: &Migration) -> Result<Summary, EngineError> {
+        let started = Instant::now();
+        let filter = check(
+            self.source.as_ref(),
+            self.dest.as_ref(),
+            &self.options.filter,
+        )
+        .await?;
+        self.store.recover_expired(migration.id).await?;
+        let notify = Arc::new(Notify::new());
+        let halt = self.stop.child_token();
+        let copy_candidate = self
+            .options
+            .server_side_copy
+            .then(|| self.source.copy_origin())
+            .flatten();
+        let transfers = Arc::new(Transfers::new(
+            Arc::clone(&self.source),
+            Arc::clone(&self.dest),
+            Arc::clone(&self.store),
+            self.options.transfer.clone(),
+            Arc::clone(&self.progress),
+            copy_candidate,
+            filter,
+        ));
+        let dispatched = self
+            .dispatch(
+                migration.id,
+                None,
+                &notify,
+                Arc::clone(&transfers),
+                halt,
+                false,
+            )
+            .await;
+        let tally = self.store.tally(migration.id).await?;
+        let problems = self.store.problems(migration.id, PROBLEMS_LISTED).await?;
+        dispatched?;
+        let pass = migration.last_pass.as_ref().map_or(0, |p| p.number);
+        let mut summary = self.summary(migration, pass, &tally, problems, started);
+        summary.guarantees = transfers.guarantees();
         Ok(summary)
     }
 

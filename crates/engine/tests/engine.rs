@@ -954,6 +954,9 @@ impl Store for FailingLedger {
     ) -> Result<Option<godwit_state::Migration>, StoreError> {
         self.inner.find_migration(name).await
     }
+    async fn save_options(&self, migration: MigrationId, options: &str) -> Result<(), StoreError> {
+        self.inner.save_options(migration, options).await
+    }
     async fn migrations(&self) -> Result<Vec<godwit_state::Migration>, StoreError> {
         self.inner.migrations().await
     }

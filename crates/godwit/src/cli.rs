@@ -23,6 +23,9 @@ pub enum Command {
     /// Exit codes: 0 all objects copied, already present or excluded; 1 some conflict or failed;
     /// 2 usage or configuration error; 130 stopped by Ctrl-C (re-run to resume).
     Migrate(Box<MigrateArgs>),
+    /// Join a fleet on a shared PostgreSQL ledger: work on every migration there with objects
+    /// waiting, until stopped (Ctrl-C or SIGTERM: objects in flight finish).
+    Worker(WorkerArgs),
     /// Show the migrations in a ledger and their counts per state.
     Status(StatusArgs),
     /// Put a migration's failed objects back in the queue; the next `migrate` retries them.
@@ -34,7 +37,7 @@ pub enum Command {
 }
 
 /// Where the ledger lives.
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 pub struct LedgerArgs {
     /// The ledger: a SQLite file, or a PostgreSQL database (postgres://USER@HOST:PORT/DB) that
     /// a fleet of workers shares. Default: $GODWIT_STATE, else
@@ -43,25 +46,32 @@ pub struct LedgerArgs {
     pub state: Option<String>,
 }
 
-#[derive(Debug, Args)]
+/// The arguments of `migrate`. Serialized (without the ledger and the output flags), they are the
+/// migration's options in the ledger, from which `godwit worker` opens the same source and
+/// destination with its own credentials.
+#[derive(Debug, Args, serde::Serialize, serde::Deserialize)]
 pub struct MigrateArgs {
     /// A directory (or file://PATH) or s3://BUCKET[/PREFIX].
     pub source: String,
     /// s3://BUCKET[/PREFIX]. A key is PREFIX plus the object's path below SOURCE.
     pub dest: String,
     #[command(flatten)]
+    #[serde(skip)]
     pub ledger: LedgerArgs,
     /// The migration's name in the ledger. Default: "SOURCE -> DEST".
     #[arg(long)]
     pub name: Option<String>,
     /// List the source and report what would be copied; write nothing anywhere.
     #[arg(long)]
+    #[serde(skip)]
     pub dry_run: bool,
     /// Print one JSON object with the summary on stdout at the end.
     #[arg(long)]
+    #[serde(skip)]
     pub json: bool,
     /// Hide the progress bar (it only shows on a terminal anyway).
     #[arg(long)]
+    #[serde(skip)]
     pub no_progress: bool,
     /// Only take keys matching this glob (repeatable; `*` matches across `/`).
     #[arg(long, value_name = "GLOB")]
@@ -123,7 +133,7 @@ pub struct MigrateArgs {
 }
 
 /// Per-side S3 settings; unset ones fall back to the standard AWS variables and files.
-#[derive(Debug, Args)]
+#[derive(Debug, Args, serde::Serialize, serde::Deserialize)]
 pub struct SideArgs {
     /// S3 endpoint URL of the source (default: AWS_ENDPOINT_URL, else AWS).
     #[arg(long, value_name = "URL")]
@@ -146,6 +156,15 @@ pub struct SideArgs {
     /// Addressing style: path-style is the default when a custom endpoint is set, virtual-hosted otherwise.
     #[arg(long, value_parser = ["path", "virtual"])]
     pub addressing: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+    /// Print one JSON line with the ledger's summary each time it has worked on a migration.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

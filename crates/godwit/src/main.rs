@@ -17,6 +17,7 @@ mod render;
 mod serve_s3;
 mod size;
 mod status;
+mod worker;
 
 /// Exit codes, as documented in the README.
 pub(crate) mod exit {
@@ -54,6 +55,7 @@ fn main() -> ExitCode {
 async fn run(args: cli::Cli) -> anyhow::Result<u8> {
     match args.command {
         cli::Command::Migrate(args) => migrate::run(*args).await,
+        cli::Command::Worker(args) => worker::run(args).await,
         cli::Command::Status(args) => status::run(args).await,
         cli::Command::RetryFailed(args) => status::retry_failed(args).await,
         cli::Command::ServeS3(args) => serve_s3::run(args).await,

@@ -41,6 +41,11 @@ fn canonical(location: &Location) -> String {
     }
 }
 
+/// A location argument as workers elsewhere must read it (a local path made absolute).
+fn canonical_text(text: &str) -> String {
+    Location::parse(text).map_or_else(|_| text.to_owned(), |location| canonical(&location))
+}
+
 /// What identifies the migration: where it moves objects from and to, the endpoints included
 /// (the same bucket name on staging and on production is two migrations). The default name says
 /// all of it; a custom endpoint is written after its location.
@@ -92,26 +97,37 @@ fn config_error(message: impl std::fmt::Display) -> u8 {
     exit::CONFIG
 }
 
-pub async fn run(args: MigrateArgs) -> anyhow::Result<u8> {
+/// A migration's parts, opened as its arguments say: both sides (with this process's own
+/// credentials), the engine's options, and what identifies it.
+pub struct Prepared {
+    pub source: Arc<dyn godwit_storage::Source>,
+    pub dest: Arc<dyn godwit_storage::Destination>,
+    pub options: MigrateOptions,
+    pub spec: MigrationSpec,
+}
+
+/// Opens what `args` name, checking each setting; a bad one is said on stderr and its exit code
+/// returned.
+pub async fn prepare(args: &MigrateArgs) -> Result<Prepared, u8> {
     let source_location = match Location::parse(&args.source) {
         Ok(location) => location,
-        Err(error) => return Ok(config_error(format_args!("source: {error}"))),
+        Err(error) => return Err(config_error(format_args!("source: {error}"))),
     };
     let dest_location = match Location::parse(&args.dest) {
         Ok(location) => location,
-        Err(error) => return Ok(config_error(format_args!("destination: {error}"))),
+        Err(error) => return Err(config_error(format_args!("destination: {error}"))),
     };
     if args.sse_kms_key_id.is_some() && args.sse.as_deref() != Some("aws:kms") {
-        return Ok(config_error(
+        return Err(config_error(
             "--sse-kms-key-id names a KMS key: it goes with --sse aws:kms",
         ));
     }
     let filter = match Filter::new(&args.include, &args.exclude) {
         Ok(filter) => filter,
-        Err(error) => return Ok(config_error(error)),
+        Err(error) => return Err(config_error(error)),
     };
     if args.multipart_threshold.0 > 5 << 30 {
-        return Ok(config_error(
+        return Err(config_error(
             "--multipart-threshold: S3 takes at most 5 GiB in one PUT; choose 5GiB or less",
         ));
     }
@@ -130,17 +146,17 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<u8> {
     );
     let source = match godwit_storage::open_source(&source_location, &source_settings).await {
         Ok(source) => source,
-        Err(error) => return Ok(config_error(format_args!("source: {error}"))),
+        Err(error) => return Err(config_error(format_args!("source: {error}"))),
     };
     let dest = match godwit_storage::open_destination(
         &dest_location,
         &dest_settings,
-        &write_settings(&args),
+        &write_settings(args),
     )
     .await
     {
         Ok(dest) => dest,
-        Err(error) => return Ok(config_error(format_args!("destination: {error}"))),
+        Err(error) => return Err(config_error(format_args!("destination: {error}"))),
     };
 
     let options = MigrateOptions {
@@ -162,8 +178,6 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<u8> {
         trust_ledger: args.trust_ledger,
         ..MigrateOptions::default()
     };
-    let stop = CancellationToken::new();
-    watch_ctrl_c(stop.clone());
     let spec = spec(
         args.name.clone(),
         &source_location,
@@ -171,6 +185,26 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<u8> {
         &dest_location,
         dest.endpoint(),
     );
+    Ok(Prepared {
+        source,
+        dest,
+        options,
+        spec,
+    })
+}
+
+pub async fn run(args: MigrateArgs) -> anyhow::Result<u8> {
+    let Prepared {
+        source,
+        dest,
+        options,
+        spec,
+    } = match prepare(&args).await {
+        Ok(prepared) => prepared,
+        Err(code) => return Ok(code),
+    };
+    let stop = CancellationToken::new();
+    watch_ctrl_c(stop.clone());
     let place = Place::from_args(args.ledger.state.clone());
 
     if args.dry_run {
@@ -222,6 +256,17 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<u8> {
         Ok(store) => store,
         Err(error) => return Ok(config_error(error)),
     };
+    // What workers need to run it too (never a secret: credentials stay in each one's
+    // environment).
+    let migration = match store.open_migration(&spec).await {
+        Ok(migration) => migration,
+        Err(error) => return Ok(config_error(error)),
+    };
+    let mut recorded = serde_json::to_value(&args)?;
+    recorded["source"] = canonical_text(&args.source).into();
+    store
+        .save_options(migration.id, &recorded.to_string())
+        .await?;
     let migrator = Migrator::new(source, dest, store, options, stop.clone());
     let bar = render::ProgressBar::start(migrator.progress(), !args.no_progress);
     let summary = migrator.run(&spec).await;
@@ -244,18 +289,36 @@ fn engine_error(error: EngineError) -> u8 {
     config_error(error)
 }
 
-/// First Ctrl-C: stop cleanly (objects in flight finish, the rest stays queued). Second: quit now;
-/// the ledger is crash-safe, so the next run resumes either way.
-fn watch_ctrl_c(stop: CancellationToken) {
+/// First Ctrl-C or SIGTERM: stop cleanly (objects in flight finish, the rest stays queued or goes
+/// back to the pool). Second: quit now; the ledger is crash-safe, so the next run (or another
+/// worker, once the lease runs out) resumes either way.
+pub fn watch_ctrl_c(stop: CancellationToken) {
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_err() {
+        let Ok(mut terminate) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            return;
+        };
+        let signal = async {
+            tokio::select! {
+                answer = tokio::signal::ctrl_c() => answer.is_ok(),
+                received = terminate.recv() => received.is_some(),
+            }
+        };
+        if !signal.await {
             return;
         }
         eprintln!(
             "\ngodwit: stopping: finishing the objects in flight (Ctrl-C again to quit at once; a re-run resumes)"
         );
         stop.cancel();
-        if tokio::signal::ctrl_c().await.is_ok() {
+        let again = async {
+            tokio::select! {
+                answer = tokio::signal::ctrl_c() => answer.is_ok(),
+                received = terminate.recv() => received.is_some(),
+            }
+        };
+        if again.await {
             std::process::exit(i32::from(exit::INTERRUPTED));
         }
     });

@@ -1784,3 +1784,81 @@ async fn a_postgres_ledger_is_used_as_the_sqlite_one() {
         "a local path was made of the URL: {leftovers:?}"
     );
 }
+
+/// Issue 10, point 2: `godwit worker` processes join a migration a `migrate` started on a shared
+/// PostgreSQL ledger: each takes a share, every object is written exactly once, and `migrate`
+/// exits only when every object has ended. SIGTERM stops a worker cleanly.
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_share_a_migration_and_each_object_is_written_once() {
+    let Some(url) = support::postgres_schema("fleet").await else {
+        return;
+    };
+    let target = support::Target::s3s_fs().await;
+    let requests = target.requests().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("src");
+    let files: Vec<(String, Vec<u8>)> = (0..3000)
+        .map(|i| (format!("d{}/f{i}", i % 11), bytes(i, 300)))
+        .collect();
+    let borrowed: Vec<(&str, Vec<u8>)> =
+        files.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    write_tree(&source, &borrowed);
+    let bucket = target.bucket("fleet").await;
+
+    let worker = || {
+        let mut command = support::godwit();
+        command
+            .args(["worker", "--json", "--state", &url])
+            .kill_on_drop(true);
+        command.spawn().unwrap()
+    };
+    let workers = [worker(), worker()];
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let before = requests.get("PutObject");
+
+    let mut migrate = support::godwit();
+    migrate
+        .args(["migrate", &path_str(&source), &format!("s3://{bucket}")])
+        .args(["--json", "--no-progress", "--concurrency", "2"])
+        .args(["--dest-endpoint", &target.endpoint, "--state", &url]);
+    let run = support::run(migrate).await;
+
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(run.n("copied"), 3000, "{run:?}");
+    assert_eq!(target.keys(&bucket).await.len(), 3000);
+    assert_eq!(
+        requests.get("PutObject") - before,
+        3000,
+        "an object was written more than once"
+    );
+    let mut copied_by_workers = Vec::new();
+    for child in workers {
+        let pid = child.id().unwrap();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        let output = child.wait_with_output().await.unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(130),
+            "a worker did not stop cleanly"
+        );
+        let copied: u64 = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter_map(|summary| summary["copied_this_run"].as_u64())
+            .sum();
+        copied_by_workers.push(copied);
+    }
+    assert!(
+        copied_by_workers.iter().all(|&n| n > 0),
+        "a worker took no share: {copied_by_workers:?}"
+    );
+    assert_eq!(
+        run.n("copied_this_run") + copied_by_workers.iter().sum::<u64>(),
+        3000,
+        "the shares do not add up: migrate {}, workers {copied_by_workers:?}",
+        run.n("copied_this_run")
+    );
+}

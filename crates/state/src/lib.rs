@@ -221,6 +221,9 @@ pub struct Migration {
     pub id: MigrationId,
     /// What identifies it.
     pub spec: MigrationSpec,
+    /// How it runs, as its last `migrate` command said (opaque to the ledger: the CLI writes and
+    /// reads it; never a secret), so that workers can run it too.
+    pub options: Option<String>,
     /// The latest pass, if one was started.
     pub last_pass: Option<Pass>,
 }
@@ -472,6 +475,8 @@ pub trait Store: Send + Sync {
     /// Finds the migration named in `spec`, or creates it. A migration of that name that moves
     /// objects elsewhere (other locations, other endpoints) is [`StoreError::NameTaken`].
     async fn open_migration(&self, spec: &MigrationSpec) -> Result<Migration, StoreError>;
+    /// Records how the migration runs (see [`Migration::options`]).
+    async fn save_options(&self, migration: MigrationId, options: &str) -> Result<(), StoreError>;
     /// The migration named `name`, if the ledger has it (without creating it).
     async fn find_migration(&self, name: &str) -> Result<Option<Migration>, StoreError>;
     /// Every migration in the ledger, oldest first.

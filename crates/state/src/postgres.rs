@@ -26,7 +26,7 @@ use crate::{
 };
 
 /// The schema, one step a version: version N is `MIGRATIONS[N - 1]`.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     "
 CREATE TABLE migrations (
     id BIGSERIAL PRIMARY KEY,
@@ -95,6 +95,9 @@ CREATE INDEX objects_uploads ON objects (migration_id)
 ALTER TABLE objects ADD COLUMN lease_token BIGINT;
 CREATE SEQUENCE lease_tokens;
 CREATE INDEX objects_leases ON objects (lease_owner) WHERE state = 1;
+",
+    "
+ALTER TABLE migrations ADD COLUMN options TEXT;
 ",
 ];
 
@@ -234,7 +237,7 @@ impl PgStore {
     ) -> Result<Option<Migration>, StoreError> {
         let Some(row) = client
             .query_opt(
-                "SELECT id, source_url, dest_url, source_endpoint, dest_endpoint FROM migrations WHERE name = $1",
+                "SELECT id, source_url, dest_url, source_endpoint, dest_endpoint, options FROM migrations WHERE name = $1",
                 &[&name],
             )
             .await
@@ -266,6 +269,7 @@ impl PgStore {
         Ok(Some(Migration {
             id: MigrationId(id),
             spec,
+            options: row.get(5),
             last_pass,
         }))
     }
@@ -301,6 +305,18 @@ impl Store for PgStore {
             });
         }
         Ok(migration)
+    }
+
+    async fn save_options(&self, migration: MigrationId, options: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE migrations SET options = $2 WHERE id = $1",
+                &[&migration.0, &options],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
     }
 
     async fn find_migration(&self, name: &str) -> Result<Option<Migration>, StoreError> {

@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS migrations (
     dest_url TEXT NOT NULL,
     created_at INTEGER NOT NULL,
     source_endpoint TEXT,
-    dest_endpoint TEXT
+    dest_endpoint TEXT,
+    options TEXT
 );
 CREATE TABLE IF NOT EXISTS passes (
     migration_id INTEGER NOT NULL REFERENCES migrations(id),
@@ -88,7 +89,8 @@ CREATE INDEX IF NOT EXISTS objects_uploads ON objects (migration_id)
 
 /// Columns added since schema 1, added to older ledgers as they are opened (times are
 /// milliseconds since the Unix epoch).
-const ADDED_COLUMNS: [(&str, &str, &str); 11] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 12] = [
+    ("migrations", "options", "TEXT"),
     ("objects", "lease_token", "INTEGER"),
     ("objects", "metadata", "TEXT"),
     ("migrations", "source_endpoint", "TEXT"),
@@ -320,7 +322,7 @@ struct Claimed {
 fn load_migration(connection: &Connection, name: &str) -> rusqlite::Result<Option<Migration>> {
     let found = connection
         .query_row(
-            "SELECT id, source_url, dest_url, source_endpoint, dest_endpoint FROM migrations WHERE name = ?1",
+            "SELECT id, source_url, dest_url, source_endpoint, dest_endpoint, options FROM migrations WHERE name = ?1",
             params![name],
             |row| {
                 Ok((
@@ -332,11 +334,12 @@ fn load_migration(connection: &Connection, name: &str) -> rusqlite::Result<Optio
                         source_endpoint: row.get(3)?,
                         dest_endpoint: row.get(4)?,
                     },
+                    row.get::<_, Option<String>>(5)?,
                 ))
             },
         )
         .optional()?;
-    let Some((id, spec)) = found else {
+    let Some((id, spec, options)) = found else {
         return Ok(None);
     };
     let last_pass = connection
@@ -356,6 +359,7 @@ fn load_migration(connection: &Connection, name: &str) -> rusqlite::Result<Optio
     Ok(Some(Migration {
         id: MigrationId(id),
         spec,
+        options,
         last_pass,
     }))
 }
@@ -386,7 +390,7 @@ impl Store for SqliteStore {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     params![spec.name, spec.source_url, spec.dest_url, now(), spec.source_endpoint, spec.dest_endpoint],
                 )?;
-                Ok(Migration { id: MigrationId(connection.last_insert_rowid()), spec, last_pass: None })
+                Ok(Migration { id: MigrationId(connection.last_insert_rowid()), spec, options: None, last_pass: None })
             })
             .await?;
         if migration.spec != *spec {
@@ -396,6 +400,18 @@ impl Store for SqliteStore {
             });
         }
         Ok(migration)
+    }
+
+    async fn save_options(&self, migration: MigrationId, options: &str) -> Result<(), StoreError> {
+        let options = options.to_owned();
+        self.with(move |connection| {
+            connection.execute(
+                "UPDATE migrations SET options = ?2 WHERE id = ?1",
+                params![migration.0, options],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     async fn find_migration(&self, name: &str) -> Result<Option<Migration>, StoreError> {

@@ -1,0 +1,119 @@
+//! `godwit worker`: joins the fleet on a shared PostgreSQL ledger and works on every migration
+//! there that has objects waiting, until stopped. A `godwit migrate` (on any machine) creates a
+//! migration, records its options (never a secret), scans it and works on it too; each worker
+//! opens the same source and destination with its own credentials.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use godwit_engine::Migrator;
+use godwit_state::ObjectState;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{MigrateArgs, WorkerArgs};
+use crate::exit;
+use crate::ledger::Place;
+use crate::migrate::{Prepared, prepare, watch_ctrl_c};
+
+/// How long a worker with nothing to do waits before looking again.
+const IDLE: Duration = Duration::from_secs(2);
+
+pub async fn run(args: WorkerArgs) -> anyhow::Result<u8> {
+    let place = Place::from_args(args.ledger.state);
+    if !matches!(place, Place::Postgres(_)) {
+        eprintln!(
+            "godwit: a worker shares a PostgreSQL ledger with the rest of the fleet: pass --state postgres://USER@HOST:PORT/DB (or set GODWIT_STATE)"
+        );
+        return Ok(exit::CONFIG);
+    }
+    let store = match place.open().await {
+        Ok(store) => store,
+        Err(error) => {
+            eprintln!("godwit: {error}");
+            return Ok(exit::CONFIG);
+        }
+    };
+    let stop = CancellationToken::new();
+    watch_ctrl_c(stop.clone());
+    let worker = godwit_engine::worker_name();
+    eprintln!("godwit: worker {worker} joined the fleet on {place}");
+    // Migrations this worker cannot run (a setting it cannot meet), said once each.
+    let mut refused: HashSet<String> = HashSet::new();
+    while !stop.is_cancelled() {
+        let mut worked = false;
+        for migration in store.migrations().await? {
+            if stop.is_cancelled() {
+                break;
+            }
+            let Some(options) = &migration.options else {
+                continue;
+            };
+            if store.tally(migration.id).await?.n(ObjectState::Pending) == 0 {
+                continue;
+            }
+            let name = &migration.spec.name;
+            let parsed: Result<MigrateArgs, _> = serde_json::from_str(options);
+            let prepared = match parsed {
+                Ok(args) => prepare(&args).await.ok(),
+                Err(error) => {
+                    if refused.insert(name.clone()) {
+                        eprintln!(
+                            "godwit: migration '{name}': its options cannot be read ({error}); a newer godwit may have written them"
+                        );
+                    }
+                    continue;
+                }
+            };
+            let Some(Prepared {
+                source,
+                dest,
+                mut options,
+                spec,
+            }) = prepared
+            else {
+                if refused.insert(name.clone()) {
+                    eprintln!(
+                        "godwit: migration '{name}': this worker cannot open its source or destination (above); it leaves it to the others"
+                    );
+                }
+                continue;
+            };
+            // The same places, as this worker resolves them (its environment may name other
+            // endpoints than the one that started the migration).
+            if spec.source_endpoint != migration.spec.source_endpoint
+                || spec.dest_endpoint != migration.spec.dest_endpoint
+            {
+                if refused.insert(name.clone()) {
+                    eprintln!(
+                        "godwit: migration '{name}' moves {}, but this worker resolves {}; it leaves it to the others",
+                        migration.spec.describe(),
+                        spec.describe()
+                    );
+                }
+                continue;
+            }
+            options.worker = worker.clone();
+            let migrator = Migrator::new(source, dest, store.clone(), options, stop.clone());
+            match migrator.work(&migration).await {
+                Ok(summary) => {
+                    worked |= summary.copied_this_run > 0;
+                    if args.json {
+                        println!("{}", serde_json::to_string(&summary)?);
+                    }
+                    eprintln!(
+                        "godwit: worker {worker}: migration '{name}': copied {} objects this round; {} pending",
+                        summary.copied_this_run, summary.pending
+                    );
+                }
+                Err(error) => eprintln!("godwit: migration '{name}': {error}"),
+            }
+        }
+        if !worked {
+            tokio::select! {
+                () = tokio::time::sleep(IDLE) => {}
+                () = stop.cancelled() => {}
+            }
+        }
+    }
+    Ok(exit::INTERRUPTED)
+}
