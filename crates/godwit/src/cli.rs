@@ -125,6 +125,12 @@ pub struct MigrateArgs {
     /// holds what the ledger counts as done (one LIST per 1,000 keys); trust the ledger.
     #[arg(long)]
     pub trust_ledger: bool,
+    /// How long a claim on a packet holds without renewal (whole seconds, `90` or `90s`, or
+    /// `2m`); the run renews its claims a few times a lease, so a worker that dies loses its
+    /// packets to the others after about this long.
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_lease)]
+    #[serde(default = "default_lease")]
+    pub lease: u64,
     /// Attempts at one object before it goes to the fail queue.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_attempts: u32,
@@ -162,6 +168,9 @@ pub struct SideArgs {
 pub struct WorkerArgs {
     #[command(flatten)]
     pub ledger: LedgerArgs,
+    /// How long this worker's claims hold without renewal (see `migrate --lease`).
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_lease)]
+    pub lease: u64,
     /// Print one JSON line with the ledger's summary each time it has worked on a migration.
     #[arg(long)]
     pub json: bool,
@@ -224,4 +233,26 @@ fn parse_metadata(text: &str) -> Result<(String, String), String> {
         ));
     }
     Ok((key.to_ascii_lowercase(), value.to_owned()))
+}
+
+fn default_lease() -> u64 {
+    60
+}
+
+/// A lease in seconds: `90`, `90s` or `2m`, at least one second.
+fn parse_lease(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, scale) = match text.strip_suffix('m') {
+        Some(minutes) => (minutes, 60),
+        None => (text.strip_suffix('s').unwrap_or(text), 1),
+    };
+    let seconds = number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .filter(|&s| s >= 1)
+        .ok_or_else(|| {
+            format!("'{text}' is not a lease: write whole seconds (90, 90s) or minutes (2m)")
+        })?;
+    Ok(seconds)
 }

@@ -93,6 +93,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<u8> {
                 continue;
             }
             options.worker = worker.clone();
+            options.lease = Duration::from_secs(args.lease);
             let migrator = Migrator::new(source, dest, store.clone(), options, stop.clone());
             match migrator.work(&migration).await {
                 Ok(summary) => {

@@ -1862,3 +1862,108 @@ async fn workers_share_a_migration_and_each_object_is_written_once() {
         run.n("copied_this_run")
     );
 }
+
+/// Issue 10, point 2 (fencing): a worker stopped (SIGSTOP) past its lease loses its packet to
+/// the others; resumed (SIGCONT), it records nothing over the new owner, and every object ends
+/// once, copied.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_paused_past_its_lease_records_nothing_over_the_new_owner() {
+    let Some(url) = support::postgres_schema("fencing").await else {
+        return;
+    };
+    // Every PUT takes 50 ms: packets stay in flight long enough to be caught.
+    let target = support::Target::slow(std::time::Duration::from_millis(50)).await;
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("src");
+    let files: Vec<(String, Vec<u8>)> = (0..300)
+        .map(|i| (format!("f{i:03}"), bytes(i, 200)))
+        .collect();
+    let borrowed: Vec<(&str, Vec<u8>)> =
+        files.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    write_tree(&source, &borrowed);
+    let bucket = target.bucket("fencing").await;
+
+    let mut paused = support::godwit();
+    paused
+        .args(["worker", "--json", "--lease", "2", "--state", &url])
+        .kill_on_drop(true);
+    let paused = paused.spawn().unwrap();
+    let pid = paused.id().unwrap().to_string();
+    let mut migrate = support::godwit();
+    migrate
+        .args(["migrate", &path_str(&source), &format!("s3://{bucket}")])
+        .args([
+            "--json",
+            "--no-progress",
+            "--concurrency",
+            "2",
+            "--lease",
+            "2",
+        ])
+        .args(["--dest-endpoint", &target.endpoint, "--state", &url]);
+    let migrate = tokio::spawn(support::run(migrate));
+
+    // Stop the worker once it holds objects.
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    // (Until a godwit process has made the tables, there is nothing to count.)
+    let held_by_worker = || async {
+        client
+            .query_one(
+                "SELECT COUNT(*) FROM objects WHERE state = 1 AND lease_owner LIKE '%:' || $1 || ':%'",
+                &[&pid],
+            )
+            .await
+            .map_or(0, |row| row.get::<_, i64>(0))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while held_by_worker().await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never took a packet"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let signal = |name: &str| {
+        std::process::Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .unwrap()
+    };
+    assert!(signal("-STOP").success());
+    let stolen = held_by_worker().await;
+    assert!(stolen > 0);
+    // Its lease runs out; the migrate's heartbeat hands its packet back, and migrate finishes it.
+    let run = migrate.await.unwrap();
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(run.n("copied"), 300, "{run:?}");
+    assert_eq!(held_by_worker().await, 0);
+
+    // Resumed, the worker finishes what it had in flight, and the ledger takes none of it.
+    assert!(signal("-CONT").success());
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert!(signal("-TERM").success());
+    let output = paused.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("another worker took") || stderr.contains("another worker took over"),
+        "the paused worker wrote nothing it was refused: {stderr}"
+    );
+    let counts = client
+        .query_one(
+            "SELECT COUNT(*) FILTER (WHERE state = 2), COUNT(*) FROM objects",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (counts.get::<_, i64>(0), counts.get::<_, i64>(1)),
+        (300, 300)
+    );
+    assert_eq!(target.keys(&bucket).await.len(), 300);
+    for (key, content) in files.iter().step_by(37) {
+        assert_eq!(&target.get(&bucket, key).await, content, "{key}");
+    }
+}

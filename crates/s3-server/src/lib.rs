@@ -47,6 +47,16 @@ pub enum Conditions {
     Ignored,
 }
 
+/// How the endpoint behaves beside storing objects: test knobs, each standing in for a kind of
+/// server that does not run here.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServerOptions {
+    /// Which conditional requests it enforces.
+    pub conditions: Conditions,
+    /// Each PutObject waits this long first, as a distant or busy server would.
+    pub put_delay: std::time::Duration,
+}
+
 /// A running local S3 endpoint. Dropping it stops accepting connections.
 pub struct LocalS3 {
     addr: SocketAddr,
@@ -83,6 +93,7 @@ struct Access {
     root: PathBuf,
     cuts: Cuts,
     conditions: Conditions,
+    put_delay: std::time::Duration,
 }
 
 impl Access {
@@ -193,6 +204,9 @@ impl S3Access for Access {
         if self.conditions == Conditions::Ignored {
             req.input.if_none_match = None;
             req.input.if_match = None;
+        }
+        if !self.put_delay.is_zero() {
+            tokio::time::sleep(self.put_delay).await;
         }
         Ok(())
     }
@@ -523,16 +537,16 @@ impl LocalS3 {
         access_key: &str,
         secret_key: &str,
     ) -> Result<Self, StartError> {
-        Self::start_with(root, bind, access_key, secret_key, Conditions::Enforced).await
+        Self::start_with(root, bind, access_key, secret_key, ServerOptions::default()).await
     }
 
-    /// Like [`LocalS3::start`], enforcing conditional requests or not (see [`Conditions`]).
+    /// Like [`LocalS3::start`], with test knobs (see [`ServerOptions`]).
     pub async fn start_with(
         root: &Path,
         bind: SocketAddr,
         access_key: &str,
         secret_key: &str,
-        conditions: Conditions,
+        options: ServerOptions,
     ) -> Result<Self, StartError> {
         std::fs::create_dir_all(root)
             .map_err(|e| StartError(format!("cannot create {}: {e}", root.display())))?;
@@ -546,7 +560,8 @@ impl LocalS3 {
             counts: requests.clone(),
             root: root.to_path_buf(),
             cuts: cuts.clone(),
-            conditions,
+            conditions: options.conditions,
+            put_delay: options.put_delay,
         });
         builder.set_route(PartHeads {
             root: root.to_path_buf(),

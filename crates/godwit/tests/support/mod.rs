@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
-use godwit_s3_server::{Conditions, LocalS3, RequestCounts};
+use godwit_s3_server::{Conditions, LocalS3, RequestCounts, ServerOptions};
 
 /// Test-only credentials of the in-process server (moto accepts any). Not secrets.
 pub const ACCESS_KEY: &str = "godwit-test-key";
@@ -82,22 +82,35 @@ static BUCKETS: AtomicU32 = AtomicU32::new(0);
 
 impl Target {
     pub async fn s3s_fs() -> Target {
-        Self::local(Kind::S3sFs, Conditions::Enforced).await
+        Self::local(Kind::S3sFs, ServerOptions::default()).await
     }
 
     /// The in-process server, ignoring conditional requests.
     pub async fn lax() -> Target {
-        Self::local(Kind::Lax, Conditions::Ignored).await
+        let options = ServerOptions {
+            conditions: Conditions::Ignored,
+            ..ServerOptions::default()
+        };
+        Self::local(Kind::Lax, options).await
     }
 
-    async fn local(kind: Kind, conditions: Conditions) -> Target {
+    /// The in-process server, every PutObject answered after `delay`.
+    pub async fn slow(delay: std::time::Duration) -> Target {
+        let options = ServerOptions {
+            put_delay: delay,
+            ..ServerOptions::default()
+        };
+        Self::local(Kind::S3sFs, options).await
+    }
+
+    async fn local(kind: Kind, options: ServerOptions) -> Target {
         let storage = tempfile::tempdir().unwrap();
         let server = LocalS3::start_with(
             storage.path(),
             "127.0.0.1:0".parse().unwrap(),
             ACCESS_KEY,
             SECRET_KEY,
-            conditions,
+            options,
         )
         .await
         .unwrap();
