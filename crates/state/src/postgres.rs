@@ -473,52 +473,48 @@ impl Store for PgStore {
     ) -> Result<Vec<ClaimedObject>, StoreError> {
         let mut client = self.client().await?;
         let transaction = client.transaction().await.map_err(|e| self.error(e))?;
-        // Other workers' packets are skipped, not waited for.
-        let candidates = transaction
+        let expires = now() + limits.lease.as_secs() as i64;
+        let at = millis(SystemTime::now());
+        // One statement: lock the first pending rows (other workers' packets are skipped, not
+        // waited for), cut them at the byte limit (always one), and take them under a fresh
+        // token. The `first_claimed_at` returned is the one from before this claim.
+        let rows = transaction
             .query(
-                "SELECT id, size, first_claimed_at FROM objects
-                 WHERE migration_id = $1 AND state = 0 ORDER BY id LIMIT $2
-                 FOR UPDATE SKIP LOCKED",
-                &[&migration.0, &i64::from(limits.max_objects)],
+                "WITH locked AS (
+                   SELECT id, size, first_claimed_at FROM objects
+                   WHERE migration_id = $1 AND state = 0 ORDER BY id LIMIT $2
+                   FOR UPDATE SKIP LOCKED
+                 ), cut AS (
+                   SELECT id, first_claimed_at,
+                     (SUM(size) OVER (ORDER BY id))::bigint AS through, ROW_NUMBER() OVER (ORDER BY id) AS n
+                   FROM locked
+                 ), token AS (SELECT nextval('lease_tokens') AS value)
+                 UPDATE objects SET state = 1, attempts = attempts + 1, lease_owner = $3,
+                   lease_expires = $4, first_claimed_at = COALESCE(objects.first_claimed_at, $5),
+                   lease_token = token.value
+                 FROM cut, token
+                 WHERE objects.id = cut.id AND (cut.n = 1 OR cut.through <= $6)
+                 RETURNING objects.id, key, size, version, attempts, upload_id, part_size, upload_size,
+                   upload_version, upload_started_at, written_etag, written_version,
+                   cut.first_claimed_at, token.value",
+                &[
+                    &migration.0,
+                    &i64::from(limits.max_objects),
+                    &worker,
+                    &expires,
+                    &at,
+                    &(limits.max_bytes.min(i64::MAX as u64) as i64),
+                ],
             )
             .await
             .map_err(|e| self.error(e))?;
-        let mut ids = Vec::new();
-        let mut earlier: HashMap<i64, Option<i64>> = HashMap::new();
-        let mut bytes = 0u64;
-        for row in &candidates {
-            let size = row.get::<_, i64>(1) as u64;
-            if !ids.is_empty() && bytes + size > limits.max_bytes {
-                break;
-            }
-            bytes += size;
-            let id: i64 = row.get(0);
-            ids.push(id);
-            earlier.insert(id, row.get(2));
-        }
-        if ids.is_empty() {
+        if rows.is_empty() {
             transaction.commit().await.map_err(|e| self.error(e))?;
             return Ok(Vec::new());
         }
-        let expires = now() + limits.lease.as_secs() as i64;
-        let at = millis(SystemTime::now());
-        let token: i64 = transaction
-            .query_one("SELECT nextval('lease_tokens')", &[])
-            .await
-            .map_err(|e| self.error(e))?
-            .get(0);
-        let rows = transaction
-            .query(
-                "UPDATE objects SET state = 1, attempts = attempts + 1, lease_owner = $2,
-                   lease_expires = $3, first_claimed_at = COALESCE(first_claimed_at, $4),
-                   lease_token = $5
-                 WHERE id = ANY($1)
-                 RETURNING id, key, size, version, attempts, upload_id, part_size, upload_size,
-                   upload_version, upload_started_at, written_etag, written_version",
-                &[&ids, &worker, &expires, &at, &token],
-            )
-            .await
-            .map_err(|e| self.error(e))?;
+        let earlier: HashMap<i64, Option<i64>> =
+            rows.iter().map(|row| (row.get(0), row.get(12))).collect();
+        let token: i64 = rows[0].get(13);
         let with_uploads: Vec<i64> = rows
             .iter()
             .filter(|row| row.get::<_, Option<String>>(5).is_some())
