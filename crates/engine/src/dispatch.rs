@@ -76,6 +76,14 @@ impl Migrator {
         let mut result: Result<(), EngineError> = Ok(());
 
         'claiming: while !halt.is_cancelled() {
+            // No new packets while an endpoint is down.
+            if transfers.outage.is_down() {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    () = halt.cancelled() => {}
+                }
+                continue;
+            }
             while let Some(joined) = tasks.try_join_next() {
                 if let Err(error) = flatten(joined) {
                     result = Err(error);

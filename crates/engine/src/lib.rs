@@ -13,6 +13,7 @@ pub mod checksum;
 mod dispatch;
 mod filter;
 mod migrate;
+mod outage;
 mod plan;
 mod progress;
 mod recheck;
@@ -43,6 +44,9 @@ pub enum EngineError {
     /// server: a scan would find godwit's own copies.
     #[error("{0}")]
     Overlap(String),
+    /// An endpoint stopped answering for longer than the run waits.
+    #[error("{0}")]
+    Unreachable(String),
     /// Listing the source failed part-way.
     #[error("scanning the source: {0}")]
     Scan(StorageError),

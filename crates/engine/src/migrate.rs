@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::EngineError;
 use crate::filter::Filter;
+use crate::outage::Outage;
 use crate::progress::Progress;
 use crate::recheck::{Recheck, recheck};
 use crate::scan::{check, mark_work_known, scan};
@@ -36,6 +37,8 @@ pub struct MigrateOptions {
     /// How long a claim holds without renewal; the run renews its claims a few times a lease, so
     /// a worker that stops loses its packets after about this long.
     pub lease: Duration,
+    /// How long an endpoint may stop answering before the run gives up (see `outage`).
+    pub endpoint_timeout: Duration,
     /// Let the destination copy objects server-side when it shares the source's endpoint and
     /// refuses copies onto existing keys.
     pub server_side_copy: bool,
@@ -52,6 +55,7 @@ impl Default for MigrateOptions {
             transfer: TransferOptions::default(),
             worker: worker_name(),
             lease: Duration::from_secs(60),
+            endpoint_timeout: Duration::from_secs(15 * 60),
             server_side_copy: true,
             trust_ledger: false,
         }
@@ -243,6 +247,12 @@ impl Migrator {
             Arc::clone(&self.progress),
             copy_candidate,
             filter,
+            Arc::new(Outage::new(
+                Arc::clone(&self.source),
+                Arc::clone(&self.dest),
+                self.options.endpoint_timeout,
+                halt.clone(),
+            )),
         ));
         let dispatched = self
             .dispatch(
@@ -267,6 +277,9 @@ impl Migrator {
         let tally = self.store.tally(migration.id).await?;
         let problems = self.store.problems(migration.id, PROBLEMS_LISTED).await?;
         dispatched?;
+        if let Some(reason) = transfers.outage.gave_up() {
+            return Err(EngineError::Unreachable(reason));
+        }
         let mut summary = self.summary(&migration, pass_number, &tally, problems, started);
         summary.guarantees = transfers.guarantees();
         summary.missing_at_destination = rechecked.missing + rechecked.changed;
@@ -301,6 +314,12 @@ impl Migrator {
             Arc::clone(&self.progress),
             copy_candidate,
             filter,
+            Arc::new(Outage::new(
+                Arc::clone(&self.source),
+                Arc::clone(&self.dest),
+                self.options.endpoint_timeout,
+                halt.clone(),
+            )),
         ));
         let dispatched = self
             .dispatch(
@@ -315,6 +334,9 @@ impl Migrator {
         let tally = self.store.tally(migration.id).await?;
         let problems = self.store.problems(migration.id, PROBLEMS_LISTED).await?;
         dispatched?;
+        if let Some(reason) = transfers.outage.gave_up() {
+            return Err(EngineError::Unreachable(reason));
+        }
         let pass = migration.last_pass.as_ref().map_or(0, |p| p.number);
         let mut summary = self.summary(migration, pass, &tally, problems, started);
         summary.guarantees = transfers.guarantees();

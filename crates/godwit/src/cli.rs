@@ -128,9 +128,15 @@ pub struct MigrateArgs {
     /// How long a claim on a packet holds without renewal (whole seconds, `90` or `90s`, or
     /// `2m`); the run renews its claims a few times a lease, so a worker that dies loses its
     /// packets to the others after about this long.
-    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_lease)]
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_seconds)]
     #[serde(default = "default_lease")]
     pub lease: u64,
+    /// How long an endpoint may stop answering before the run gives up (exit 2; every object
+    /// not yet copied stays queued). Meanwhile it takes no new objects and charges none an
+    /// attempt.
+    #[arg(long, default_value = "15m", value_name = "DURATION", value_parser = parse_seconds)]
+    #[serde(default = "default_endpoint_timeout")]
+    pub endpoint_timeout: u64,
     /// Attempts at one object before it goes to the fail queue.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_attempts: u32,
@@ -169,7 +175,7 @@ pub struct WorkerArgs {
     #[command(flatten)]
     pub ledger: LedgerArgs,
     /// How long this worker's claims hold without renewal (see `migrate --lease`).
-    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_lease)]
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_seconds)]
     pub lease: u64,
     /// Print one JSON line with the ledger's summary each time it has worked on a migration.
     #[arg(long)]
@@ -239,8 +245,12 @@ fn default_lease() -> u64 {
     60
 }
 
-/// A lease in seconds: `90`, `90s` or `2m`, at least one second.
-fn parse_lease(text: &str) -> Result<u64, String> {
+fn default_endpoint_timeout() -> u64 {
+    15 * 60
+}
+
+/// A duration in whole seconds: `90`, `90s` or `2m`, at least one second.
+fn parse_seconds(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let (number, scale) = match text.strip_suffix('m') {
         Some(minutes) => (minutes, 60),

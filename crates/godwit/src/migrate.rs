@@ -177,6 +177,7 @@ pub async fn prepare(args: &MigrateArgs) -> Result<Prepared, u8> {
         server_side_copy: !args.no_server_side_copy,
         trust_ledger: args.trust_ledger,
         lease: std::time::Duration::from_secs(args.lease),
+        endpoint_timeout: std::time::Duration::from_secs(args.endpoint_timeout),
         ..MigrateOptions::default()
     };
     let spec = spec(

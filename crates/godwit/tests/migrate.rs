@@ -1967,3 +1967,170 @@ async fn a_worker_paused_past_its_lease_records_nothing_over_the_new_owner() {
         assert_eq!(&target.get(&bucket, key).await, content, "{key}");
     }
 }
+
+/// A `godwit serve-s3` in a process of its own, on a port of its own, to stop and start again.
+struct ServedS3 {
+    dir: std::path::PathBuf,
+    port: u16,
+    child: Option<tokio::process::Child>,
+}
+
+impl ServedS3 {
+    async fn start(dir: &std::path::Path, port: u16) -> Self {
+        let mut served = Self {
+            dir: dir.to_owned(),
+            port,
+            child: None,
+        };
+        served.restart().await;
+        served
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    async fn restart(&mut self) {
+        let mut command = support::godwit();
+        command.arg("serve-s3").arg(&self.dir).args([
+            "--listen",
+            &format!("127.0.0.1:{}", self.port),
+            "--bucket",
+            "served",
+        ]);
+        self.child = Some(command.spawn().unwrap());
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("serve-s3 did not start");
+    }
+
+    async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.start_kill().unwrap();
+            child.wait().await.unwrap();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Issue 10, point 4: a destination that stops answering mid-run is one outage, not thousands of
+/// failures: no new objects are taken while it is down, none is charged an attempt, and the run
+/// goes on when it answers again. One that stays down past `--endpoint-timeout` stops the run
+/// with exit 2 and nothing failed.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endpoint_outage_is_waited_out_and_charges_no_attempt() {
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("src");
+    let files: Vec<(String, Vec<u8>)> = (0..1500)
+        .map(|i| (format!("d{}/f{i}", i % 7), bytes(i, 300)))
+        .collect();
+    let borrowed: Vec<(&str, Vec<u8>)> =
+        files.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    write_tree(&source, &borrowed);
+    let mut served = ServedS3::start(&work.path().join("s3"), free_port()).await;
+    let state = ledger(&work);
+    let mut migrate = support::godwit();
+    migrate
+        .args(["migrate", &path_str(&source), "s3://served"])
+        .args(["--json", "--no-progress", "--concurrency", "4"])
+        .args(["--dest-endpoint", &served.endpoint()])
+        .arg("--state")
+        .arg(&state);
+    let running = tokio::spawn(support::run(migrate));
+    let copied = || {
+        rusqlite::Connection::open_with_flags(&state, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .and_then(|db| {
+                db.query_row("SELECT COUNT(*) FROM objects WHERE state = 2", [], |row| {
+                    row.get::<_, i64>(0)
+                })
+            })
+            .unwrap_or(0)
+    };
+    while copied() < 200 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    served.kill().await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert!(
+        copied() < 1500,
+        "the run finished before the outage; the test proves nothing"
+    );
+    served.restart().await;
+
+    let run = running.await.unwrap();
+
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!((run.n("copied"), run.n("failed")), (1500, 0), "{run:?}");
+    assert!(run.stderr.contains("stopped answering"), "{}", run.stderr);
+    let charged: i64 = rusqlite::Connection::open(&state)
+        .unwrap()
+        .query_row("SELECT MAX(attempts) FROM objects", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(
+        charged, 1,
+        "an object was charged an attempt for the outage"
+    );
+
+    // Down for good mid-run: the run gives up after --endpoint-timeout, with nothing failed.
+    served.restart().await;
+    let second_state = work.path().join("second.db");
+    let mut again = support::godwit();
+    again
+        .args(["migrate", &path_str(&source), "s3://served/second"])
+        .args(["--json", "--no-progress", "--concurrency", "4"])
+        .args([
+            "--endpoint-timeout",
+            "2s",
+            "--dest-endpoint",
+            &served.endpoint(),
+        ])
+        .arg("--state")
+        .arg(&second_state);
+    let running = tokio::spawn(support::run(again));
+    let copied_second = || {
+        rusqlite::Connection::open_with_flags(
+            &second_state,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .and_then(|db| {
+            db.query_row("SELECT COUNT(*) FROM objects WHERE state = 2", [], |row| {
+                row.get::<_, i64>(0)
+            })
+        })
+        .unwrap_or(0)
+    };
+    while copied_second() < 100 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    served.kill().await;
+    let down = running.await.unwrap();
+    assert_eq!(down.code, Some(2), "{down:?}");
+    assert!(down.stderr.contains("has not answered"), "{}", down.stderr);
+    let (failed, pending): (i64, i64) = rusqlite::Connection::open(&second_state)
+        .unwrap()
+        .query_row(
+            "SELECT COUNT(*) FILTER (WHERE state = 7), COUNT(*) FILTER (WHERE state IN (0, 1)) FROM objects",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(failed, 0, "objects failed for the outage");
+    assert!(
+        pending > 0,
+        "nothing left for the next run: the test proves nothing"
+    );
+}

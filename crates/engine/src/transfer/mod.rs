@@ -38,6 +38,7 @@ use godwit_storage::{
 use tokio::sync::{OnceCell, Semaphore};
 
 use crate::filter::Filter;
+use crate::outage::{Outage, Verdict};
 use crate::progress::Progress;
 use own::Own;
 use upload::{MULTIPART_OBJECTS, UNKNOWN};
@@ -111,6 +112,8 @@ pub(crate) struct Transfers {
     pub progress: Arc<Progress>,
     /// Which keys the run takes: an object queued under another filter is excluded when claimed.
     filter: Filter,
+    /// The endpoints' health: outages are waited out.
+    pub(crate) outage: Arc<Outage>,
     /// The memory budget in KiB permits.
     budget: Semaphore,
     /// Multipart objects streamed at once (see [`MULTIPART_OBJECTS`]).
@@ -165,6 +168,7 @@ pub(super) struct Done {
 const KIB: u64 = 1024;
 
 impl Transfers {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         source: Arc<dyn Source>,
         dest: Arc<dyn Destination>,
@@ -173,6 +177,7 @@ impl Transfers {
         progress: Arc<Progress>,
         copy_candidate: Option<CopyOrigin>,
         filter: Filter,
+        outage: Arc<Outage>,
     ) -> Self {
         let permits = (options.memory_budget / KIB).clamp(1, u64::from(u32::MAX >> 4)) as usize;
         Self {
@@ -182,6 +187,7 @@ impl Transfers {
             options,
             progress,
             filter,
+            outage,
             budget: Semaphore::new(permits),
             multipart_objects: Semaphore::new(MULTIPART_OBJECTS),
             copy_from_on: AtomicBool::new(true),
@@ -325,6 +331,7 @@ impl Transfers {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            let mark = self.outage.mark();
             let result = match self.server_copy_for(&job.meta, job.upload.as_ref()).await {
                 Some(origin) => match self.copy_server_side(&mut job, origin).await? {
                     Ok(Some(done)) => Ok(done),
@@ -345,6 +352,23 @@ impl Transfers {
                 }
                 Err(error) => error,
             };
+            // An endpoint that stopped answering is an outage to wait out, not this object's
+            // failure (see `outage`).
+            if error.kind() == ErrorKind::Unreachable {
+                match self.outage.weather(mark, error.message()).await {
+                    Verdict::Charge => {}
+                    Verdict::Retry => {
+                        attempt -= 1;
+                        continue;
+                    }
+                    Verdict::GiveUp => {
+                        // Back to the queue as it was claimed: its upload kept for the next run.
+                        let mut outcome = self.ended(&job, 1, ObjectState::Pending, None);
+                        outcome.attempts = job.claimed.attempts.saturating_sub(1);
+                        return Ok(outcome);
+                    }
+                }
+            }
             // A source object that went away or changed is looked at again before anything else.
             if matches!(error.kind(), ErrorKind::NotFound | ErrorKind::SourceChanged) {
                 match self.source.stat(&job.meta.key).await {

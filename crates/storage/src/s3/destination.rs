@@ -28,6 +28,14 @@ pub struct S3Destination {
     pub(super) conditions: OnceCell<Conditions>,
 }
 
+/// No retries inside the SDK for a conditional write: a retry of a write whose answer was lost
+/// would meet the write itself and look like a refusal. The engine sees every attempt, knows which
+/// may have landed, and retries itself.
+fn answered_once() -> aws_sdk_s3::config::Builder {
+    aws_sdk_s3::config::Builder::default()
+        .retry_config(aws_smithy_types::retry::RetryConfig::disabled())
+}
+
 /// Sets the headers of `$metadata` on a PutObject, CreateMultipartUpload or CopyObject request.
 macro_rules! with_metadata {
     ($request:expr, $metadata:expr) => {{
@@ -142,6 +150,7 @@ impl Destination for S3Destination {
         let answer = request
             .set_tagging(metadata.tags.clone())
             .customize()
+            .config_override(answered_once())
             // The CRC-64/NVME header already protects the body; hashing it again for the
             // signature would cost a pass over every byte.
             .disable_payload_signing()
@@ -257,7 +266,11 @@ impl Destination for S3Destination {
             Precondition::Absent => request.if_none_match("*"),
             Precondition::Etag(etag) => request.if_match(etag),
         };
-        let answer = request.send().await;
+        let answer = request
+            .customize()
+            .config_override(answered_once())
+            .send()
+            .await;
         match answer {
             Ok(out) => Ok(Written::Created(receipt(
                 out.e_tag(),
@@ -399,7 +412,12 @@ impl Destination for S3Destination {
         if !source.version.is_empty() {
             request = request.copy_source_if_match(&source.version);
         }
-        match request.send().await {
+        match request
+            .customize()
+            .config_override(answered_once())
+            .send()
+            .await
+        {
             Ok(out) => {
                 let result = out.copy_object_result();
                 Ok(Written::Created(receipt(
