@@ -1065,8 +1065,21 @@ impl Store for FailingLedger {
     ) -> Result<Vec<godwit_state::Problem>, StoreError> {
         self.inner.problems(migration, limit).await
     }
-    async fn requeue_failed(&self, migration: MigrationId) -> Result<u64, StoreError> {
-        self.inner.requeue_failed(migration).await
+    async fn requeue_failed(
+        &self,
+        migration: MigrationId,
+        class: Option<&str>,
+    ) -> Result<u64, StoreError> {
+        self.inner.requeue_failed(migration, class).await
+    }
+    async fn failed(
+        &self,
+        migration: MigrationId,
+        class: Option<&str>,
+        after: Option<ObjectId>,
+        limit: u32,
+    ) -> Result<Vec<godwit_state::FailedObject>, StoreError> {
+        self.inner.failed(migration, class, after, limit).await
     }
     async fn done_objects(
         &self,

@@ -28,6 +28,9 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Show the migrations in a ledger and their counts per state.
     Status(StatusArgs),
+    /// List a migration's fail queue: each failed object with its error class, attempts and last
+    /// error, a page at a time.
+    Failed(FailedArgs),
     /// Put a migration's failed objects back in the queue; the next `migrate` retries them.
     RetryFailed(RetryArgs),
     /// Serve a directory as a local S3 endpoint (each sub-directory is a bucket).
@@ -193,8 +196,32 @@ pub struct StatusArgs {
 
 #[derive(Debug, Args)]
 pub struct RetryArgs {
-    /// The migration's name (see `godwit status`).
-    pub name: String,
+    /// The migration's name (see `godwit status`); may be left out when the ledger holds one.
+    pub name: Option<String>,
+    /// Only the failures of this error class (see `godwit failed`).
+    #[arg(long, value_name = "CLASS")]
+    pub class: Option<String>,
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct FailedArgs {
+    /// The migration's name (see `godwit status`); may be left out when the ledger holds one.
+    pub name: Option<String>,
+    /// Only the failures of this error class (`unreachable`, `access_denied`,
+    /// `checksum_mismatch`, `invalid_input`, ...).
+    #[arg(long, value_name = "CLASS")]
+    pub class: Option<String>,
+    /// At most this many (a page).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub limit: u32,
+    /// The page after the object of this id (the `next` of the page before).
+    #[arg(long, value_name = "ID")]
+    pub after: Option<i64>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub ledger: LedgerArgs,
 }

@@ -58,6 +58,7 @@ async fn run(args: cli::Cli) -> anyhow::Result<u8> {
         cli::Command::Worker(args) => worker::run(args).await,
         cli::Command::Status(args) => status::run(args).await,
         cli::Command::RetryFailed(args) => status::retry_failed(args).await,
+        cli::Command::Failed(args) => status::failed(args).await,
         cli::Command::ServeS3(args) => serve_s3::run(args).await,
         cli::Command::Demo(args) => demo::run(args).await,
     }

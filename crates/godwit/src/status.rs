@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use godwit_state::{Migration, ObjectState, Store};
 
-use crate::cli::{RetryArgs, StatusArgs};
+use crate::cli::{FailedArgs, RetryArgs, StatusArgs};
 use crate::exit;
 use crate::ledger::Place;
 use crate::render::bytes;
@@ -81,20 +81,87 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
+/// The migration named `name`, or the ledger's only one when no name is given; a message and
+/// the exit code otherwise.
+async fn pick(store: &dyn Store, name: Option<&str>) -> anyhow::Result<Result<Migration, u8>> {
+    let migrations: Vec<Migration> = store.migrations().await?;
+    Ok(match name {
+        Some(name) => match migrations.into_iter().find(|m| m.spec.name == name) {
+            Some(migration) => Ok(migration),
+            None => {
+                eprintln!("godwit: no migration named '{name}'; `godwit status` lists them");
+                Err(exit::CONFIG)
+            }
+        },
+        None if migrations.len() == 1 => Ok(migrations.into_iter().next().expect("one migration")),
+        None => {
+            eprintln!(
+                "godwit: the ledger holds {} migrations: name one (`godwit status` lists them)",
+                migrations.len()
+            );
+            Err(exit::CONFIG)
+        }
+    })
+}
+
 pub async fn retry_failed(args: RetryArgs) -> anyhow::Result<u8> {
     let (store, _) = match open(args.ledger.state, false).await {
         Ok(opened) => opened,
         Err(code) => return Ok(code),
     };
-    let migrations: Vec<Migration> = store.migrations().await?;
-    let Some(migration) = migrations.iter().find(|m| m.spec.name == args.name) else {
-        eprintln!(
-            "godwit: no migration named '{}'; `godwit status` lists them",
-            args.name
-        );
-        return Ok(exit::CONFIG);
+    let migration = match pick(store.as_ref(), args.name.as_deref()).await? {
+        Ok(migration) => migration,
+        Err(code) => return Ok(code),
     };
-    let n = store.requeue_failed(migration.id).await?;
+    let n = store
+        .requeue_failed(migration.id, args.class.as_deref())
+        .await?;
     println!("{n} failed objects queued again; run the migrate command again to retry them");
+    Ok(exit::OK)
+}
+
+pub async fn failed(args: FailedArgs) -> anyhow::Result<u8> {
+    let (store, _) = match open(args.ledger.state, true).await {
+        Ok(opened) => opened,
+        Err(code) => return Ok(code),
+    };
+    let migration = match pick(store.as_ref(), args.name.as_deref()).await? {
+        Ok(migration) => migration,
+        Err(code) => return Ok(code),
+    };
+    let page = store
+        .failed(
+            migration.id,
+            args.class.as_deref(),
+            args.after.map(godwit_state::ObjectId),
+            args.limit,
+        )
+        .await?;
+    let next = (page.len() == args.limit as usize)
+        .then(|| page.last().map(|f| f.id))
+        .flatten();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "migration": migration.spec.name, "failed": page, "next": next })
+        );
+        return Ok(exit::OK);
+    }
+    if page.is_empty() {
+        println!("no failed objects in '{}'", migration.spec.name);
+    }
+    for failure in &page {
+        println!(
+            "{:>8}  {:<18} {} attempts  {}: {}",
+            failure.id,
+            failure.class.as_deref().unwrap_or("-"),
+            failure.attempts,
+            failure.key,
+            failure.error.as_deref().unwrap_or("no reason recorded")
+        );
+    }
+    if let Some(next) = next {
+        println!("more: godwit failed --after {next}");
+    }
     Ok(exit::OK)
 }

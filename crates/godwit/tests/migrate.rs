@@ -2134,3 +2134,80 @@ async fn an_endpoint_outage_is_waited_out_and_charges_no_attempt() {
         "nothing left for the next run: the test proves nothing"
     );
 }
+
+/// Issue 10, point 5: `godwit failed` lists the fail queue with each failure's class, attempts
+/// and last error, a page at a time, by class if asked; `retry-failed --class` requeues one class.
+/// The migration's name may be left out when the ledger holds one.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_fail_queue_is_listed_by_class_and_requeued_by_class() {
+    use std::os::unix::ffi::OsStrExt;
+    let target = support::Target::s3s_fs().await;
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("src");
+    write_tree(&source, &[("good.txt", bytes(1, 10))]);
+    std::os::unix::fs::symlink(work.path().join("nowhere"), source.join("dangling")).unwrap();
+    std::fs::write(source.join(std::ffi::OsStr::from_bytes(b"bad\xff")), b"x").unwrap();
+    let bucket = target.bucket("failq").await;
+    let state = ledger(&work);
+    let run = migrate(
+        &target,
+        &path_str(&source),
+        &format!("s3://{bucket}"),
+        &state,
+        &[],
+    )
+    .await;
+    assert_eq!((run.n("failed"), run.n("copied")), (2, 1), "{run:?}");
+
+    let failed = |extra: &[&str]| {
+        let mut command = support::godwit();
+        command
+            .args(["failed", "--json", "--state"])
+            .arg(&state)
+            .args(extra);
+        support::run(command)
+    };
+    let all = failed(&[]).await;
+    assert_eq!(all.code, Some(0), "{all:?}");
+    let listed = all.json()["failed"].as_array().unwrap().clone();
+    let mut classes: Vec<&str> = listed
+        .iter()
+        .map(|f| f["class"].as_str().unwrap())
+        .collect();
+    classes.sort();
+    assert_eq!(classes, ["invalid_input", "io"], "{all:?}");
+    assert!(
+        listed
+            .iter()
+            .all(|f| f["attempts"].as_u64().is_some() && f["error"].is_string())
+    );
+    let io = failed(&["--class", "io"]).await.json();
+    assert_eq!(io["failed"].as_array().unwrap().len(), 1);
+    assert!(
+        io["failed"][0]["key"]
+            .as_str()
+            .unwrap()
+            .contains("dangling")
+    );
+    let first = failed(&["--limit", "1"]).await.json();
+    let next = first["next"].as_i64().expect("a next page");
+    let second = failed(&["--limit", "1", "--after", &next.to_string()])
+        .await
+        .json();
+    assert_eq!(second["failed"].as_array().unwrap().len(), 1);
+    assert_ne!(first["failed"][0]["key"], second["failed"][0]["key"]);
+
+    let mut retry = support::godwit();
+    retry
+        .args(["retry-failed", "--class", "invalid_input", "--state"])
+        .arg(&state);
+    let retried = support::run(retry).await;
+    assert_eq!(retried.code, Some(0), "{retried:?}");
+    assert!(
+        retried.stdout.starts_with("1 failed objects queued again"),
+        "{retried:?}"
+    );
+    let left = failed(&[]).await.json();
+    assert_eq!(left["failed"].as_array().unwrap().len(), 1);
+    assert_eq!(left["failed"][0]["class"], "io");
+}

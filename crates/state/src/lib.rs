@@ -188,6 +188,23 @@ impl MigrationSpec {
     }
 }
 
+/// An object in the fail queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FailedObject {
+    /// Its row id (the cursor of the next page).
+    pub id: i64,
+    /// Relative key.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// The error class (`unreachable`, `access_denied`, `checksum_mismatch`, ...).
+    pub class: Option<String>,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last error's message.
+    pub error: Option<String>,
+}
+
 /// An object the ledger counts as done at the destination (`copied` or `already_present`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DoneObject {
@@ -554,8 +571,22 @@ pub trait Store: Send + Sync {
         migration: MigrationId,
         limit: u32,
     ) -> Result<Vec<Problem>, StoreError>;
-    /// Puts every failed object back in the queue with fresh attempts; returns how many.
-    async fn requeue_failed(&self, migration: MigrationId) -> Result<u64, StoreError>;
+    /// Puts the failed objects (of error class `class`, or all) back in the queue with fresh
+    /// attempts; returns how many.
+    async fn requeue_failed(
+        &self,
+        migration: MigrationId,
+        class: Option<&str>,
+    ) -> Result<u64, StoreError>;
+    /// The fail queue, a page at a time: up to `limit` failed objects (of error class `class`,
+    /// or all) after object `after`, in id order.
+    async fn failed(
+        &self,
+        migration: MigrationId,
+        class: Option<&str>,
+        after: Option<ObjectId>,
+        limit: u32,
+    ) -> Result<Vec<FailedObject>, StoreError>;
     /// Up to `limit` objects counted done at the destination, in key order, after `after`.
     async fn done_objects(
         &self,

@@ -19,10 +19,10 @@ use tokio_postgres::NoTls;
 use tokio_postgres::types::ToSql;
 
 use crate::{
-    Claim, ClaimedObject, DoneObject, KnownObject, LeaseToken, Migration, MigrationId,
-    MigrationSpec, ObjectId, ObjectState, Outcome, OwnWrite, OwnWriteChange, PacketLimits,
-    PartRecord, Pass, Problem, ScannedObject, SourceVersion, StaleUpload, Store, StoreError, Tally,
-    UploadRecord, from_millis, millis, now, scanned_columns,
+    Claim, ClaimedObject, DoneObject, FailedObject, KnownObject, LeaseToken, Migration,
+    MigrationId, MigrationSpec, ObjectId, ObjectState, Outcome, OwnWrite, OwnWriteChange,
+    PacketLimits, PartRecord, Pass, Problem, ScannedObject, SourceVersion, StaleUpload, Store,
+    StoreError, Tally, UploadRecord, from_millis, millis, now, scanned_columns,
 };
 
 /// The schema, one step a version: version N is `MIGRATIONS[N - 1]`.
@@ -907,15 +907,56 @@ impl Store for PgStore {
             .collect())
     }
 
-    async fn requeue_failed(&self, migration: MigrationId) -> Result<u64, StoreError> {
+    async fn requeue_failed(
+        &self,
+        migration: MigrationId,
+        class: Option<&str>,
+    ) -> Result<u64, StoreError> {
         let client = self.client().await?;
         client
             .execute(
-                "UPDATE objects SET state = 0, attempts = 0 WHERE migration_id = $1 AND state = 7",
-                &[&migration.0],
+                "UPDATE objects SET state = 0, attempts = 0
+                 WHERE migration_id = $1 AND state = 7 AND ($2::text IS NULL OR error_kind = $2)",
+                &[&migration.0, &class],
             )
             .await
             .map_err(|e| self.error(e))
+    }
+
+    async fn failed(
+        &self,
+        migration: MigrationId,
+        class: Option<&str>,
+        after: Option<ObjectId>,
+        limit: u32,
+    ) -> Result<Vec<FailedObject>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id, key, size, error_kind, attempts, last_error FROM objects
+                 WHERE migration_id = $1 AND state = 7 AND ($2::text IS NULL OR error_kind = $2)
+                   AND id > $3
+                 ORDER BY id LIMIT $4",
+                &[
+                    &migration.0,
+                    &class,
+                    &after.map_or(0, |id| id.0),
+                    &i64::from(limit),
+                ],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(rows
+            .iter()
+            .map(|row| FailedObject {
+                id: row.get(0),
+                key: row.get(1),
+                size: row.get::<_, i64>(2) as u64,
+                class: row.get(3),
+                attempts: row.get::<_, i64>(4) as u32,
+                error: row.get(5),
+            })
+            .collect())
     }
 
     async fn done_objects(

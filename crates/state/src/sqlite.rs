@@ -9,10 +9,10 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{
-    Claim, ClaimedObject, DoneObject, KnownObject, LeaseToken, Migration, MigrationId,
-    MigrationSpec, ObjectId, ObjectState, Outcome, OwnWrite, OwnWriteChange, PacketLimits,
-    PartRecord, Pass, Problem, ScannedObject, SourceVersion, StaleUpload, Store, StoreError, Tally,
-    UploadRecord, from_millis, millis, now, scanned_columns,
+    Claim, ClaimedObject, DoneObject, FailedObject, KnownObject, LeaseToken, Migration,
+    MigrationId, MigrationSpec, ObjectId, ObjectState, Outcome, OwnWrite, OwnWriteChange,
+    PacketLimits, PartRecord, Pass, Problem, ScannedObject, SourceVersion, StaleUpload, Store,
+    StoreError, Tally, UploadRecord, from_millis, millis, now, scanned_columns,
 };
 
 /// 2: uploads bound to a source version and begun before their id is known, godwit's own
@@ -1009,13 +1009,52 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn requeue_failed(&self, migration: MigrationId) -> Result<u64, StoreError> {
+    async fn requeue_failed(
+        &self,
+        migration: MigrationId,
+        class: Option<&str>,
+    ) -> Result<u64, StoreError> {
+        let class = class.map(str::to_owned);
         self.with(move |connection| {
             let n = connection.execute(
-                "UPDATE objects SET state = 0, attempts = 0 WHERE migration_id = ?1 AND state = 7",
-                params![migration.0],
+                "UPDATE objects SET state = 0, attempts = 0
+                 WHERE migration_id = ?1 AND state = 7 AND (?2 IS NULL OR error_kind = ?2)",
+                params![migration.0, class],
             )?;
             Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn failed(
+        &self,
+        migration: MigrationId,
+        class: Option<&str>,
+        after: Option<ObjectId>,
+        limit: u32,
+    ) -> Result<Vec<FailedObject>, StoreError> {
+        let class = class.map(str::to_owned);
+        self.with(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT id, key, size, error_kind, attempts, last_error FROM objects
+                 WHERE migration_id = ?1 AND state = 7 AND (?2 IS NULL OR error_kind = ?2)
+                   AND id > ?3
+                 ORDER BY id LIMIT ?4",
+            )?;
+            let rows = statement.query_map(
+                params![migration.0, class, after.map_or(0, |id| id.0), limit],
+                |row| {
+                    Ok(FailedObject {
+                        id: row.get(0)?,
+                        key: row.get(1)?,
+                        size: row.get::<_, i64>(2)? as u64,
+                        class: row.get(3)?,
+                        attempts: row.get(4)?,
+                        error: row.get(5)?,
+                    })
+                },
+            )?;
+            rows.collect()
         })
         .await
     }
@@ -1128,7 +1167,7 @@ mod tests {
         let reader = SqliteStore::open_read_only(&path).unwrap();
         let tally = reader.tally(migration.id).await.unwrap();
         assert_eq!(tally.n(ObjectState::Pending), 1);
-        assert!(reader.requeue_failed(migration.id).await.is_err());
+        assert!(reader.requeue_failed(migration.id, None).await.is_err());
         assert!(matches!(
             SqliteStore::open(&path),
             Err(StoreError::Busy { .. })
@@ -1188,7 +1227,7 @@ mod tests {
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].message.as_deref(), Some("broken"));
         assert_eq!(store.recover_abandoned(migration.id).await.unwrap(), 1);
-        assert_eq!(store.requeue_failed(migration.id).await.unwrap(), 1);
+        assert_eq!(store.requeue_failed(migration.id, None).await.unwrap(), 1);
         let claimed = store.claim(migration.id, "w", LIMITS).await.unwrap();
         let big = claimed.iter().find(|c| c.key == "big").unwrap();
         let upload = big.upload.as_ref().unwrap();

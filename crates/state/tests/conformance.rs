@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use godwit_state::{
-    Claim, ClaimedObject, MigrationSpec, ObjectState, Outcome, OwnWrite, OwnWriteChange,
+    Claim, ClaimedObject, MigrationSpec, ObjectId, ObjectState, Outcome, OwnWrite, OwnWriteChange,
     PacketLimits, PartRecord, PgStore, Scanned, ScannedObject, SourceVersion, SqliteStore, Store,
     StoreError,
 };
@@ -476,7 +476,44 @@ mod behaviour {
         );
         assert_eq!(tally.bytes_total(), 31);
         assert_eq!(store.recover_abandoned(migration.id).await.unwrap(), 1);
-        assert_eq!(store.requeue_failed(migration.id).await.unwrap(), 1);
+        let queue = store.failed(migration.id, None, None, 10).await.unwrap();
+        assert_eq!(
+            queue
+                .iter()
+                .map(|f| (f.key.as_str(), f.class.as_deref(), f.error.as_deref()))
+                .collect::<Vec<_>>(),
+            [("bad", Some("io"), Some("broken"))]
+        );
+        assert!(
+            store
+                .failed(migration.id, Some("access_denied"), None, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let last = queue[0].id;
+        assert!(
+            store
+                .failed(migration.id, None, Some(ObjectId(last)), 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "a page after the last one"
+        );
+        assert_eq!(
+            store
+                .requeue_failed(migration.id, Some("access_denied"))
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            store
+                .requeue_failed(migration.id, Some("io"))
+                .await
+                .unwrap(),
+            1
+        );
         let claimed = store.claim(migration.id, "w", LIMITS).await.unwrap();
         let big = claimed.iter().find(|c| c.key == "big").unwrap();
         let upload = big.upload.as_ref().unwrap();
