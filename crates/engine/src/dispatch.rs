@@ -8,31 +8,45 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use godwit_state::{
-    ClaimedObject, MigrationId, ObjectState, Outcome, OwnWriteChange, PacketLimits, Store,
-    StoreError,
+    ClaimedObject, Migration, MigrationId, MigrationStatus, ObjectState, Outcome, OwnWriteChange,
+    PacketLimits, Store, StoreError,
 };
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::EngineError;
+use crate::control::control;
 use crate::migrate::Migrator;
 use crate::progress::Progress;
 use crate::throttle::Climber;
 use crate::transfer::Transfers;
 
+/// What a dispatcher does when it has nothing to claim, or is told to pause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// A `migrate`: sees the migration to its end. It waits for objects other workers hold,
+    /// and waits out a pause.
+    Lead,
+    /// A `worker`'s turn on a migration: ends when nothing is left to claim, or on a pause.
+    Help,
+}
+
 impl Migrator {
     /// Claims packets and runs a transfer per object until the queue is empty and the scan over
-    /// (and, with `wait_for_others`, no other worker holds an object of the migration).
+    /// (and, leading, no other worker holds an object of the migration), or until the migration
+    /// is paused (helping) or cancelled.
     pub(crate) async fn dispatch(
         &self,
-        migration: MigrationId,
+        migration: &Migration,
         mut scanner: Option<tokio::task::JoinHandle<Result<(), EngineError>>>,
         notify: &Arc<Notify>,
         transfers: Arc<Transfers>,
         halt: CancellationToken,
-        wait_for_others: bool,
+        mode: Mode,
     ) -> Result<(), EngineError> {
+        let name = migration.spec.name.clone();
+        let migration = migration.id;
         let concurrency = self.options.concurrency.max(1);
         // Packets of twice the objects in flight: enough to keep every slot busy between claims,
         // few enough not to hoard work other workers could take.
@@ -49,6 +63,16 @@ impl Migrator {
             self.options.worker.clone(),
             lease,
             Arc::clone(notify),
+            halt.clone(),
+        )));
+        // Pause, resume and cancel reach the run through its migration's status.
+        let (status_sender, mut status) = watch::channel(MigrationStatus::Running);
+        let control = AbortOnDrop(tokio::spawn(control(
+            Arc::clone(&self.store),
+            (migration, name.clone()),
+            self.options.worker.clone(),
+            Arc::clone(&self.progress),
+            status_sender,
             halt.clone(),
         )));
         let (outcomes, receiver) = mpsc::channel::<Outcome>(4096);
@@ -88,6 +112,27 @@ impl Migrator {
                 if let Err(error) = flatten(joined) {
                     result = Err(error);
                     break 'claiming;
+                }
+            }
+            let now = *status.borrow_and_update();
+            match (now, mode) {
+                (MigrationStatus::Running, _) => {}
+                (MigrationStatus::Paused, Mode::Lead) => {
+                    tracing::warn!(
+                        "migration '{name}' is paused: objects in flight finish, no new ones start until `godwit resume {name}`"
+                    );
+                    tokio::select! {
+                        _ = status.wait_for(|s| *s != MigrationStatus::Paused) => {}
+                        () = halt.cancelled() => {}
+                    }
+                    continue;
+                }
+                (MigrationStatus::Paused, Mode::Help) => break,
+                (MigrationStatus::Cancelled, _) => {
+                    tracing::warn!(
+                        "migration '{name}' was cancelled: objects in flight finish, then the run ends"
+                    );
+                    break;
                 }
             }
             let packet = match self
@@ -131,7 +176,7 @@ impl Migrator {
                     // Retries happen inside transfers, so no new work can appear here; but other
                     // workers may still hold objects, which come back if they stop: wait for
                     // them until every object has ended.
-                    None if !wait_for_others => break,
+                    None if mode == Mode::Help => break,
                     None => match self
                         .store
                         .held_by_others(migration, &self.options.worker)
@@ -154,6 +199,7 @@ impl Migrator {
                 }
             }
             let mut packet: VecDeque<ClaimedObject> = packet.into();
+            let held = Arc::new(InFlight::new(Arc::clone(&self.progress), Counter::Packets));
             while let Some(object) = packet.pop_front() {
                 let slot = tokio::select! {
                     slot = acquire_slot(&slots, &debt) => slot,
@@ -161,13 +207,21 @@ impl Migrator {
                         packet.push_front(object);
                         break;
                     }
+                    _ = status.wait_for(|s| *s != MigrationStatus::Running) => {
+                        packet.push_front(object);
+                        break;
+                    }
                 };
                 let transfers = Arc::clone(&transfers);
                 let outcomes = outcomes.clone();
                 let halt = halt.clone();
+                let in_flight = (
+                    Arc::clone(&held),
+                    InFlight::new(Arc::clone(&self.progress), Counter::Objects),
+                );
                 tasks.spawn(async move {
                     let outcome = transfers.copy(object).await?;
-                    drop(slot);
+                    drop((slot, in_flight));
                     // The writer only goes away when it failed (and halted the run): the
                     // object stays claimed, and the next run settles it. No outcome: the claim
                     // was lost, and the object is another worker's now.
@@ -188,7 +242,7 @@ impl Migrator {
             }
         }
 
-        drop((steering, heartbeat));
+        drop((steering, heartbeat, control));
         if let Some(running) = scanner {
             // Stopped or failed before the scan ended: let it notice and finish its page.
             halt.cancel();
@@ -237,6 +291,39 @@ const WINDOW: Duration = Duration::from_millis(500);
 /// What finishing one object is worth in bytes, when throughput mixes objects and bytes: about
 /// what a request's fixed cost would send instead.
 const OBJECT_WORK: u64 = 128 << 10;
+
+/// Which gauge of work in flight an [`InFlight`] holds one of.
+#[derive(Debug, Clone, Copy)]
+enum Counter {
+    Packets,
+    Objects,
+}
+
+/// One packet or object in flight, counted in the run's progress for as long as it lives.
+struct InFlight {
+    progress: Arc<Progress>,
+    counter: Counter,
+}
+
+impl InFlight {
+    fn new(progress: Arc<Progress>, counter: Counter) -> Self {
+        Progress::add(Self::gauge(&progress, counter), 1);
+        Self { progress, counter }
+    }
+
+    fn gauge(progress: &Progress, counter: Counter) -> &std::sync::atomic::AtomicU64 {
+        match counter {
+            Counter::Packets => &progress.packets_in_flight,
+            Counter::Objects => &progress.objects_in_flight,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        Self::gauge(&self.progress, self.counter).fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// A background task that ends with the run, however the run ends (finished, failed, or its
 /// future dropped).

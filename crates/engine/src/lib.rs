@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 
 pub mod checksum;
+mod control;
 mod dispatch;
 mod filter;
 mod migrate;
@@ -21,8 +22,9 @@ mod scan;
 mod throttle;
 mod transfer;
 
+pub use control::{worker_beat, worker_name};
 pub use filter::{BadPattern, Filter};
-pub use migrate::{MigrateOptions, Migrator, Summary, worker_name};
+pub use migrate::{MigrateOptions, Migrator, Summary};
 pub use plan::{Ledger, Plan, plan};
 pub use progress::Progress;
 pub use recheck::Recheck;
@@ -47,6 +49,18 @@ pub enum EngineError {
     /// An endpoint stopped answering for longer than the run waits.
     #[error("{0}")]
     Unreachable(String),
+    /// The migration was paused or cancelled (`godwit pause`, `godwit cancel`): nothing is taken
+    /// until `godwit resume`.
+    #[error(
+        "migration '{name}' is {}: nothing is copied until `godwit resume {name}`",
+        status.as_str()
+    )]
+    NotRunning {
+        /// The migration.
+        name: String,
+        /// What it is.
+        status: godwit_state::MigrationStatus,
+    },
     /// Listing the source failed part-way.
     #[error("scanning the source: {0}")]
     Scan(StorageError),

@@ -9,13 +9,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use godwit_state::{Migration, MigrationSpec, ObjectState, Problem, Store, Tally};
+use godwit_state::{Migration, MigrationSpec, MigrationStatus, ObjectState, Problem, Store, Tally};
 use godwit_storage::{Destination, Source};
 use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::EngineError;
+use crate::control::worker_name;
+use crate::dispatch::Mode;
 use crate::filter::Filter;
 use crate::outage::Outage;
 use crate::progress::Progress;
@@ -62,20 +64,6 @@ impl Default for MigrateOptions {
     }
 }
 
-/// A name for this process in leases: host, process id and start time.
-pub fn worker_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "host".to_owned());
-    let started = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    format!("{host}:{}:{started}", std::process::id())
-}
-
 /// The end of a run, as the ledger tells it. The state counts cover every object the migration
 /// has found in all its passes, so they add up to `scanned`.
 #[derive(Debug, Clone, Serialize)]
@@ -112,6 +100,9 @@ pub struct Summary {
     pub seconds: f64,
     /// Whether the run was stopped before it finished.
     pub interrupted: bool,
+    /// The migration's status at the end: `paused` or `cancelled` when `godwit pause` or
+    /// `godwit cancel` ended the run.
+    pub status: MigrationStatus,
     /// Whether the destination copied objects server-side in this run (the bytes did not pass
     /// through godwit).
     pub server_side_copy: bool,
@@ -188,6 +179,12 @@ impl Migrator {
         )
         .await?;
         let migration = self.store.open_migration(spec).await?;
+        if migration.status != MigrationStatus::Running {
+            return Err(EngineError::NotRunning {
+                name: migration.spec.name,
+                status: migration.status,
+            });
+        }
         let recovered = self.store.recover_abandoned(migration.id).await?;
         if recovered > 0 {
             tracing::info!(
@@ -256,12 +253,12 @@ impl Migrator {
         ));
         let dispatched = self
             .dispatch(
-                migration.id,
+                &migration,
                 scanner,
                 &notify,
                 Arc::clone(&transfers),
                 halt.clone(),
-                true,
+                Mode::Lead,
             )
             .await;
         if dispatched.is_ok() && !halt.is_cancelled() {
@@ -276,11 +273,13 @@ impl Migrator {
         }
         let tally = self.store.tally(migration.id).await?;
         let problems = self.store.problems(migration.id, PROBLEMS_LISTED).await?;
+        let status = self.store.status_of(migration.id).await?;
         dispatched?;
         if let Some(reason) = transfers.outage.gave_up() {
             return Err(EngineError::Unreachable(reason));
         }
         let mut summary = self.summary(&migration, pass_number, &tally, problems, started);
+        summary.status = status;
         summary.guarantees = transfers.guarantees();
         summary.missing_at_destination = rechecked.missing + rechecked.changed;
         summary.changed_at_destination = rechecked.changed;
@@ -323,22 +322,24 @@ impl Migrator {
         ));
         let dispatched = self
             .dispatch(
-                migration.id,
+                migration,
                 None,
                 &notify,
                 Arc::clone(&transfers),
                 halt,
-                false,
+                Mode::Help,
             )
             .await;
         let tally = self.store.tally(migration.id).await?;
         let problems = self.store.problems(migration.id, PROBLEMS_LISTED).await?;
+        let status = self.store.status_of(migration.id).await?;
         dispatched?;
         if let Some(reason) = transfers.outage.gave_up() {
             return Err(EngineError::Unreachable(reason));
         }
         let pass = migration.last_pass.as_ref().map_or(0, |p| p.number);
         let mut summary = self.summary(migration, pass, &tally, problems, started);
+        summary.status = status;
         summary.guarantees = transfers.guarantees();
         Ok(summary)
     }
@@ -409,6 +410,7 @@ impl Migrator {
             bytes_copied_this_run: Progress::get(&self.progress.bytes_copied),
             seconds: started.elapsed().as_secs_f64(),
             interrupted: self.stop.is_cancelled(),
+            status: migration.status,
             server_side_copy: Progress::get(&self.progress.n_copied_server_side) > 0,
             copied_server_side_this_run: Progress::get(&self.progress.n_copied_server_side),
             replaced_this_run: Progress::get(&self.progress.n_replaced),

@@ -31,6 +31,10 @@ pub struct Progress {
     pub n_replaced: AtomicU64,
     /// Objects that ended in conflict or failed in this run.
     pub n_problems: AtomicU64,
+    /// Objects being copied now.
+    pub objects_in_flight: AtomicU64,
+    /// Packets with objects being copied now.
+    pub packets_in_flight: AtomicU64,
 }
 
 impl Progress {

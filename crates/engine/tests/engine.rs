@@ -957,6 +957,25 @@ impl Store for FailingLedger {
     async fn save_options(&self, migration: MigrationId, options: &str) -> Result<(), StoreError> {
         self.inner.save_options(migration, options).await
     }
+    async fn set_status(
+        &self,
+        migration: MigrationId,
+        status: godwit_state::MigrationStatus,
+    ) -> Result<(), StoreError> {
+        self.inner.set_status(migration, status).await
+    }
+    async fn status_of(
+        &self,
+        migration: MigrationId,
+    ) -> Result<godwit_state::MigrationStatus, StoreError> {
+        self.inner.status_of(migration).await
+    }
+    async fn beat(&self, beat: &godwit_state::WorkerBeat) -> Result<(), StoreError> {
+        self.inner.beat(beat).await
+    }
+    async fn workers(&self) -> Result<Vec<godwit_state::WorkerRecord>, StoreError> {
+        self.inner.workers().await
+    }
     async fn migrations(&self) -> Result<Vec<godwit_state::Migration>, StoreError> {
         self.inner.migrations().await
     }

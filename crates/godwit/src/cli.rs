@@ -21,7 +21,8 @@ pub enum Command {
     ///
     /// Re-running the same command resumes; a finished migration re-run copies nothing.
     /// Exit codes: 0 all objects copied, already present or excluded; 1 some conflict or failed;
-    /// 2 usage or configuration error; 130 stopped by Ctrl-C (re-run to resume).
+    /// 2 usage or configuration error (a paused or cancelled migration among them); 130 stopped
+    /// by Ctrl-C, SIGTERM or `godwit cancel` (re-run to resume).
     Migrate(Box<MigrateArgs>),
     /// Join a fleet on a shared PostgreSQL ledger: work on every migration there with objects
     /// waiting, until stopped (Ctrl-C or SIGTERM: objects in flight finish).
@@ -33,6 +34,14 @@ pub enum Command {
     Failed(FailedArgs),
     /// Put a migration's failed objects back in the queue; the next `migrate` retries them.
     RetryFailed(RetryArgs),
+    /// Pause a migration on every worker within seconds: objects in flight finish, no new ones
+    /// start (a running `migrate` waits for `resume`; workers turn to other migrations).
+    Pause(ControlArgs),
+    /// Let a paused or cancelled migration run again.
+    Resume(ControlArgs),
+    /// Stop a migration on every worker within seconds: objects in flight finish, a running
+    /// `migrate` ends (exit 130), and nothing more is taken until `resume`.
+    Cancel(ControlArgs),
     /// Serve a directory as a local S3 endpoint (each sub-directory is a bucket).
     ServeS3(ServeS3Args),
     /// Run a self-contained demonstration: sample data, a local S3 endpoint, a migration, a re-run.
@@ -201,6 +210,14 @@ pub struct RetryArgs {
     /// Only the failures of this error class (see `godwit failed`).
     #[arg(long, value_name = "CLASS")]
     pub class: Option<String>,
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ControlArgs {
+    /// The migration's name (see `godwit status`); may be left out when the ledger holds one.
+    pub name: Option<String>,
     #[command(flatten)]
     pub ledger: LedgerArgs,
 }

@@ -55,6 +55,14 @@ impl Place {
         })
     }
 
+    /// The ledger to pause, resume or cancel a migration in, whoever works on it.
+    pub async fn open_to_control(&self) -> Result<Arc<dyn Store>, StoreError> {
+        Ok(match self {
+            Place::File(path) => Arc::new(SqliteStore::open_to_control(path)?),
+            Place::Postgres(url) => Arc::new(PgStore::connect(url).await?),
+        })
+    }
+
     /// The ledger to read, whoever works on it.
     pub async fn open_to_read(&self) -> Result<Arc<dyn Store>, StoreError> {
         Ok(match self {

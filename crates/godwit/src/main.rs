@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use godwit_state::MigrationStatus;
 
 // The AWS SDK allocates a lot per request; mimalloc keeps that cheap across threads.
 #[global_allocator]
@@ -27,7 +28,7 @@ pub(crate) mod exit {
     pub const PROBLEMS: u8 = 1;
     /// Usage or configuration error: nothing was migrated.
     pub const CONFIG: u8 = 2;
-    /// Stopped by Ctrl-C before the end; a re-run resumes.
+    /// Stopped by Ctrl-C, SIGTERM or `godwit cancel` before the end; a re-run resumes.
     pub const INTERRUPTED: u8 = 130;
 }
 
@@ -59,6 +60,9 @@ async fn run(args: cli::Cli) -> anyhow::Result<u8> {
         cli::Command::Status(args) => status::run(args).await,
         cli::Command::RetryFailed(args) => status::retry_failed(args).await,
         cli::Command::Failed(args) => status::failed(args).await,
+        cli::Command::Pause(args) => status::control(args, MigrationStatus::Paused).await,
+        cli::Command::Resume(args) => status::control(args, MigrationStatus::Running).await,
+        cli::Command::Cancel(args) => status::control(args, MigrationStatus::Cancelled).await,
         cli::Command::ServeS3(args) => serve_s3::run(args).await,
         cli::Command::Demo(args) => demo::run(args).await,
     }

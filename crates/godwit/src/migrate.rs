@@ -278,13 +278,16 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<u8> {
         Err(error) => return Ok(engine_error(error)),
     };
     render::summary(&summary, &place.to_string(), args.json).context("writing the summary")?;
-    Ok(if summary.interrupted && summary.pending > 0 {
-        exit::INTERRUPTED
-    } else if summary.all_good() {
-        exit::OK
-    } else {
-        exit::PROBLEMS
-    })
+    let cancelled = summary.status == godwit_state::MigrationStatus::Cancelled;
+    Ok(
+        if (summary.interrupted || cancelled) && summary.pending > 0 {
+            exit::INTERRUPTED
+        } else if summary.all_good() {
+            exit::OK
+        } else {
+            exit::PROBLEMS
+        },
+    )
 }
 
 fn engine_error(error: EngineError) -> u8 {

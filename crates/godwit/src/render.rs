@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use godwit_engine::{Plan, Progress, Summary};
-use godwit_state::Problem;
+use godwit_state::{MigrationStatus, Problem};
 
 use crate::exit;
 
@@ -26,7 +26,7 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
-fn duration(seconds: f64) -> String {
+pub fn duration(seconds: f64) -> String {
     let whole = seconds.round() as u64;
     match whole {
         0..60 => format!("{seconds:.1}s"),
@@ -222,7 +222,13 @@ pub fn summary(summary: &Summary, ledger: &str, json: bool) -> anyhow::Result<()
             summary.copied_server_side_this_run
         )?;
     }
-    if summary.interrupted && summary.pending > 0 {
+    if summary.status == MigrationStatus::Cancelled {
+        writeln!(
+            out,
+            "cancelled by `godwit cancel`: {} objects left; `godwit resume '{}'`, then run the same command again to go on",
+            summary.pending, summary.migration
+        )?;
+    } else if summary.interrupted && summary.pending > 0 {
         writeln!(
             out,
             "stopped before the end: run the same command again to resume"

@@ -1,26 +1,41 @@
-//! `godwit status` and `godwit retry-failed`: read or nudge the ledger.
+//! `godwit status`, `failed`, `retry-failed`, `pause`, `resume` and `cancel`: read or nudge
+//! the ledger.
 
 use std::sync::Arc;
 
-use godwit_state::{Migration, ObjectState, Store};
+use godwit_state::{Migration, MigrationStatus, ObjectState, Store, WorkerRecord};
 
-use crate::cli::{FailedArgs, RetryArgs, StatusArgs};
+use crate::cli::{ControlArgs, FailedArgs, RetryArgs, StatusArgs};
 use crate::exit;
 use crate::ledger::Place;
-use crate::render::bytes;
+use crate::render::{bytes, duration};
 
-/// Opens the ledger: to read it (`status`: no lock, so it works while a migration runs), or to
-/// change it.
-async fn open(state: Option<String>, read_only: bool) -> Result<(Arc<dyn Store>, Place), u8> {
+/// A worker whose last heartbeat is older than this is shown as gone (a working one beats every
+/// second, an idle one every few).
+const GONE_AFTER: i64 = 30;
+
+/// How a command uses the ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Reads it (no lock, so it works while a migration runs).
+    Read,
+    /// Sets a migration's status (no lock either: the running migration obeys it).
+    Control,
+    /// Changes objects (the SQLite file's lock taken: no migration may run on it meanwhile).
+    Write,
+}
+
+/// Opens the ledger for `access`.
+async fn open(state: Option<String>, access: Access) -> Result<(Arc<dyn Store>, Place), u8> {
     let place = Place::from_args(state);
     if !place.exists() {
         eprintln!("godwit: no ledger at {place}; run `godwit migrate` first, or pass --state");
         return Err(exit::CONFIG);
     }
-    let opened = if read_only {
-        place.open_to_read().await
-    } else {
-        place.open().await
+    let opened = match access {
+        Access::Read => place.open_to_read().await,
+        Access::Control => place.open_to_control().await,
+        Access::Write => place.open().await,
     };
     match opened {
         Ok(store) => Ok((store, place)),
@@ -32,7 +47,7 @@ async fn open(state: Option<String>, read_only: bool) -> Result<(Arc<dyn Store>,
 }
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<u8> {
-    let (store, path) = match open(args.ledger.state, true).await {
+    let (store, path) = match open(args.ledger.state, Access::Read).await {
         Ok(opened) => opened,
         Err(code) => return Ok(code),
     };
@@ -44,8 +59,12 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<u8> {
             .map(|state| (state.as_str().to_owned(), tally.n(*state).into()))
             .collect();
         if !args.json {
+            let status = match migration.status {
+                MigrationStatus::Running => String::new(),
+                other => format!(" [{}]", other.as_str().to_uppercase()),
+            };
             println!(
-                "{}\n  {} | pass {} | {} objects, {}",
+                "{}{status}\n  {} | pass {} | {} objects, {}",
                 migration.spec.name,
                 migration.spec.describe(),
                 migration.last_pass.as_ref().map_or(0, |p| p.number),
@@ -66,17 +85,102 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<u8> {
             "source_endpoint": migration.spec.source_endpoint,
             "dest_endpoint": migration.spec.dest_endpoint,
             "pass": migration.last_pass.as_ref().map(|p| p.number),
+            "status": migration.status,
             "objects": counts,
             "bytes": tally.bytes_total(),
         }));
     }
+    let workers = store.workers().await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
     if args.json {
+        let workers: Vec<serde_json::Value> = workers
+            .iter()
+            .map(|worker| {
+                let mut value = serde_json::to_value(worker).unwrap_or_default();
+                value["alive"] = (now - worker.heartbeat_at <= GONE_AFTER).into();
+                value
+            })
+            .collect();
         println!(
             "{}",
-            serde_json::json!({ "ledger": path.to_string(), "migrations": rows })
+            serde_json::json!({ "ledger": path.to_string(), "migrations": rows, "workers": workers })
         );
-    } else if rows.is_empty() {
+        return Ok(exit::OK);
+    }
+    if rows.is_empty() {
         println!("no migrations in {path}");
+    }
+    show_workers(&workers, now);
+    Ok(exit::OK)
+}
+
+/// The workers heard from lately, one line each, and how many went quiet.
+fn show_workers(workers: &[WorkerRecord], now: i64) {
+    let (alive, gone): (Vec<&WorkerRecord>, Vec<&WorkerRecord>) = workers
+        .iter()
+        .partition(|worker| now - worker.heartbeat_at <= GONE_AFTER);
+    if !alive.is_empty() {
+        println!("workers");
+    }
+    for worker in alive {
+        let beat = &worker.beat;
+        let doing = match &beat.migration {
+            Some(migration) => format!(
+                "on '{migration}': {} packets, {} objects in flight, {}/s",
+                beat.packets_in_flight,
+                beat.objects_in_flight,
+                bytes(beat.bytes_per_second)
+            ),
+            None => "idle".to_owned(),
+        };
+        println!(
+            "  {} pid {} up {}, heard {} ago; {doing}",
+            beat.host,
+            beat.pid,
+            duration((now - beat.started_at).max(0) as f64),
+            duration((now - worker.heartbeat_at).max(0) as f64),
+        );
+    }
+    if !gone.is_empty() {
+        println!(
+            "{} workers not heard from for over {GONE_AFTER}s (stopped, or cut off from the ledger)",
+            gone.len()
+        );
+    }
+}
+
+/// `godwit pause`, `resume`, `cancel`: sets the migration's status, which every worker reads
+/// about once a second.
+pub async fn control(args: ControlArgs, status: MigrationStatus) -> anyhow::Result<u8> {
+    let (store, _) = match open(args.ledger.state, Access::Control).await {
+        Ok(opened) => opened,
+        Err(code) => return Ok(code),
+    };
+    let migration = match pick(store.as_ref(), args.name.as_deref()).await? {
+        Ok(migration) => migration,
+        Err(code) => return Ok(code),
+    };
+    let name = &migration.spec.name;
+    if migration.status == status {
+        println!("migration '{name}' is already {}", status.as_str());
+        return Ok(exit::OK);
+    }
+    store.set_status(migration.id, status).await?;
+    match status {
+        MigrationStatus::Paused => println!(
+            "migration '{name}' paused: workers finish the objects in flight and take no new ones (within seconds); `godwit resume '{name}'` goes on"
+        ),
+        MigrationStatus::Cancelled => println!(
+            "migration '{name}' cancelled: workers finish the objects in flight and take no new ones (within seconds), a running migrate ends; `godwit resume '{name}'` and migrate again to go on"
+        ),
+        MigrationStatus::Running => {
+            println!("migration '{name}' resumed: workers take its objects again");
+            if migration.last_pass.is_some_and(|pass| !pass.scan_complete) {
+                println!("its scan had not finished: run its migrate command again to finish it");
+            }
+        }
     }
     Ok(exit::OK)
 }
@@ -105,7 +209,7 @@ async fn pick(store: &dyn Store, name: Option<&str>) -> anyhow::Result<Result<Mi
 }
 
 pub async fn retry_failed(args: RetryArgs) -> anyhow::Result<u8> {
-    let (store, _) = match open(args.ledger.state, false).await {
+    let (store, _) = match open(args.ledger.state, Access::Write).await {
         Ok(opened) => opened,
         Err(code) => return Ok(code),
     };
@@ -121,7 +225,7 @@ pub async fn retry_failed(args: RetryArgs) -> anyhow::Result<u8> {
 }
 
 pub async fn failed(args: FailedArgs) -> anyhow::Result<u8> {
-    let (store, _) = match open(args.ledger.state, true).await {
+    let (store, _) = match open(args.ledger.state, Access::Read).await {
         Ok(opened) => opened,
         Err(code) => return Ok(code),
     };

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use godwit_engine::Migrator;
-use godwit_state::ObjectState;
+use godwit_state::{MigrationStatus, ObjectState};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{MigrateArgs, WorkerArgs};
@@ -40,10 +40,19 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<u8> {
     // Migrations this worker cannot run (a setting it cannot meet), said once each.
     let mut refused: HashSet<String> = HashSet::new();
     while !stop.is_cancelled() {
+        // Idle until a migration's dispatcher says otherwise (it beats every second).
+        let idle = godwit_engine::worker_beat(&worker, None, None, 0);
+        if let Err(error) = store.beat(&idle).await {
+            tracing::warn!("could not write this worker's heartbeat row: {error}");
+        }
         let mut worked = false;
         for migration in store.migrations().await? {
             if stop.is_cancelled() {
                 break;
+            }
+            // Paused and cancelled migrations are left alone until resumed.
+            if migration.status != MigrationStatus::Running {
+                continue;
             }
             let Some(options) = &migration.options else {
                 continue;
@@ -101,8 +110,12 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<u8> {
                     if args.json {
                         println!("{}", serde_json::to_string(&summary)?);
                     }
+                    let status = match summary.status {
+                        MigrationStatus::Running => String::new(),
+                        other => format!(" (it is {} now)", other.as_str()),
+                    };
                     eprintln!(
-                        "godwit: worker {worker}: migration '{name}': copied {} objects this round; {} pending",
+                        "godwit: worker {worker}: migration '{name}': copied {} objects this round; {} pending{status}",
                         summary.copied_this_run, summary.pending
                     );
                 }

@@ -231,6 +231,70 @@ pub struct KnownObject {
     pub state: ObjectState,
 }
 
+/// Whether a migration's objects are taken: set by `godwit pause`, `resume` and `cancel`, and
+/// obeyed by every worker within seconds (objects in flight finish; no new ones start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationStatus {
+    /// Workers take its objects.
+    Running,
+    /// Nobody takes its objects until it is resumed.
+    Paused,
+    /// Stopped for good (until resumed): nobody takes its objects.
+    Cancelled,
+}
+
+impl MigrationStatus {
+    /// The stable name used in the ledger, reports and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MigrationStatus::Running => "running",
+            MigrationStatus::Paused => "paused",
+            MigrationStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// The status of this name (an unknown name is running, as ledgers before statuses were).
+    pub fn from_name(name: Option<&str>) -> Self {
+        match name {
+            Some("paused") => MigrationStatus::Paused,
+            Some("cancelled") => MigrationStatus::Cancelled,
+            _ => MigrationStatus::Running,
+        }
+    }
+}
+
+/// What a worker says of itself with each heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkerBeat {
+    /// Its name in leases (`host:pid:start`).
+    pub name: String,
+    /// The machine it runs on.
+    pub host: String,
+    /// Its process id.
+    pub pid: u32,
+    /// When it started (seconds since the Unix epoch).
+    pub started_at: i64,
+    /// The migration it works on now, if any.
+    pub migration: Option<String>,
+    /// Packets it holds objects of.
+    pub packets_in_flight: u64,
+    /// Objects it has in flight.
+    pub objects_in_flight: u64,
+    /// Bytes it sent in the last seconds, per second.
+    pub bytes_per_second: u64,
+}
+
+/// A worker as the ledger last heard of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkerRecord {
+    /// What it said.
+    #[serde(flatten)]
+    pub beat: WorkerBeat,
+    /// When it last said it (seconds since the Unix epoch).
+    pub heartbeat_at: i64,
+}
+
 /// A migration as the ledger knows it.
 #[derive(Debug, Clone)]
 pub struct Migration {
@@ -241,6 +305,8 @@ pub struct Migration {
     /// How it runs, as its last `migrate` command said (opaque to the ledger: the CLI writes and
     /// reads it; never a secret), so that workers can run it too.
     pub options: Option<String>,
+    /// Whether its objects are taken.
+    pub status: MigrationStatus,
     /// The latest pass, if one was started.
     pub last_pass: Option<Pass>,
 }
@@ -492,6 +558,18 @@ pub trait Store: Send + Sync {
     /// Finds the migration named in `spec`, or creates it. A migration of that name that moves
     /// objects elsewhere (other locations, other endpoints) is [`StoreError::NameTaken`].
     async fn open_migration(&self, spec: &MigrationSpec) -> Result<Migration, StoreError>;
+    /// Pauses, resumes or cancels the migration (see [`MigrationStatus`]).
+    async fn set_status(
+        &self,
+        migration: MigrationId,
+        status: MigrationStatus,
+    ) -> Result<(), StoreError>;
+    /// The migration's status now.
+    async fn status_of(&self, migration: MigrationId) -> Result<MigrationStatus, StoreError>;
+    /// Records a worker's heartbeat.
+    async fn beat(&self, beat: &WorkerBeat) -> Result<(), StoreError>;
+    /// The workers the ledger heard of, most recent heartbeat first.
+    async fn workers(&self) -> Result<Vec<WorkerRecord>, StoreError>;
     /// Records how the migration runs (see [`Migration::options`]).
     async fn save_options(&self, migration: MigrationId, options: &str) -> Result<(), StoreError>;
     /// The migration named `name`, if the ledger has it (without creating it).

@@ -20,13 +20,14 @@ use tokio_postgres::types::ToSql;
 
 use crate::{
     Claim, ClaimedObject, DoneObject, FailedObject, KnownObject, LeaseToken, Migration,
-    MigrationId, MigrationSpec, ObjectId, ObjectState, Outcome, OwnWrite, OwnWriteChange,
-    PacketLimits, PartRecord, Pass, Problem, ScannedObject, SourceVersion, StaleUpload, Store,
-    StoreError, Tally, UploadRecord, from_millis, millis, now, scanned_columns,
+    MigrationId, MigrationSpec, MigrationStatus, ObjectId, ObjectState, Outcome, OwnWrite,
+    OwnWriteChange, PacketLimits, PartRecord, Pass, Problem, ScannedObject, SourceVersion,
+    StaleUpload, Store, StoreError, Tally, UploadRecord, WorkerBeat, WorkerRecord, from_millis,
+    millis, now, scanned_columns,
 };
 
 /// The schema, one step a version: version N is `MIGRATIONS[N - 1]`.
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     "
 CREATE TABLE migrations (
     id BIGSERIAL PRIMARY KEY,
@@ -98,6 +99,20 @@ CREATE INDEX objects_leases ON objects (lease_owner) WHERE state = 1;
 ",
     "
 ALTER TABLE migrations ADD COLUMN options TEXT;
+",
+    "
+ALTER TABLE migrations ADD COLUMN status TEXT;
+CREATE TABLE workers (
+    name TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid BIGINT NOT NULL,
+    started_at BIGINT NOT NULL,
+    heartbeat_at BIGINT NOT NULL,
+    migration TEXT,
+    packets_in_flight BIGINT NOT NULL,
+    objects_in_flight BIGINT NOT NULL,
+    bytes_per_second BIGINT NOT NULL
+);
 ",
 ];
 
@@ -237,7 +252,7 @@ impl PgStore {
     ) -> Result<Option<Migration>, StoreError> {
         let Some(row) = client
             .query_opt(
-                "SELECT id, source_url, dest_url, source_endpoint, dest_endpoint, options FROM migrations WHERE name = $1",
+                "SELECT id, source_url, dest_url, source_endpoint, dest_endpoint, options, status FROM migrations WHERE name = $1",
                 &[&name],
             )
             .await
@@ -270,6 +285,7 @@ impl PgStore {
             id: MigrationId(id),
             spec,
             options: row.get(5),
+            status: MigrationStatus::from_name(row.get::<_, Option<String>>(6).as_deref()),
             last_pass,
         }))
     }
@@ -305,6 +321,92 @@ impl Store for PgStore {
             });
         }
         Ok(migration)
+    }
+
+    async fn set_status(
+        &self,
+        migration: MigrationId,
+        status: MigrationStatus,
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE migrations SET status = $2 WHERE id = $1",
+                &[&migration.0, &status.as_str()],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    async fn status_of(&self, migration: MigrationId) -> Result<MigrationStatus, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT status FROM migrations WHERE id = $1",
+                &[&migration.0],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(MigrationStatus::from_name(
+            row.get::<_, Option<String>>(0).as_deref(),
+        ))
+    }
+
+    async fn beat(&self, beat: &WorkerBeat) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO workers (name, host, pid, started_at, heartbeat_at, migration,
+                   packets_in_flight, objects_in_flight, bytes_per_second)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                 ON CONFLICT (name) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
+                   migration = excluded.migration, packets_in_flight = excluded.packets_in_flight,
+                   objects_in_flight = excluded.objects_in_flight,
+                   bytes_per_second = excluded.bytes_per_second",
+                &[
+                    &beat.name,
+                    &beat.host,
+                    &i64::from(beat.pid),
+                    &beat.started_at,
+                    &now(),
+                    &beat.migration,
+                    &(beat.packets_in_flight as i64),
+                    &(beat.objects_in_flight as i64),
+                    &(beat.bytes_per_second as i64),
+                ],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerRecord>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT name, host, pid, started_at, migration, packets_in_flight,
+                   objects_in_flight, bytes_per_second, heartbeat_at FROM workers ORDER BY heartbeat_at DESC, name",
+                &[],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(rows
+            .iter()
+            .map(|row| WorkerRecord {
+                beat: WorkerBeat {
+                    name: row.get(0),
+                    host: row.get(1),
+                    pid: row.get::<_, i64>(2) as u32,
+                    started_at: row.get(3),
+                    migration: row.get(4),
+                    packets_in_flight: row.get::<_, i64>(5) as u64,
+                    objects_in_flight: row.get::<_, i64>(6) as u64,
+                    bytes_per_second: row.get::<_, i64>(7) as u64,
+                },
+                heartbeat_at: row.get(8),
+            })
+            .collect())
     }
 
     async fn save_options(&self, migration: MigrationId, options: &str) -> Result<(), StoreError> {

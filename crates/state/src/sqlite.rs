@@ -10,9 +10,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{
     Claim, ClaimedObject, DoneObject, FailedObject, KnownObject, LeaseToken, Migration,
-    MigrationId, MigrationSpec, ObjectId, ObjectState, Outcome, OwnWrite, OwnWriteChange,
-    PacketLimits, PartRecord, Pass, Problem, ScannedObject, SourceVersion, StaleUpload, Store,
-    StoreError, Tally, UploadRecord, from_millis, millis, now, scanned_columns,
+    MigrationId, MigrationSpec, MigrationStatus, ObjectId, ObjectState, Outcome, OwnWrite,
+    OwnWriteChange, PacketLimits, PartRecord, Pass, Problem, ScannedObject, SourceVersion,
+    StaleUpload, Store, StoreError, Tally, UploadRecord, WorkerBeat, WorkerRecord, from_millis,
+    millis, now, scanned_columns,
 };
 
 /// 2: uploads bound to a source version and begun before their id is known, godwit's own
@@ -29,7 +30,19 @@ CREATE TABLE IF NOT EXISTS migrations (
     created_at INTEGER NOT NULL,
     source_endpoint TEXT,
     dest_endpoint TEXT,
-    options TEXT
+    options TEXT,
+    status TEXT
+);
+CREATE TABLE IF NOT EXISTS workers (
+    name TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started_at INTEGER NOT NULL,
+    heartbeat_at INTEGER NOT NULL,
+    migration TEXT,
+    packets_in_flight INTEGER NOT NULL,
+    objects_in_flight INTEGER NOT NULL,
+    bytes_per_second INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS passes (
     migration_id INTEGER NOT NULL REFERENCES migrations(id),
@@ -89,7 +102,8 @@ CREATE INDEX IF NOT EXISTS objects_uploads ON objects (migration_id)
 
 /// Columns added since schema 1, added to older ledgers as they are opened (times are
 /// milliseconds since the Unix epoch).
-const ADDED_COLUMNS: [(&str, &str, &str); 12] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 13] = [
+    ("migrations", "status", "TEXT"),
     ("migrations", "options", "TEXT"),
     ("objects", "lease_token", "INTEGER"),
     ("objects", "metadata", "TEXT"),
@@ -214,11 +228,27 @@ impl SqliteStore {
     /// not a migration is working on it: no lock is taken, and every write through it fails.
     /// A ledger of an older schema is brought up to date first when no process holds it.
     pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        Self::open_unlocked(path, false)
+    }
+
+    /// Opens an existing ledger to steer the migrations in it (`godwit pause`, `resume`,
+    /// `cancel`) while one may be working on it: no lock is taken. SQLite serialises the writes
+    /// with the working process's; only a migration's status may be written through it (never
+    /// claims or outcomes, which the lock holder owns).
+    pub fn open_to_control(path: &Path) -> Result<Self, StoreError> {
+        Self::open_unlocked(path, true)
+    }
+
+    fn open_unlocked(path: &Path, writable: bool) -> Result<Self, StoreError> {
+        let flags = if writable {
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+        } else {
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+        };
         let open = || {
             let connection = Connection::open_with_flags(
                 path,
-                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
-                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                flags | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )
             .map_err(|e| db_error(path, e))?;
             connection
@@ -322,7 +352,7 @@ struct Claimed {
 fn load_migration(connection: &Connection, name: &str) -> rusqlite::Result<Option<Migration>> {
     let found = connection
         .query_row(
-            "SELECT id, source_url, dest_url, source_endpoint, dest_endpoint, options FROM migrations WHERE name = ?1",
+            "SELECT id, source_url, dest_url, source_endpoint, dest_endpoint, options, status FROM migrations WHERE name = ?1",
             params![name],
             |row| {
                 Ok((
@@ -335,11 +365,12 @@ fn load_migration(connection: &Connection, name: &str) -> rusqlite::Result<Optio
                         dest_endpoint: row.get(4)?,
                     },
                     row.get::<_, Option<String>>(5)?,
+                    MigrationStatus::from_name(row.get::<_, Option<String>>(6)?.as_deref()),
                 ))
             },
         )
         .optional()?;
-    let Some((id, spec, options)) = found else {
+    let Some((id, spec, options, status)) = found else {
         return Ok(None);
     };
     let last_pass = connection
@@ -360,6 +391,7 @@ fn load_migration(connection: &Connection, name: &str) -> rusqlite::Result<Optio
         id: MigrationId(id),
         spec,
         options,
+        status,
         last_pass,
     }))
 }
@@ -390,7 +422,13 @@ impl Store for SqliteStore {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     params![spec.name, spec.source_url, spec.dest_url, now(), spec.source_endpoint, spec.dest_endpoint],
                 )?;
-                Ok(Migration { id: MigrationId(connection.last_insert_rowid()), spec, options: None, last_pass: None })
+                Ok(Migration {
+                    id: MigrationId(connection.last_insert_rowid()),
+                    spec,
+                    options: None,
+                    status: MigrationStatus::Running,
+                    last_pass: None,
+                })
             })
             .await?;
         if migration.spec != *spec {
@@ -400,6 +438,82 @@ impl Store for SqliteStore {
             });
         }
         Ok(migration)
+    }
+
+    async fn set_status(
+        &self,
+        migration: MigrationId,
+        status: MigrationStatus,
+    ) -> Result<(), StoreError> {
+        self.with(move |connection| {
+            connection.execute(
+                "UPDATE migrations SET status = ?2 WHERE id = ?1",
+                params![migration.0, status.as_str()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn status_of(&self, migration: MigrationId) -> Result<MigrationStatus, StoreError> {
+        self.with(move |connection| {
+            let name: Option<String> = connection
+                .prepare_cached("SELECT status FROM migrations WHERE id = ?1")?
+                .query_row(params![migration.0], |row| row.get(0))?;
+            Ok(MigrationStatus::from_name(name.as_deref()))
+        })
+        .await
+    }
+
+    async fn beat(&self, beat: &WorkerBeat) -> Result<(), StoreError> {
+        let beat = beat.clone();
+        self.with(move |connection| {
+            connection
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO workers (name, host, pid, started_at, heartbeat_at, migration,
+                       packets_in_flight, objects_in_flight, bytes_per_second)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )?
+                .execute(params![
+                    beat.name,
+                    beat.host,
+                    beat.pid,
+                    beat.started_at,
+                    now(),
+                    beat.migration,
+                    beat.packets_in_flight as i64,
+                    beat.objects_in_flight as i64,
+                    beat.bytes_per_second as i64
+                ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerRecord>, StoreError> {
+        self.with(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT name, host, pid, started_at, migration, packets_in_flight,
+                   objects_in_flight, bytes_per_second, heartbeat_at FROM workers ORDER BY heartbeat_at DESC, name",
+            )?;
+            let rows = statement.query_map([], |row| {
+                Ok(WorkerRecord {
+                    beat: WorkerBeat {
+                        name: row.get(0)?,
+                        host: row.get(1)?,
+                        pid: row.get(2)?,
+                        started_at: row.get(3)?,
+                        migration: row.get(4)?,
+                        packets_in_flight: row.get::<_, i64>(5)? as u64,
+                        objects_in_flight: row.get::<_, i64>(6)? as u64,
+                        bytes_per_second: row.get::<_, i64>(7)? as u64,
+                    },
+                    heartbeat_at: row.get(8)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
     }
 
     async fn save_options(&self, migration: MigrationId, options: &str) -> Result<(), StoreError> {
@@ -1172,6 +1286,32 @@ mod tests {
             SqliteStore::open(&path),
             Err(StoreError::Busy { .. })
         ));
+    }
+
+    /// `godwit pause` on a ledger a migration works on: no lock needed, and the worker sees it.
+    #[tokio::test]
+    async fn a_controller_needs_no_lock_and_its_status_reaches_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.db");
+        let writer = SqliteStore::open(&path).unwrap();
+        let migration = writer.open_migration(&spec()).await.unwrap();
+
+        let controller = SqliteStore::open_to_control(&path).unwrap();
+        controller
+            .set_status(migration.id, MigrationStatus::Paused)
+            .await
+            .unwrap();
+        assert_eq!(
+            writer.status_of(migration.id).await.unwrap(),
+            MigrationStatus::Paused
+        );
+        let reader = SqliteStore::open_read_only(&path).unwrap();
+        assert!(
+            reader
+                .set_status(migration.id, MigrationStatus::Running)
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]

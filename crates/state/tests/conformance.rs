@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use godwit_state::{
-    Claim, ClaimedObject, MigrationSpec, ObjectId, ObjectState, Outcome, OwnWrite, OwnWriteChange,
-    PacketLimits, PartRecord, PgStore, Scanned, ScannedObject, SourceVersion, SqliteStore, Store,
-    StoreError,
+    Claim, ClaimedObject, MigrationSpec, MigrationStatus, ObjectId, ObjectState, Outcome, OwnWrite,
+    OwnWriteChange, PacketLimits, PartRecord, PgStore, Scanned, ScannedObject, SourceVersion,
+    SqliteStore, Store, StoreError, WorkerBeat,
 };
 
 /// A ledger to test, and what must live as long as it.
@@ -90,6 +90,8 @@ conformance!(
     expired_leases_return_to_the_pool,
     a_lost_claim_writes_nothing_over_the_new_one,
     renewed_leases_do_not_expire,
+    a_status_set_is_read_back_and_kept_per_migration,
+    worker_rows_keep_each_workers_latest_beat,
 );
 
 mod behaviour {
@@ -689,5 +691,93 @@ mod behaviour {
                 .unwrap(),
             0
         );
+    }
+
+    /// Pause, resume and cancel are one migration's status, as every opener reads it.
+    pub(super) async fn a_status_set_is_read_back_and_kept_per_migration(store: &dyn Store) {
+        let first = store.open_migration(&spec()).await.unwrap();
+        let other = store
+            .open_migration(&MigrationSpec {
+                name: "other".into(),
+                ..spec()
+            })
+            .await
+            .unwrap();
+        assert_eq!(first.status, MigrationStatus::Running);
+        assert_eq!(
+            store.status_of(first.id).await.unwrap(),
+            MigrationStatus::Running
+        );
+        for status in [
+            MigrationStatus::Paused,
+            MigrationStatus::Cancelled,
+            MigrationStatus::Running,
+            MigrationStatus::Paused,
+        ] {
+            store.set_status(first.id, status).await.unwrap();
+            assert_eq!(store.status_of(first.id).await.unwrap(), status);
+        }
+        // Opening it again (as a re-run does) neither resumes it nor touches the other one.
+        assert_eq!(
+            store.open_migration(&spec()).await.unwrap().status,
+            MigrationStatus::Paused
+        );
+        assert_eq!(
+            store.find_migration("m").await.unwrap().unwrap().status,
+            MigrationStatus::Paused
+        );
+        assert_eq!(
+            store.status_of(other.id).await.unwrap(),
+            MigrationStatus::Running
+        );
+        let listed: Vec<(String, MigrationStatus)> = store
+            .migrations()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.spec.name, m.status))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("m".to_owned(), MigrationStatus::Paused),
+                ("other".to_owned(), MigrationStatus::Running)
+            ]
+        );
+    }
+
+    fn beat(name: &str, migration: Option<&str>, objects: u64) -> WorkerBeat {
+        WorkerBeat {
+            name: name.into(),
+            host: "h1".into(),
+            pid: 42,
+            started_at: 1_700_000_000,
+            migration: migration.map(str::to_owned),
+            packets_in_flight: objects.div_ceil(10),
+            objects_in_flight: objects,
+            bytes_per_second: objects * 1000,
+        }
+    }
+
+    /// Each worker has one row, holding what it said last.
+    pub(super) async fn worker_rows_keep_each_workers_latest_beat(store: &dyn Store) {
+        assert!(store.workers().await.unwrap().is_empty());
+        let before = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        store.beat(&beat("a", Some("m"), 12)).await.unwrap();
+        store.beat(&beat("b", None, 0)).await.unwrap();
+        store.beat(&beat("a", None, 0)).await.unwrap();
+        store.beat(&beat("b", Some("m"), 30)).await.unwrap();
+        let mut workers = store.workers().await.unwrap();
+        workers.sort_by(|x, y| x.beat.name.cmp(&y.beat.name));
+        assert_eq!(workers.len(), 2);
+        assert_eq!(workers[0].beat, beat("a", None, 0));
+        assert_eq!(workers[1].beat, beat("b", Some("m"), 30));
+        for worker in &workers {
+            assert!(worker.heartbeat_at >= before, "{worker:?}");
+            assert!(worker.heartbeat_at <= before + 60, "{worker:?}");
+        }
     }
 }
