@@ -1029,6 +1029,9 @@ impl Store for FailingLedger {
     async fn renew_leases(&self, worker: &str, lease: Duration) -> Result<u64, StoreError> {
         self.inner.renew_leases(worker, lease).await
     }
+    async fn release_claims(&self, worker: &str) -> Result<u64, StoreError> {
+        self.inner.release_claims(worker).await
+    }
     async fn record_outcomes(&self, outcomes: Vec<Outcome>) -> Result<u64, StoreError> {
         if self.batches.fetch_add(1, Ordering::SeqCst) >= self.healthy {
             if let Some(until) = &self.hang {

@@ -16,6 +16,7 @@ mod ledger;
 mod migrate;
 mod render;
 mod serve_s3;
+mod shutdown;
 mod size;
 mod status;
 mod worker;

@@ -8,12 +8,12 @@ use godwit_engine::{
 };
 use godwit_state::MigrationSpec;
 use godwit_storage::{Encryption, Location, S3Settings, WriteSettings};
-use tokio_util::sync::CancellationToken;
 
 use crate::cli::{MigrateArgs, SideArgs};
 use crate::exit;
 use crate::ledger::Place;
 use crate::render;
+use crate::shutdown::Shutdown;
 
 fn settings(
     endpoint: &Option<String>,
@@ -205,8 +205,8 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<u8> {
         Ok(prepared) => prepared,
         Err(code) => return Ok(code),
     };
-    let stop = CancellationToken::new();
-    watch_ctrl_c(stop.clone());
+    let shutdown = Shutdown::watch();
+    let stop = shutdown.token();
     let place = Place::from_args(args.ledger.state.clone());
 
     if args.dry_run {
@@ -269,6 +269,7 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<u8> {
     store
         .save_options(migration.id, &recorded.to_string())
         .await?;
+    shutdown.holds_claims_in(Arc::clone(&store), options.worker.clone());
     let migrator = Migrator::new(source, dest, store, options, stop.clone());
     let bar = render::ProgressBar::start(migrator.progress(), !args.no_progress);
     let summary = migrator.run(&spec).await;
@@ -292,39 +293,4 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<u8> {
 
 fn engine_error(error: EngineError) -> u8 {
     config_error(error)
-}
-
-/// First Ctrl-C or SIGTERM: stop cleanly (objects in flight finish, the rest stays queued or goes
-/// back to the pool). Second: quit now; the ledger is crash-safe, so the next run (or another
-/// worker, once the lease runs out) resumes either way.
-pub fn watch_ctrl_c(stop: CancellationToken) {
-    tokio::spawn(async move {
-        let Ok(mut terminate) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        else {
-            return;
-        };
-        let signal = async {
-            tokio::select! {
-                answer = tokio::signal::ctrl_c() => answer.is_ok(),
-                received = terminate.recv() => received.is_some(),
-            }
-        };
-        if !signal.await {
-            return;
-        }
-        eprintln!(
-            "\ngodwit: stopping: finishing the objects in flight (Ctrl-C again to quit at once; a re-run resumes)"
-        );
-        stop.cancel();
-        let again = async {
-            tokio::select! {
-                answer = tokio::signal::ctrl_c() => answer.is_ok(),
-                received = terminate.recv() => received.is_some(),
-            }
-        };
-        if again.await {
-            std::process::exit(i32::from(exit::INTERRUPTED));
-        }
-    });
 }

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use godwit_engine::Migrator;
 use godwit_state::{MigrationStatus, ObjectState};
-use tokio_util::sync::CancellationToken;
 
 use crate::cli::{MigrateArgs, WorkerArgs};
 use crate::exit;
 use crate::ledger::Place;
-use crate::migrate::{Prepared, prepare, watch_ctrl_c};
+use crate::migrate::{Prepared, prepare};
+use crate::shutdown::Shutdown;
 
 /// How long a worker with nothing to do waits before looking again.
 const IDLE: Duration = Duration::from_secs(2);
@@ -33,9 +33,10 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<u8> {
             return Ok(exit::CONFIG);
         }
     };
-    let stop = CancellationToken::new();
-    watch_ctrl_c(stop.clone());
+    let shutdown = Shutdown::watch();
+    let stop = shutdown.token();
     let worker = godwit_engine::worker_name();
+    shutdown.holds_claims_in(store.clone(), worker.clone());
     eprintln!("godwit: worker {worker} joined the fleet on {place}");
     // Migrations this worker cannot run (a setting it cannot meet), said once each.
     let mut refused: HashSet<String> = HashSet::new();

@@ -730,3 +730,84 @@ async fn a_cancelled_migration_ends_and_waits_for_resume() {
         assert_eq!(&target.get(&bucket, key).await, content, "{key}");
     }
 }
+
+/// Issue 10, point 7: a first Ctrl-C lets the objects in flight finish; a second quits at once
+/// and hands every claim back first, so nothing waits for a lease to run out (60 s here).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_signal_quits_at_once_and_hands_the_claims_back() {
+    let Some(url) = support::postgres_schema("second_signal").await else {
+        return;
+    };
+    // Every PUT takes a second: objects are in flight when the signals come.
+    let target = support::Target::slow(std::time::Duration::from_secs(1)).await;
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("src");
+    let files: Vec<(String, Vec<u8>)> = (0..40)
+        .map(|i| (format!("f{i:02}"), bytes(i, 100)))
+        .collect();
+    let borrowed: Vec<(&str, Vec<u8>)> =
+        files.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    write_tree(&source, &borrowed);
+    let bucket = target.bucket("second").await;
+    let dest = format!("s3://{bucket}");
+    let migrate_command = || {
+        let mut command = support::godwit();
+        command
+            .args(["migrate", &path_str(&source), &dest])
+            .args(["--json", "--no-progress", "--concurrency", "4"])
+            .args(["--dest-endpoint", &target.endpoint, "--state", &url]);
+        command
+    };
+    let child = migrate_command().spawn().unwrap();
+    let pid = child.id().unwrap().to_string();
+
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let claimed = || async {
+        client
+            .query_one("SELECT COUNT(*) FROM objects WHERE state = 1", &[])
+            .await
+            .map_or(0, |row| row.get::<_, i64>(0))
+    };
+    wait_until("objects claimed", || async { claimed().await > 0 }).await;
+    let interrupt = || {
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-INT", &pid])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    interrupt();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    interrupt();
+    let output = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert_eq!(
+        claimed().await,
+        0,
+        "claims were left to their lease: {stderr}"
+    );
+    assert!(stderr.contains("handed back"), "{stderr}");
+    let charged = client
+        .query_one(
+            "SELECT COALESCE(MAX(attempts), 0) FROM objects WHERE state = 0",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(charged, 0, "released objects were charged an attempt");
+
+    // The next run takes them at once and finishes.
+    let finished = support::run(migrate_command()).await;
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    assert_eq!(finished.n("copied"), files.len() as u64, "{finished:?}");
+    for (key, content) in files.iter().step_by(7) {
+        assert_eq!(&target.get(&bucket, key).await, content, "{key}");
+    }
+}

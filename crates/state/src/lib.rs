@@ -615,6 +615,9 @@ pub trait Store: Send + Sync {
     -> Result<u64, StoreError>;
     /// Renews the leases of every claim `worker` holds, to `lease` from now; returns how many.
     async fn renew_leases(&self, worker: &str, lease: Duration) -> Result<u64, StoreError>;
+    /// Hands every claim `worker` holds back to the pool at once, without charging the attempt
+    /// (a worker told to quit now); returns how many. Its writes about them are refused after.
+    async fn release_claims(&self, worker: &str) -> Result<u64, StoreError>;
     /// Records a batch of outcomes in one transaction. An outcome whose claim was lost (another
     /// worker took the object since) changes nothing; returns how many were so fenced off.
     async fn record_outcomes(&self, outcomes: Vec<Outcome>) -> Result<u64, StoreError>;

@@ -710,6 +710,20 @@ impl Store for PgStore {
         self.recover_abandoned(migration).await
     }
 
+    async fn release_claims(&self, worker: &str) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "UPDATE objects SET state = 0, lease_owner = NULL, lease_expires = NULL,
+                   attempts = GREATEST(attempts - 1, 0)
+                 WHERE lease_owner = $1 AND state = 1",
+                &[&worker],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(n)
+    }
+
     async fn held_by_others(
         &self,
         migration: MigrationId,

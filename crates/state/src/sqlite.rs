@@ -793,6 +793,20 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn release_claims(&self, worker: &str) -> Result<u64, StoreError> {
+        let worker = worker.to_owned();
+        self.with(move |connection| {
+            let n = connection.execute(
+                "UPDATE objects SET state = 0, lease_owner = NULL, lease_expires = NULL,
+                   attempts = MAX(attempts - 1, 0)
+                 WHERE lease_owner = ?1 AND state = 1",
+                params![worker],
+            )?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
     async fn held_by_others(
         &self,
         migration: MigrationId,

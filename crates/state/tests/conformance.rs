@@ -90,6 +90,7 @@ conformance!(
     expired_leases_return_to_the_pool,
     a_lost_claim_writes_nothing_over_the_new_one,
     renewed_leases_do_not_expire,
+    released_claims_return_at_once_uncharged_and_fenced,
     a_status_set_is_read_back_and_kept_per_migration,
     worker_rows_keep_each_workers_latest_beat,
 );
@@ -778,6 +779,61 @@ mod behaviour {
         for worker in &workers {
             assert!(worker.heartbeat_at >= before, "{worker:?}");
             assert!(worker.heartbeat_at <= before + 60, "{worker:?}");
+        }
+    }
+
+    /// A worker told to quit now hands its claims back: others can take them at once, the
+    /// attempt is not charged, and the quitting worker's late writes change nothing.
+    pub(super) async fn released_claims_return_at_once_uncharged_and_fenced(store: &dyn Store) {
+        let migration = store.open_migration(&spec()).await.unwrap();
+        store.start_pass(migration.id, "").await.unwrap();
+        store
+            .record_scanned(
+                migration.id,
+                1,
+                vec![
+                    object("a", 1, "1"),
+                    object("b", 1, "1"),
+                    object("c", 1, "1"),
+                ],
+            )
+            .await
+            .unwrap();
+        let limits = PacketLimits {
+            max_objects: 2,
+            ..LIMITS
+        };
+        let quitting = store.claim(migration.id, "quitting", limits).await.unwrap();
+        let staying = store.claim(migration.id, "staying", limits).await.unwrap();
+        assert_eq!((quitting.len(), staying.len()), (2, 1));
+
+        assert_eq!(store.release_claims("quitting").await.unwrap(), 2);
+        assert_eq!(store.release_claims("quitting").await.unwrap(), 0);
+        let tally = store.tally(migration.id).await.unwrap();
+        assert_eq!(
+            (
+                tally.n(ObjectState::Pending),
+                tally.n(ObjectState::InProgress)
+            ),
+            (2, 1)
+        );
+        // The late outcome of a released claim is fenced off.
+        let fenced = store
+            .record_outcomes(vec![done(&quitting[0], ObjectState::Copied)])
+            .await
+            .unwrap();
+        assert_eq!(fenced, 1);
+        assert!(matches!(
+            store
+                .record_upload_intent(quitting[1].claim(), SystemTime::now())
+                .await,
+            Err(StoreError::LeaseLost(_))
+        ));
+        // Taken again at once, with the attempt count it had before.
+        let again = store.claim(migration.id, "other", LIMITS).await.unwrap();
+        assert_eq!(again.len(), 2);
+        for (before, after) in quitting.iter().zip(&again) {
+            assert_eq!(after.attempts, before.attempts, "{after:?}");
         }
     }
 }
