@@ -6,15 +6,26 @@
 //! `godwit status` (and the dashboard) show: the migration it works on, packets and objects in
 //! flight, bytes a second.
 
-use std::sync::Arc;
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use godwit_state::{MigrationId, MigrationStatus, Store, WorkerBeat};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::progress::Progress;
+
+/// Throttling news between this run's steering task and the fleet (through the ledger).
+#[derive(Debug, Default)]
+pub(crate) struct Throttling {
+    /// Set by the steering task when this run backed off from throttling it met: the control
+    /// task tells the fleet.
+    pub met: AtomicBool,
+    /// Set by the control task when another worker told of throttling: the steering task backs
+    /// off too.
+    pub told: AtomicBool,
+}
 
 /// How often a run reads its migration's status and writes its heartbeat row.
 pub(crate) const CONTROL_TICK: Duration = Duration::from_secs(1);
@@ -76,18 +87,23 @@ pub fn worker_beat(
     }
 }
 
-/// Reads the migration's status into `status` and writes this worker's heartbeat row, every
-/// tick until the run halts. Ledger errors are logged and the last status kept: the outcome
-/// writer is what stops a run whose ledger failed.
+/// Reads the migration's status into `status`, passes throttling news both ways, and writes this
+/// worker's heartbeat row, every tick until the run halts. Ledger errors are logged and the last
+/// status kept: the outcome writer is what stops a run whose ledger failed.
 pub(crate) async fn control(
     store: Arc<dyn Store>,
     migration: (MigrationId, String),
     worker: String,
     progress: Arc<Progress>,
     status: watch::Sender<MigrationStatus>,
+    throttling: Arc<Throttling>,
     halt: CancellationToken,
 ) {
     let (id, name) = migration;
+    // The latest throttling note seen (the first read sets it: older news is not news), and the
+    // latest this run wrote (not news to itself).
+    let mut seen: Option<Option<SystemTime>> = None;
+    let mut mine: Option<SystemTime> = None;
     let mut ticker = tokio::time::interval(CONTROL_TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = (Instant::now(), Progress::get(&progress.bytes_sent));
@@ -96,8 +112,19 @@ pub(crate) async fn control(
             _ = ticker.tick() => {}
             () = halt.cancelled() => return,
         }
-        match store.status_of(id).await {
-            Ok(now) => {
+        match store.control_of(id).await {
+            Ok(state) => {
+                let now = state.status;
+                if let Some(before) = seen
+                    && state.throttled_at > before
+                    && state.throttled_at != mine
+                {
+                    tracing::info!(
+                        "another worker of '{name}' is being throttled: fewer objects in flight here too"
+                    );
+                    throttling.told.store(true, Ordering::Relaxed);
+                }
+                seen = Some(state.throttled_at);
                 status.send_if_modified(|current| {
                     let changed = *current != now;
                     if changed {
@@ -108,6 +135,13 @@ pub(crate) async fn control(
                 });
             }
             Err(error) => tracing::warn!("could not read the migration's status: {error}"),
+        }
+        if throttling.met.swap(false, Ordering::Relaxed) {
+            let at = SystemTime::now();
+            match store.note_throttled(id, at).await {
+                Ok(()) => mine = Some(at),
+                Err(error) => tracing::warn!("could not tell the fleet of throttling: {error}"),
+            }
         }
         let sent = Progress::get(&progress.bytes_sent);
         let elapsed = last.0.elapsed().as_secs_f64().max(0.001);

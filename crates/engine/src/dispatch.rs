@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::EngineError;
-use crate::control::control;
+use crate::control::{Throttling, control};
 use crate::migrate::Migrator;
 use crate::progress::Progress;
 use crate::throttle::Climber;
@@ -67,12 +67,14 @@ impl Migrator {
         )));
         // Pause, resume and cancel reach the run through its migration's status.
         let (status_sender, mut status) = watch::channel(MigrationStatus::Running);
+        let throttling = Arc::new(Throttling::default());
         let control = AbortOnDrop(tokio::spawn(control(
             Arc::clone(&self.store),
             (migration, name.clone()),
             self.options.worker.clone(),
             Arc::clone(&self.progress),
             status_sender,
+            Arc::clone(&throttling),
             halt.clone(),
         )));
         let (outcomes, receiver) = mpsc::channel::<Outcome>(4096);
@@ -90,10 +92,13 @@ impl Migrator {
         let limit = Arc::new(AtomicUsize::new(climber.limit()));
         let steering = AbortOnDrop(tokio::spawn(steer(
             climber,
-            Arc::clone(&slots),
-            Arc::clone(&debt),
-            Arc::clone(&limit),
+            Slots {
+                slots: Arc::clone(&slots),
+                debt: Arc::clone(&debt),
+                limit: Arc::clone(&limit),
+            },
             Arc::clone(&self.progress),
+            throttling,
             halt.clone(),
         )));
         let mut tasks: JoinSet<Result<(), StoreError>> = JoinSet::new();
@@ -391,13 +396,49 @@ async fn acquire_slot(slots: &Arc<Semaphore>, debt: &AtomicUsize) -> OwnedSemaph
     }
 }
 
-/// Measures the throughput of each window and moves the limit on objects in flight.
+/// The run's slots for objects in flight, as the steering task moves their number.
+struct Slots {
+    slots: Arc<Semaphore>,
+    /// Slots to retire as objects finish (the limit fell below the slots in use).
+    debt: Arc<AtomicUsize>,
+    /// The limit now, read by the dispatcher to size packets.
+    limit: Arc<AtomicUsize>,
+}
+
+impl Slots {
+    /// Moves the number of slots from `before` to `after`.
+    fn resize(&self, before: usize, after: usize) {
+        self.limit.store(after, Ordering::Relaxed);
+        if after > before {
+            let mut more = after - before;
+            let repaid = self
+                .debt
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
+                    Some(d - d.min(more))
+                })
+                .map_or(0, |d| d.min(more));
+            more -= repaid;
+            self.slots.add_permits(more);
+        } else if after < before {
+            // Free slots go at once; slots in use go as their objects finish.
+            let fewer = before - after;
+            let retired = self.slots.forget_permits(fewer);
+            self.debt.fetch_add(fewer - retired, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Throttling answers in one window that make the run back off: one may be chance, a few are
+/// the endpoint saying it has had enough.
+const THROTTLED_PER_WINDOW: u64 = 2;
+
+/// Measures the throughput of each window and moves the limit on objects in flight; halves it
+/// when an endpoint throttles this run (and tells the fleet) or another worker.
 async fn steer(
     mut climber: Climber,
-    slots: Arc<Semaphore>,
-    debt: Arc<AtomicUsize>,
-    limit: Arc<AtomicUsize>,
+    slots: Slots,
     progress: Arc<Progress>,
+    throttling: Arc<Throttling>,
     stop: CancellationToken,
 ) {
     let work =
@@ -405,6 +446,7 @@ async fn steer(
     let mut ticker = tokio::time::interval(WINDOW);
     ticker.tick().await;
     let mut last = (Instant::now(), work());
+    let mut throttled = Progress::get(&progress.n_throttled);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -413,30 +455,34 @@ async fn steer(
         let now = (Instant::now(), work());
         let rate = (now.1 - last.1) as f64 / (now.0 - last.0).as_secs_f64().max(1e-3);
         last = now;
-        // Only a window that used every slot says something about the limit (not one spent
-        // waiting for the scan, or draining the last objects).
-        if rate <= 0.0 || slots.available_permits() > 0 {
+        let before = climber.limit();
+        let met = Progress::get(&progress.n_throttled) - throttled;
+        throttled += met;
+        let told = throttling.told.swap(false, Ordering::Relaxed);
+        if met >= THROTTLED_PER_WINDOW || told {
+            let after = climber.back_off();
+            if met >= THROTTLED_PER_WINDOW {
+                throttling.met.store(true, Ordering::Relaxed);
+            }
+            Progress::add(&progress.n_backoffs, 1);
+            tracing::info!(
+                before,
+                after,
+                met,
+                told,
+                "throttled: fewer objects in flight"
+            );
+            slots.resize(before, after);
             continue;
         }
-        let before = climber.limit();
+        // Only a window that used every slot says something about the limit (not one spent
+        // waiting for the scan, or draining the last objects).
+        if rate <= 0.0 || slots.slots.available_permits() > 0 {
+            continue;
+        }
         let after = climber.observe(rate);
         tracing::debug!(before, after, rate, "objects in flight");
-        limit.store(after, Ordering::Relaxed);
-        if after > before {
-            let mut more = after - before;
-            let repaid = debt
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
-                    Some(d - d.min(more))
-                })
-                .map_or(0, |d| d.min(more));
-            more -= repaid;
-            slots.add_permits(more);
-        } else if after < before {
-            // Free slots go at once; slots in use go as their objects finish.
-            let fewer = before - after;
-            let retired = slots.forget_permits(fewer);
-            debt.fetch_add(fewer - retired, Ordering::Relaxed);
-        }
+        slots.resize(before, after);
     }
 }
 

@@ -111,6 +111,12 @@ pub struct Summary {
     /// godwit's own earlier copies of objects that changed at the source, replaced this run
     /// (conditionally on their ETags; counted in `copied_this_run`).
     pub replaced_this_run: u64,
+    /// Answers of an endpoint asking to slow down (503 SlowDown, 429, 500) that reached this run
+    /// beyond the SDK's own retries.
+    pub throttled: u64,
+    /// Times this run halved its objects in flight because an endpoint throttled it or another
+    /// worker of the fleet.
+    pub backoffs: u64,
     /// How each guarantee held on this destination (what it enforces, and the safe routes taken
     /// where it does not).
     pub guarantees: Guarantees,
@@ -414,6 +420,8 @@ impl Migrator {
             server_side_copy: Progress::get(&self.progress.n_copied_server_side) > 0,
             copied_server_side_this_run: Progress::get(&self.progress.n_copied_server_side),
             replaced_this_run: Progress::get(&self.progress.n_replaced),
+            throttled: Progress::get(&self.progress.n_throttled),
+            backoffs: Progress::get(&self.progress.n_backoffs),
             guarantees: Guarantees::of(None),
             missing_at_destination: 0,
             changed_at_destination: 0,

@@ -31,6 +31,12 @@ pub struct Progress {
     pub n_replaced: AtomicU64,
     /// Objects that ended in conflict or failed in this run.
     pub n_problems: AtomicU64,
+    /// Answers of an endpoint asking to slow down (503 SlowDown, 429, 500) that reached the run
+    /// (beyond the SDK's own retries).
+    pub n_throttled: AtomicU64,
+    /// Times the run halved its objects in flight because an endpoint was throttling it or
+    /// another worker of the fleet.
+    pub n_backoffs: AtomicU64,
     /// Objects being copied now.
     pub objects_in_flight: AtomicU64,
     /// Packets with objects being copied now.

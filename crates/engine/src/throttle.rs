@@ -80,6 +80,16 @@ impl Climber {
         self.limit
     }
 
+    /// An endpoint is throttling (this worker's requests, or another worker's): lowers the limit
+    /// by half at once, and waits before probing upwards again.
+    pub fn back_off(&mut self) -> usize {
+        self.before_move = None;
+        self.limit = (self.limit / 2).max(self.min);
+        self.up = true;
+        self.hold = self.patience;
+        self.limit
+    }
+
     fn wait(&mut self) {
         self.hold = self.patience;
         self.patience = (self.patience * 2).min(MAX_HOLD);
@@ -145,6 +155,21 @@ mod tests {
         // Probes outside the flat part are rare once it has settled.
         assert!(outside * 10 <= settled.len(), "{limits:?}");
         assert!((8..=48).contains(&climber.limit()), "{limits:?}");
+    }
+
+    #[test]
+    fn backs_off_by_half_and_holds_before_climbing_again() {
+        let mut climber = Climber::new(64, 4, 256);
+        assert_eq!(climber.back_off(), 32);
+        // Held: the next windows keep the lowered limit, however good they look.
+        let held = climb(&mut climber, |n| n as f64 * 1000.0, HOLD as usize);
+        assert!(held.iter().all(|&l| l == 32), "{held:?}");
+        // Then it climbs again.
+        let after = climb(&mut climber, |n| n as f64 * 1000.0, 10);
+        assert!(after.iter().any(|&l| l > 32), "{after:?}");
+        let mut low = Climber::new(5, 4, 256);
+        assert_eq!(low.back_off(), 4);
+        assert_eq!(low.back_off(), 4);
     }
 
     #[test]

@@ -964,11 +964,18 @@ impl Store for FailingLedger {
     ) -> Result<(), StoreError> {
         self.inner.set_status(migration, status).await
     }
-    async fn status_of(
+    async fn control_of(
         &self,
         migration: MigrationId,
-    ) -> Result<godwit_state::MigrationStatus, StoreError> {
-        self.inner.status_of(migration).await
+    ) -> Result<godwit_state::ControlState, StoreError> {
+        self.inner.control_of(migration).await
+    }
+    async fn note_throttled(
+        &self,
+        migration: MigrationId,
+        at: std::time::SystemTime,
+    ) -> Result<(), StoreError> {
+        self.inner.note_throttled(migration, at).await
     }
     async fn beat(&self, beat: &godwit_state::WorkerBeat) -> Result<(), StoreError> {
         self.inner.beat(beat).await

@@ -149,8 +149,9 @@ pub struct MigrateArgs {
     #[arg(long, default_value = "15m", value_name = "DURATION", value_parser = parse_seconds)]
     #[serde(default = "default_endpoint_timeout")]
     pub endpoint_timeout: u64,
-    /// Attempts at one object before it goes to the fail queue.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    /// Attempts at one object before it goes to the fail queue (the first and two retries, with
+    /// jittered exponential pauses that honour Retry-After).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_attempts: u32,
     #[command(flatten)]
     pub sides: SideArgs,

@@ -200,6 +200,13 @@ pub fn summary(summary: &Summary, ledger: &str, json: bool) -> anyhow::Result<()
             summary.replaced_this_run
         )?;
     }
+    if summary.throttled > 0 || summary.backoffs > 0 {
+        writeln!(
+            out,
+            "endpoints asked to slow down {} times; objects in flight were halved {} times (here or across the fleet)",
+            summary.throttled, summary.backoffs
+        )?;
+    }
     if summary.missing_at_destination > 0 {
         writeln!(
             out,

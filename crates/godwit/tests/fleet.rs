@@ -811,3 +811,223 @@ async fn a_second_signal_quits_at_once_and_hands_the_claims_back() {
         assert_eq!(&target.get(&bucket, key).await, content, "{key}");
     }
 }
+
+/// Issue 10, point 4: a proxy between godwit and the S3 server answers 503 SlowDown, 500,
+/// resets connections and cuts answers short on about 5% of requests. The migration completes;
+/// an independent reader finds every object whole; no upload is left open; and the ledger's
+/// retry counts and classes show the faults were met.
+#[tokio::test(flavor = "multi_thread")]
+async fn injected_faults_are_retried_to_a_verified_end() {
+    let target = support::Target::s3s_fs().await;
+    let proxy = support::proxy::FaultProxy::start(&target.endpoint, 0.05).await;
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("src");
+    let mut files: Vec<(String, Vec<u8>)> = (0..800)
+        .map(|i| {
+            (
+                format!("d{}/f{i:03}", i % 9),
+                bytes(i, 100 + (i as usize % 7) * 900),
+            )
+        })
+        .collect();
+    for i in 0..4 {
+        files.push((format!("big/{i}.bin"), bytes(10_000 + i, (13 << 20) + 77)));
+    }
+    let borrowed: Vec<(&str, Vec<u8>)> =
+        files.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    write_tree(&source, &borrowed);
+    let bucket = target.bucket("faults").await;
+    let state = ledger(&work);
+
+    let mut command = support::godwit();
+    command
+        .args(["migrate", &path_str(&source), &format!("s3://{bucket}")])
+        .args(["--json", "--no-progress", "--state", &path_str(&state)])
+        .args(["--multipart-threshold", "6MiB", "--part-size", "5MiB"])
+        .args(["--dest-endpoint", &proxy.endpoint]);
+    let run = support::run(command).await;
+    eprintln!("fault proxy: {}", proxy.injected.describe());
+
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(run.n("copied"), files.len() as u64, "{run:?}");
+    assert!(
+        proxy.injected.faults() >= 20,
+        "too few faults to prove anything: {}",
+        proxy.injected.describe()
+    );
+    // Read back past the proxy, straight from the server.
+    let keys = target.keys(&bucket).await;
+    assert_eq!(keys.len(), files.len(), "{keys:?}");
+    for (key, content) in &files {
+        let served = target.get(&bucket, key).await;
+        assert!(served == *content, "{key}: {} bytes served", served.len());
+    }
+    let open = target
+        .client
+        .list_multipart_uploads()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    assert!(open.uploads().is_empty(), "{:?}", open.uploads());
+
+    let db = rusqlite::Connection::open(&state).unwrap();
+    let mut by_class = db
+        .prepare(
+            "SELECT error_kind, COUNT(*), SUM(attempts - 1) FROM objects
+             WHERE state = 2 AND attempts > 1 GROUP BY error_kind ORDER BY error_kind",
+        )
+        .unwrap();
+    let retries: Vec<(String, i64, i64)> = by_class
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    eprintln!("retried objects by class (class, objects, retries): {retries:?}");
+    assert!(!retries.is_empty(), "the ledger shows no retry");
+    let known = ["busy", "unreachable", "unclear"];
+    assert!(
+        retries
+            .iter()
+            .all(|(class, _, _)| known.contains(&class.as_str())),
+        "{retries:?}"
+    );
+    assert!(
+        retries.iter().any(|(class, _, _)| class == "busy"),
+        "no throttling answer reached the ledger: {retries:?}"
+    );
+}
+
+/// Issue 10, point 4: throttling one worker meets slows the whole fleet. A worker whose requests
+/// are answered 503 SlowDown halves its objects in flight and says so in the ledger; the
+/// `migrate` beside it, never throttled itself, lowers its own too.
+#[tokio::test(flavor = "multi_thread")]
+async fn throttling_one_worker_meets_slows_the_fleet() {
+    let Some(url) = support::postgres_schema("throttle").await else {
+        return;
+    };
+    let target = support::Target::slow(std::time::Duration::from_millis(30)).await;
+    // Only the worker's requests (its User-Agent says `app/throttled`) are throttled, half of
+    // them, until 40 have been.
+    let proxy = support::proxy::FaultProxy::start_with(
+        &target.endpoint,
+        support::proxy::Plan {
+            rate: 0.5,
+            slow_down_only: true,
+            user_agent: Some("app/throttled".into()),
+            most: Some(40),
+            query: None,
+        },
+    )
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("src");
+    // At 4 objects in flight a process and 30 ms a PUT, the run lasts long enough for the
+    // worker (which looks for work every 2 s) to join it.
+    let files: Vec<(String, Vec<u8>)> = (0..2000)
+        .map(|i| (format!("f{i:04}"), bytes(i, 50)))
+        .collect();
+    let borrowed: Vec<(&str, Vec<u8>)> =
+        files.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    write_tree(&source, &borrowed);
+    let bucket = target.bucket("throttle").await;
+
+    let mut worker = support::godwit();
+    worker
+        .args(["worker", "--json", "--state", &url])
+        .env("AWS_SDK_UA_APP_ID", "throttled");
+    let worker = worker.spawn().unwrap();
+    let mut migrate = support::godwit();
+    migrate
+        .args(["migrate", &path_str(&source), &format!("s3://{bucket}")])
+        .args(["--json", "--no-progress", "--concurrency", "4"])
+        .args(["--dest-endpoint", &proxy.endpoint, "--state", &url]);
+    let run = support::run(migrate).await;
+    eprintln!("fault proxy: {}", proxy.injected.describe());
+
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(run.n("copied"), files.len() as u64, "{run:?}");
+    assert!(
+        proxy
+            .injected
+            .slow_down
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0,
+        "the worker never took part"
+    );
+    assert_eq!(run.n("throttled"), 0, "{run:?}");
+    assert!(
+        run.n("backoffs") >= 1,
+        "migrate did not slow down when the worker was throttled: {run:?}"
+    );
+
+    let pid = worker.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let output = worker.wait_with_output().await.unwrap();
+    let rounds: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let throttled: u64 = rounds
+        .iter()
+        .map(|r| r["throttled"].as_u64().unwrap())
+        .sum();
+    let backoffs: u64 = rounds.iter().map(|r| r["backoffs"].as_u64().unwrap()).sum();
+    assert!(throttled >= 2 && backoffs >= 1, "{rounds:?}");
+}
+
+/// The probe of the destination's conditions opens multipart uploads of its own: one whose part
+/// cannot be sent is aborted all the same, not left open (seen under injected faults: an
+/// upload of `.godwit-probe-…-a` outlived the run).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_probe_that_fails_half_way_leaves_no_upload_open() {
+    let target = support::Target::s3s_fs().await;
+    let proxy = support::proxy::FaultProxy::start_with(
+        &target.endpoint,
+        support::proxy::Plan {
+            rate: 1.0,
+            slow_down_only: true,
+            user_agent: None,
+            most: None,
+            query: Some("partNumber=".into()),
+        },
+    )
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("src");
+    write_tree(&source, &[("a.txt", bytes(1, 10)), ("b.txt", bytes(2, 20))]);
+    let bucket = target.bucket("probe").await;
+    let mut command = support::godwit();
+    command
+        .args(["migrate", &path_str(&source), &format!("s3://{bucket}")])
+        .args([
+            "--json",
+            "--no-progress",
+            "--state",
+            &path_str(&ledger(&work)),
+        ])
+        .args(["--dest-endpoint", &proxy.endpoint]);
+    let run = support::run(command).await;
+
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(run.n("copied"), 2, "{run:?}");
+    assert!(
+        run.json()["guarantees"]["conditions"]["complete_if_none_match"]
+            .as_str()
+            .unwrap()
+            .starts_with("unknown"),
+        "{run:?}"
+    );
+    assert!(proxy.injected.faults() > 0);
+    let open = target
+        .client
+        .list_multipart_uploads()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    assert!(open.uploads().is_empty(), "{:?}", open.uploads());
+}

@@ -264,6 +264,15 @@ impl MigrationStatus {
     }
 }
 
+/// What steers a migration's workers, read by each about once a second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlState {
+    /// Whether its objects are taken.
+    pub status: MigrationStatus,
+    /// When a worker last found an endpoint throttling it (see [`Store::note_throttled`]).
+    pub throttled_at: Option<SystemTime>,
+}
+
 /// What a worker says of itself with each heartbeat.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WorkerBeat {
@@ -564,8 +573,20 @@ pub trait Store: Send + Sync {
         migration: MigrationId,
         status: MigrationStatus,
     ) -> Result<(), StoreError>;
+    /// What steers the migration's workers now: its status, and when a worker last found the
+    /// destination throttling.
+    async fn control_of(&self, migration: MigrationId) -> Result<ControlState, StoreError>;
     /// The migration's status now.
-    async fn status_of(&self, migration: MigrationId) -> Result<MigrationStatus, StoreError>;
+    async fn status_of(&self, migration: MigrationId) -> Result<MigrationStatus, StoreError> {
+        Ok(self.control_of(migration).await?.status)
+    }
+    /// Tells every worker of the migration that the destination (or source) is throttling: they
+    /// each lower their objects in flight. `at` is kept if it is the latest such note.
+    async fn note_throttled(
+        &self,
+        migration: MigrationId,
+        at: SystemTime,
+    ) -> Result<(), StoreError>;
     /// Records a worker's heartbeat.
     async fn beat(&self, beat: &WorkerBeat) -> Result<(), StoreError>;
     /// The workers the ledger heard of, most recent heartbeat first.

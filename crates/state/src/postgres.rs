@@ -19,15 +19,15 @@ use tokio_postgres::NoTls;
 use tokio_postgres::types::ToSql;
 
 use crate::{
-    Claim, ClaimedObject, DoneObject, FailedObject, KnownObject, LeaseToken, Migration,
-    MigrationId, MigrationSpec, MigrationStatus, ObjectId, ObjectState, Outcome, OwnWrite,
-    OwnWriteChange, PacketLimits, PartRecord, Pass, Problem, ScannedObject, SourceVersion,
-    StaleUpload, Store, StoreError, Tally, UploadRecord, WorkerBeat, WorkerRecord, from_millis,
-    millis, now, scanned_columns,
+    Claim, ClaimedObject, ControlState, DoneObject, FailedObject, KnownObject, LeaseToken,
+    Migration, MigrationId, MigrationSpec, MigrationStatus, ObjectId, ObjectState, Outcome,
+    OwnWrite, OwnWriteChange, PacketLimits, PartRecord, Pass, Problem, ScannedObject,
+    SourceVersion, StaleUpload, Store, StoreError, Tally, UploadRecord, WorkerBeat, WorkerRecord,
+    from_millis, millis, now, scanned_columns,
 };
 
 /// The schema, one step a version: version N is `MIGRATIONS[N - 1]`.
-const MIGRATIONS: [&str; 4] = [
+const MIGRATIONS: [&str; 5] = [
     "
 CREATE TABLE migrations (
     id BIGSERIAL PRIMARY KEY,
@@ -113,6 +113,9 @@ CREATE TABLE workers (
     objects_in_flight BIGINT NOT NULL,
     bytes_per_second BIGINT NOT NULL
 );
+",
+    "
+ALTER TABLE migrations ADD COLUMN throttled_at BIGINT;
 ",
 ];
 
@@ -339,18 +342,36 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn status_of(&self, migration: MigrationId) -> Result<MigrationStatus, StoreError> {
+    async fn control_of(&self, migration: MigrationId) -> Result<ControlState, StoreError> {
         let client = self.client().await?;
         let row = client
             .query_one(
-                "SELECT status FROM migrations WHERE id = $1",
+                "SELECT status, throttled_at FROM migrations WHERE id = $1",
                 &[&migration.0],
             )
             .await
             .map_err(|e| self.error(e))?;
-        Ok(MigrationStatus::from_name(
-            row.get::<_, Option<String>>(0).as_deref(),
-        ))
+        Ok(ControlState {
+            status: MigrationStatus::from_name(row.get::<_, Option<String>>(0).as_deref()),
+            throttled_at: row.get::<_, Option<i64>>(1).map(from_millis),
+        })
+    }
+
+    async fn note_throttled(
+        &self,
+        migration: MigrationId,
+        at: std::time::SystemTime,
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE migrations SET throttled_at = GREATEST(COALESCE(throttled_at, 0), $2)
+                 WHERE id = $1",
+                &[&migration.0, &millis(at)],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
     }
 
     async fn beat(&self, beat: &WorkerBeat) -> Result<(), StoreError> {

@@ -9,11 +9,11 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{
-    Claim, ClaimedObject, DoneObject, FailedObject, KnownObject, LeaseToken, Migration,
-    MigrationId, MigrationSpec, MigrationStatus, ObjectId, ObjectState, Outcome, OwnWrite,
-    OwnWriteChange, PacketLimits, PartRecord, Pass, Problem, ScannedObject, SourceVersion,
-    StaleUpload, Store, StoreError, Tally, UploadRecord, WorkerBeat, WorkerRecord, from_millis,
-    millis, now, scanned_columns,
+    Claim, ClaimedObject, ControlState, DoneObject, FailedObject, KnownObject, LeaseToken,
+    Migration, MigrationId, MigrationSpec, MigrationStatus, ObjectId, ObjectState, Outcome,
+    OwnWrite, OwnWriteChange, PacketLimits, PartRecord, Pass, Problem, ScannedObject,
+    SourceVersion, StaleUpload, Store, StoreError, Tally, UploadRecord, WorkerBeat, WorkerRecord,
+    from_millis, millis, now, scanned_columns,
 };
 
 /// 2: uploads bound to a source version and begun before their id is known, godwit's own
@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS migrations (
     source_endpoint TEXT,
     dest_endpoint TEXT,
     options TEXT,
-    status TEXT
+    status TEXT,
+    throttled_at INTEGER
 );
 CREATE TABLE IF NOT EXISTS workers (
     name TEXT PRIMARY KEY,
@@ -102,7 +103,8 @@ CREATE INDEX IF NOT EXISTS objects_uploads ON objects (migration_id)
 
 /// Columns added since schema 1, added to older ledgers as they are opened (times are
 /// milliseconds since the Unix epoch).
-const ADDED_COLUMNS: [(&str, &str, &str); 13] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 14] = [
+    ("migrations", "throttled_at", "INTEGER"),
     ("migrations", "status", "TEXT"),
     ("migrations", "options", "TEXT"),
     ("objects", "lease_token", "INTEGER"),
@@ -455,12 +457,33 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn status_of(&self, migration: MigrationId) -> Result<MigrationStatus, StoreError> {
+    async fn control_of(&self, migration: MigrationId) -> Result<ControlState, StoreError> {
         self.with(move |connection| {
-            let name: Option<String> = connection
-                .prepare_cached("SELECT status FROM migrations WHERE id = ?1")?
-                .query_row(params![migration.0], |row| row.get(0))?;
-            Ok(MigrationStatus::from_name(name.as_deref()))
+            let (name, throttled_at): (Option<String>, Option<i64>) = connection
+                .prepare_cached("SELECT status, throttled_at FROM migrations WHERE id = ?1")?
+                .query_row(params![migration.0], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            Ok(ControlState {
+                status: MigrationStatus::from_name(name.as_deref()),
+                throttled_at: throttled_at.map(from_millis),
+            })
+        })
+        .await
+    }
+
+    async fn note_throttled(
+        &self,
+        migration: MigrationId,
+        at: std::time::SystemTime,
+    ) -> Result<(), StoreError> {
+        let at = millis(at);
+        self.with(move |connection| {
+            connection
+                .prepare_cached(
+                    "UPDATE migrations SET throttled_at = MAX(COALESCE(throttled_at, 0), ?2)
+                     WHERE id = ?1",
+                )?
+                .execute(params![migration.0, at])?;
+            Ok(())
         })
         .await
     }

@@ -93,6 +93,7 @@ conformance!(
     released_claims_return_at_once_uncharged_and_fenced,
     a_status_set_is_read_back_and_kept_per_migration,
     worker_rows_keep_each_workers_latest_beat,
+    the_latest_throttling_note_is_kept_per_migration,
 );
 
 mod behaviour {
@@ -835,5 +836,36 @@ mod behaviour {
         for (before, after) in quitting.iter().zip(&again) {
             assert_eq!(after.attempts, before.attempts, "{after:?}");
         }
+    }
+
+    /// Workers tell each other of throttling through the migration's row: the latest note wins.
+    pub(super) async fn the_latest_throttling_note_is_kept_per_migration(store: &dyn Store) {
+        let first = store.open_migration(&spec()).await.unwrap();
+        let other = store
+            .open_migration(&MigrationSpec {
+                name: "other".into(),
+                ..spec()
+            })
+            .await
+            .unwrap();
+        assert_eq!(store.control_of(first.id).await.unwrap().throttled_at, None);
+        let at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        store.note_throttled(first.id, at).await.unwrap();
+        store
+            .note_throttled(first.id, at - Duration::from_secs(5))
+            .await
+            .unwrap();
+        let state = store.control_of(first.id).await.unwrap();
+        assert_eq!(state.throttled_at, Some(at));
+        assert_eq!(state.status, MigrationStatus::Running);
+        store
+            .note_throttled(first.id, at + Duration::from_millis(1))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.control_of(first.id).await.unwrap().throttled_at,
+            Some(at + Duration::from_millis(1))
+        );
+        assert_eq!(store.control_of(other.id).await.unwrap().throttled_at, None);
     }
 }

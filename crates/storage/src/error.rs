@@ -87,6 +87,8 @@ impl fmt::Display for ErrorKind {
 pub struct StorageError {
     kind: ErrorKind,
     message: String,
+    /// How long the server asked to wait before trying again (`Retry-After`).
+    retry_after: Option<std::time::Duration>,
 }
 
 impl StorageError {
@@ -95,7 +97,19 @@ impl StorageError {
         Self {
             kind,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// The same error, with the wait the server asked for before a retry.
+    pub fn with_retry_after(mut self, wait: Option<std::time::Duration>) -> Self {
+        self.retry_after = wait;
+        self
+    }
+
+    /// How long the server asked to wait before trying again, if it said.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        self.retry_after
     }
 
     /// Its kind.

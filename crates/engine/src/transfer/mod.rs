@@ -15,6 +15,7 @@
 mod etag;
 mod guarantees;
 mod own;
+mod retry;
 mod server_side;
 mod single;
 mod upload;
@@ -52,7 +53,8 @@ pub struct TransferOptions {
     pub part_size: u64,
     /// Parts of one object in flight at once.
     pub part_concurrency: usize,
-    /// Attempts at one object within one claim before it goes to the fail queue.
+    /// Attempts at one object within one claim before it goes to the fail queue (the first and
+    /// two retries by default).
     pub max_attempts: u32,
     /// Bytes of object data held in memory at once, across all transfers.
     pub memory_budget: u64,
@@ -96,7 +98,7 @@ impl Default for TransferOptions {
             multipart_threshold: 64 << 20,
             part_size: 16 << 20,
             part_concurrency: 8,
-            max_attempts: 5,
+            max_attempts: 3,
             memory_budget: 1 << 30,
             metadata: MetadataOptions::default(),
         }
@@ -329,6 +331,9 @@ impl Transfers {
                 .await?;
         }
         let mut attempt = 0;
+        // The error the latest retry followed: kept in the ledger with the outcome, so retries
+        // show by class even when the object got through.
+        let mut retried: Option<StorageError> = None;
         loop {
             attempt += 1;
             let mark = self.outage.mark();
@@ -348,7 +353,16 @@ impl Transfers {
                     // still recorded (the object settled otherwise, or went by a single PUT after
                     // the threshold changed) is of no use now.
                     self.drop_upload(&mut job).await?;
-                    return Ok(self.outcome(&job, attempt, done));
+                    let mut outcome = self.outcome(&job, attempt, done);
+                    if outcome.error.is_none()
+                        && let Some(error) = retried
+                    {
+                        outcome.error = Some((
+                            error.kind().as_str().to_owned(),
+                            format!("done at attempt {attempt}; retried after: {error}"),
+                        ));
+                    }
+                    return Ok(outcome);
                 }
                 Err(error) => error,
             };
@@ -385,7 +399,13 @@ impl Transfers {
                     Ok(Some(_)) | Err(_) => {}
                 }
             }
-            if !error.is_temporary() || attempt >= self.options.max_attempts {
+            if error.kind() == ErrorKind::Busy {
+                // The dispatcher lowers the objects in flight when these gather (see `dispatch`).
+                Progress::add(&self.progress.n_throttled, 1);
+            }
+            if !error.is_temporary()
+                || attempt >= retry::attempts_for(&error, self.options.max_attempts)
+            {
                 self.drop_upload(&mut job).await?;
                 let reason = if error.is_temporary() {
                     format!("{} (gave up after {attempt} attempts)", error.message())
@@ -400,8 +420,8 @@ impl Transfers {
                 ));
             }
             tracing::debug!(key = %job.meta.key, attempt, %error, "retrying");
-            let backoff = Duration::from_millis(100 << (attempt - 1).min(6));
-            tokio::time::sleep(backoff.min(Duration::from_secs(5))).await;
+            tokio::time::sleep(retry::pause_before_retry(attempt, &error)).await;
+            retried = Some(error);
         }
     }
 

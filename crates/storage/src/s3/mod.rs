@@ -30,6 +30,25 @@ use crate::{
     endpoint,
 };
 
+/// How long a response asks the client to wait before trying again: `Retry-After` in seconds
+/// (the HTTP header; its date form is not used by S3 servers), else `x-amz-retry-after` in
+/// milliseconds. Capped at five minutes, whatever a server says.
+fn retry_after(response: &HttpResponse) -> Option<std::time::Duration> {
+    const MOST: std::time::Duration = std::time::Duration::from_secs(300);
+    let headers = response.headers();
+    let seconds = headers
+        .get("retry-after")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(std::time::Duration::from_secs);
+    let millis = || {
+        headers
+            .get("x-amz-retry-after")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(std::time::Duration::from_millis)
+    };
+    seconds.or_else(millis).map(|wait| wait.min(MOST))
+}
+
 /// A configured S3 client for one side of a migration.
 #[derive(Clone)]
 pub struct S3Client {
@@ -163,6 +182,10 @@ impl Bucket {
             None => format!("bucket '{}'", self.name),
         };
         let endpoint = &self.s3.endpoint;
+        let retry_after = match &err {
+            SdkError::ServiceError(service) => retry_after(service.raw()),
+            _ => None,
+        };
         let (kind, detail) = match &err {
             SdkError::ConstructionFailure(_) => {
                 let text = DisplayErrorContext(&err).to_string();
@@ -260,7 +283,7 @@ impl Bucket {
             }
             _ => (ErrorKind::Other, DisplayErrorContext(&err).to_string()),
         };
-        StorageError::new(kind, format!("{op} {target}: {detail}"))
+        StorageError::new(kind, format!("{op} {target}: {detail}")).with_retry_after(retry_after)
     }
 
     fn is_status<E>(err: &SdkError<E, HttpResponse>, wanted: u16) -> bool {

@@ -135,73 +135,85 @@ impl Bucket {
                 .await
                 .map_err(|err| self.error("starting a probe upload to", Some(key), err))?;
             let upload_id = upload.upload_id().unwrap_or_default().to_owned();
-            let part = self
+            let judged = self.probe_completion(key, &upload_id, if_none_match).await;
+            // Aborted whatever happened (a completed upload is merely gone already): a probe
+            // that failed half-way leaves no upload open.
+            let _ = self
                 .client()
-                .upload_part()
+                .abort_multipart_upload()
                 .bucket(&self.name)
                 .key(self.key(key))
                 .upload_id(&upload_id)
-                .part_number(1)
-                .body(ByteStream::from_static(PROBE_BODY))
                 .send()
-                .await
-                .map_err(|err| self.error("uploading a probe part to", Some(key), err))?;
-            let before = self.head(key).await?.and_then(|o| o.etag);
-            let mut request = self
-                .client()
-                .complete_multipart_upload()
-                .bucket(&self.name)
-                .key(self.key(key))
-                .upload_id(&upload_id)
-                .multipart_upload(
-                    CompletedMultipartUpload::builder()
-                        .parts(
-                            CompletedPart::builder()
-                                .part_number(1)
-                                .set_e_tag(part.e_tag().map(str::to_owned))
-                                .build(),
-                        )
-                        .build(),
-                );
-            request = if if_none_match {
-                request.if_none_match("*")
-            } else {
-                request.if_match(NO_SUCH_ETAG)
-            };
-            let what = if if_none_match {
-                "CompleteMultipartUpload If-None-Match"
-            } else {
-                "CompleteMultipartUpload If-Match"
-            };
-            let answer = request.send().await;
-            let enforcement = match &answer {
-                Err(err) if Self::is_status(err, 412) => Enforcement::Enforced,
-                Ok(_) => Enforcement::Ignored,
-                Err(err) => {
-                    // The server may have completed it all the same: the key's ETag says.
-                    let after = self.head(key).await?.and_then(|o| o.etag);
-                    if after.is_some() && after != before {
-                        Enforcement::Ignored
-                    } else {
-                        Enforcement::Unknown(format!("{what}: {}", DisplayErrorContext(err)))
-                    }
-                }
-            };
-            if enforcement != Enforcement::Ignored {
-                let _ = self
-                    .client()
-                    .abort_multipart_upload()
-                    .bucket(&self.name)
-                    .key(self.key(key))
-                    .upload_id(&upload_id)
-                    .send()
-                    .await;
-            }
-            found.push(enforcement);
+                .await;
+            found.push(judged?);
         }
         let if_match = found.pop().unwrap_or(Enforcement::Unknown(String::new()));
         let if_none_match = found.pop().unwrap_or(Enforcement::Unknown(String::new()));
         Ok((if_none_match, if_match))
+    }
+
+    /// Fills the probe upload `upload_id` with one part and completes it onto `key` under
+    /// `If-None-Match: *` (else `If-Match` on an ETag it does not have); says what the server
+    /// made of the condition.
+    async fn probe_completion(
+        &self,
+        key: &str,
+        upload_id: &str,
+        if_none_match: bool,
+    ) -> Result<Enforcement, StorageError> {
+        let part = self
+            .client()
+            .upload_part()
+            .bucket(&self.name)
+            .key(self.key(key))
+            .upload_id(upload_id)
+            .part_number(1)
+            .body(ByteStream::from_static(PROBE_BODY))
+            .send()
+            .await
+            .map_err(|err| self.error("uploading a probe part to", Some(key), err))?;
+        let before = self.head(key).await?.and_then(|o| o.etag);
+        let mut request = self
+            .client()
+            .complete_multipart_upload()
+            .bucket(&self.name)
+            .key(self.key(key))
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .parts(
+                        CompletedPart::builder()
+                            .part_number(1)
+                            .set_e_tag(part.e_tag().map(str::to_owned))
+                            .build(),
+                    )
+                    .build(),
+            );
+        request = if if_none_match {
+            request.if_none_match("*")
+        } else {
+            request.if_match(NO_SUCH_ETAG)
+        };
+        let what = if if_none_match {
+            "CompleteMultipartUpload If-None-Match"
+        } else {
+            "CompleteMultipartUpload If-Match"
+        };
+        let answer = request.send().await;
+        Ok(match &answer {
+            Err(err) if Self::is_status(err, 412) => Enforcement::Enforced,
+            Ok(_) => Enforcement::Ignored,
+            Err(err) => {
+                // The server may have completed it all the same: the key's ETag says.
+                let after = self.head(key).await?.and_then(|o| o.etag);
+                if after.is_some() && after != before {
+                    Enforcement::Ignored
+                } else {
+                    Enforcement::Unknown(format!("{what}: {}", DisplayErrorContext(err)))
+                }
+            }
+        })
     }
 
     /// What the answer to a write that a server enforcing its condition must refuse says.
