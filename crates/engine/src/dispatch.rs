@@ -273,6 +273,13 @@ impl Migrator {
                 result = result.and(Err(EngineError::Internal(format!("ledger writer: {join}"))))
             }
         }
+        if self.stop.is_cancelled() && result.is_ok() {
+            // Stopped: what this worker still holds (the shards it was listing) goes back to the
+            // pool now rather than when its lease runs out.
+            if let Err(error) = self.store.release_claims(&self.options.worker).await {
+                tracing::warn!("could not hand this worker's claims back: {error}");
+            }
+        }
         result
     }
 }

@@ -9,7 +9,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use godwit_state::{Migration, MigrationSpec, MigrationStatus, ObjectState, Problem, Store, Tally};
+use godwit_state::{
+    Migration, MigrationId, MigrationSpec, MigrationStatus, ObjectState, Problem, Store, Tally,
+};
 use godwit_storage::{Destination, Source};
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -22,7 +24,7 @@ use crate::filter::Filter;
 use crate::outage::Outage;
 use crate::progress::Progress;
 use crate::recheck::{Recheck, recheck};
-use crate::scan::{check, mark_work_known, scan};
+use crate::scan::{Scan, check, mark_work_known};
 use crate::transfer::{Guarantees, TransferOptions, Transfers};
 
 /// How a migration runs.
@@ -218,16 +220,10 @@ impl Migrator {
         // Cancelled by a stop, and when the run cannot go on (the ledger stopped recording).
         let halt = self.stop.child_token();
         let scanner = match pass {
-            PassPlan::Scan(number) => Some(tokio::spawn(scan(
-                Arc::clone(&self.source),
-                Arc::clone(&self.store),
-                migration.id,
-                number,
-                filter.clone(),
-                Arc::clone(&self.progress),
-                Arc::clone(&notify),
-                halt.clone(),
-            ))),
+            PassPlan::Scan(number) => Some(tokio::spawn(
+                self.scan(migration.id, number, &filter, &notify, true)
+                    .run(halt.clone()),
+            )),
             PassPlan::Resume(_) => {
                 mark_work_known(self.store.as_ref(), migration.id, &self.progress).await?;
                 None
@@ -306,6 +302,20 @@ impl Migrator {
         self.store.recover_expired(migration.id).await?;
         let notify = Arc::new(Notify::new());
         let halt = self.stop.child_token();
+        // A scan not finished (its `migrate` stopped, or lists other shards) is listed too, as
+        // long as this worker would judge objects as the pass does.
+        let scanner = match &migration.last_pass {
+            Some(pass)
+                if !pass.scan_complete
+                    && pass.filter.as_deref() == Some(filter.describe().as_str()) =>
+            {
+                Some(tokio::spawn(
+                    self.scan(migration.id, pass.number, &filter, &notify, false)
+                        .run(halt.clone()),
+                ))
+            }
+            _ => None,
+        };
         let copy_candidate = self
             .options
             .server_side_copy
@@ -329,7 +339,7 @@ impl Migrator {
         let dispatched = self
             .dispatch(
                 migration,
-                None,
+                scanner,
                 &notify,
                 Arc::clone(&transfers),
                 halt,
@@ -348,6 +358,29 @@ impl Migrator {
         summary.status = status;
         summary.guarantees = transfers.guarantees();
         Ok(summary)
+    }
+
+    /// The scan of pass `pass` by this run (see [`Scan`]).
+    fn scan(
+        &self,
+        migration: MigrationId,
+        pass: u32,
+        filter: &Filter,
+        notify: &Arc<Notify>,
+        wait_for_others: bool,
+    ) -> Scan {
+        Scan {
+            source: Arc::clone(&self.source),
+            store: Arc::clone(&self.store),
+            migration,
+            pass,
+            filter: filter.clone(),
+            progress: Arc::clone(&self.progress),
+            notify: Arc::clone(notify),
+            worker: self.options.worker.clone(),
+            lease: self.options.lease,
+            wait_for_others,
+        }
     }
 
     /// Which pass this run makes, and whether it follows a finished one (so the destination is

@@ -4,9 +4,14 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use godwit_state::{MigrationId, ObjectState, Scanned, ScannedObject, Store, StoreError};
+use std::time::Duration;
+
+use godwit_state::{
+    MigrationId, ObjectState, Scanned, ScannedObject, ShardClaim, ShardMark, Store, StoreError,
+};
 use godwit_storage::{Destination, Listed, Location, Source, endpoint};
 use tokio::sync::Notify;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::EngineError;
@@ -113,37 +118,157 @@ async fn overlap(
     Ok(filter)
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn scan(
-    source: Arc<dyn Source>,
-    store: Arc<dyn Store>,
-    migration: MigrationId,
-    pass: u32,
-    filter: Filter,
-    progress: Arc<Progress>,
-    notify: Arc<Notify>,
-    stop: CancellationToken,
-) -> Result<(), EngineError> {
-    let mut listing = source.list();
-    loop {
-        let page = tokio::select! {
-            page = listing.recv() => page,
-            () = stop.cancelled() => return Ok(()),
-        };
-        let Some(page) = page else { break };
-        let page = page.map_err(EngineError::Scan)?;
-        let batch: Vec<ScannedObject> = page
-            .into_iter()
-            .map(|listed| classify(listed, &filter))
-            .collect();
-        Progress::add(&progress.n_scanned, batch.len() as u64);
-        Progress::add(&progress.bytes_scanned, batch.iter().map(|o| o.size).sum());
-        store.record_scanned(migration, pass, batch).await?;
-        notify.notify_one();
+/// How many shards one run lists at once: listing is bound by the round trips of LIST
+/// requests, so a few at once pay even on one machine.
+const SHARDS_AT_ONCE: usize = 4;
+
+/// How often a run whose shards are all held by others looks whether they were finished or
+/// handed back.
+const SHARDS_POLL: Duration = Duration::from_secs(1);
+
+/// A scan of one pass: the source listed into the ledger shard by shard (see
+/// `godwit_storage::shard`), each shard claimed under a lease like a packet and its progress
+/// recorded with every page, so a fleet lists in parallel and a scan that stops resumes where
+/// it stopped.
+pub(crate) struct Scan {
+    pub source: Arc<dyn Source>,
+    pub store: Arc<dyn Store>,
+    pub migration: MigrationId,
+    pub pass: u32,
+    pub filter: Filter,
+    pub progress: Arc<Progress>,
+    /// Woken with each page recorded (the dispatcher waits on it for work).
+    pub notify: Arc<Notify>,
+    pub worker: String,
+    pub lease: Duration,
+    /// Whether to wait for shards other workers hold until every shard is listed (a `migrate`),
+    /// or to end when nothing is left to claim (a worker's turn).
+    pub wait_for_others: bool,
+}
+
+impl Scan {
+    /// Lists the pass's shards (planning them first, unless the pass has them) until every one is
+    /// listed, then marks the scan complete. Ends early, leaving its shards to be handed back,
+    /// when `stop` is cancelled.
+    pub(crate) async fn run(self, stop: CancellationToken) -> Result<(), EngineError> {
+        let this = Arc::new(self);
+        let (store, migration, pass) = (&this.store, this.migration, this.pass);
+        if store.shards_left(migration, pass).await?.is_none() {
+            let shards = this.source.shards().await.map_err(EngineError::Scan)?;
+            let planned = store.plan_shards(migration, pass, shards).await?;
+            tracing::debug!(planned, "the scan is cut into shards");
+        }
+        let mut listers: JoinSet<Result<(), EngineError>> = JoinSet::new();
+        loop {
+            while listers.len() < SHARDS_AT_ONCE && !stop.is_cancelled() {
+                let Some(shard) = store
+                    .claim_shard(migration, pass, &this.worker, this.lease)
+                    .await?
+                else {
+                    break;
+                };
+                listers.spawn(Arc::clone(&this).list(shard, stop.clone()));
+            }
+            if listers.is_empty() {
+                if stop.is_cancelled() {
+                    return Ok(());
+                }
+                match store.shards_left(migration, pass).await? {
+                    Some(0) | None => break,
+                    Some(_) if !this.wait_for_others => return Ok(()),
+                    // Others hold the rest: they finish them, or their leases run out and the
+                    // shards come back.
+                    Some(_) => {
+                        tokio::select! {
+                            () = tokio::time::sleep(SHARDS_POLL) => {}
+                            () = stop.cancelled() => {}
+                        }
+                        continue;
+                    }
+                }
+            }
+            if let Some(joined) = listers.join_next().await {
+                match joined {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => return Err(error),
+                    Err(join) => {
+                        return Err(EngineError::Internal(format!("listing task: {join}")));
+                    }
+                }
+            }
+        }
+        store.finish_scan(migration, pass).await?;
+        mark_work_known(store.as_ref(), migration, &this.progress).await?;
+        Ok(())
     }
-    store.finish_scan(migration, pass).await?;
-    mark_work_known(store.as_ref(), migration, &progress).await?;
-    Ok(())
+
+    /// Lists one claimed shard from where it was left, recording each page with the shard's new
+    /// position in one transaction.
+    async fn list(
+        self: Arc<Self>,
+        shard: ShardClaim,
+        stop: CancellationToken,
+    ) -> Result<(), EngineError> {
+        let mut listing = self.source.list_shard(&shard.name, shard.after.as_deref());
+        loop {
+            let page = tokio::select! {
+                page = listing.recv() => page,
+                () = stop.cancelled() => return Ok(()),
+            };
+            let Some(page) = page else { break };
+            let page = page.map_err(EngineError::Scan)?;
+            let Some(last) = page.last() else { continue };
+            let after = match last {
+                Listed::Object(meta) => meta.key.clone(),
+                Listed::Unreadable { key, .. } => key.clone(),
+            };
+            let batch: Vec<ScannedObject> = page
+                .into_iter()
+                .map(|listed| classify(listed, &self.filter))
+                .collect();
+            let (n, bytes) = (batch.len() as u64, batch.iter().map(|o| o.size).sum());
+            let mark = ShardMark {
+                name: shard.name.clone(),
+                token: shard.token,
+                after,
+            };
+            match self
+                .store
+                .record_scanned(self.migration, self.pass, batch, Some(mark))
+                .await
+            {
+                Ok(()) => {}
+                Err(StoreError::ShardLost(_)) => {
+                    lost(&shard);
+                    return Ok(());
+                }
+                Err(error) => return Err(error.into()),
+            }
+            Progress::add(&self.progress.n_scanned, n);
+            Progress::add(&self.progress.bytes_scanned, bytes);
+            self.notify.notify_one();
+        }
+        match self
+            .store
+            .finish_shard(self.migration, self.pass, &shard)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(StoreError::ShardLost(_)) => {
+                lost(&shard);
+                Ok(())
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+}
+
+/// A shard whose lease ran out while this worker listed it: another worker lists it now.
+fn lost(shard: &ShardClaim) {
+    tracing::warn!(
+        shard = %shard.name,
+        "the lease on this shard of the scan ran out and another worker took it: leaving it"
+    );
 }
 
 /// Once the scan is over, the pending work is known in full: record it for the ETA.

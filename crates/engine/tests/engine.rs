@@ -761,7 +761,7 @@ async fn a_source_that_changed_or_vanished_after_the_scan_is_settled() {
             },
         ];
         store
-            .record_scanned(migration.id, pass.number, scanned)
+            .record_scanned(migration.id, pass.number, scanned, None)
             .await
             .unwrap();
         store.finish_scan(migration.id, pass.number).await.unwrap();
@@ -1006,8 +1006,43 @@ impl Store for FailingLedger {
         migration: MigrationId,
         pass: u32,
         batch: Vec<ScannedObject>,
+        mark: Option<godwit_state::ShardMark>,
     ) -> Result<(), StoreError> {
-        self.inner.record_scanned(migration, pass, batch).await
+        self.inner
+            .record_scanned(migration, pass, batch, mark)
+            .await
+    }
+    async fn plan_shards(
+        &self,
+        migration: MigrationId,
+        pass: u32,
+        names: Vec<String>,
+    ) -> Result<u64, StoreError> {
+        self.inner.plan_shards(migration, pass, names).await
+    }
+    async fn shards_left(
+        &self,
+        migration: MigrationId,
+        pass: u32,
+    ) -> Result<Option<u64>, StoreError> {
+        self.inner.shards_left(migration, pass).await
+    }
+    async fn claim_shard(
+        &self,
+        migration: MigrationId,
+        pass: u32,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<Option<godwit_state::ShardClaim>, StoreError> {
+        self.inner.claim_shard(migration, pass, worker, lease).await
+    }
+    async fn finish_shard(
+        &self,
+        migration: MigrationId,
+        pass: u32,
+        shard: &godwit_state::ShardClaim,
+    ) -> Result<u64, StoreError> {
+        self.inner.finish_shard(migration, pass, shard).await
     }
     async fn finish_scan(&self, migration: MigrationId, pass: u32) -> Result<(), StoreError> {
         self.inner.finish_scan(migration, pass).await

@@ -58,7 +58,15 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<u8> {
             let Some(options) = &migration.options else {
                 continue;
             };
-            if store.tally(migration.id).await?.n(ObjectState::Pending) == 0 {
+            // Work is objects waiting, or shards of an unfinished scan to list.
+            let listing = match &migration.last_pass {
+                Some(pass) if !pass.scan_complete => store
+                    .shards_left(migration.id, pass.number)
+                    .await?
+                    .is_some_and(|left| left > 0),
+                _ => false,
+            };
+            if !listing && store.tally(migration.id).await?.n(ObjectState::Pending) == 0 {
                 continue;
             }
             let name = &migration.spec.name;

@@ -55,6 +55,8 @@ pub struct ServerOptions {
     pub conditions: Conditions,
     /// Each PutObject waits this long first, as a distant or busy server would.
     pub put_delay: std::time::Duration,
+    /// Each ListObjectsV2 waits this long first (a listing slow enough to be stopped half-way).
+    pub list_delay: std::time::Duration,
 }
 
 /// A running local S3 endpoint. Dropping it stops accepting connections.
@@ -94,6 +96,7 @@ struct Access {
     cuts: Cuts,
     conditions: Conditions,
     put_delay: std::time::Duration,
+    list_delay: std::time::Duration,
 }
 
 impl Access {
@@ -207,6 +210,16 @@ impl S3Access for Access {
         }
         if !self.put_delay.is_zero() {
             tokio::time::sleep(self.put_delay).await;
+        }
+        Ok(())
+    }
+
+    async fn list_objects_v2(
+        &self,
+        _req: &mut s3s::S3Request<s3s::dto::ListObjectsV2Input>,
+    ) -> s3s::S3Result<()> {
+        if !self.list_delay.is_zero() {
+            tokio::time::sleep(self.list_delay).await;
         }
         Ok(())
     }
@@ -562,6 +575,7 @@ impl LocalS3 {
             cuts: cuts.clone(),
             conditions: options.conditions,
             put_delay: options.put_delay,
+            list_delay: options.list_delay,
         });
         builder.set_route(PartHeads {
             root: root.to_path_buf(),

@@ -35,6 +35,10 @@ pub enum StoreError {
     /// took it): nothing was written, and the worker must drop the object.
     #[error("the lease on object {0} was lost: another worker holds it now")]
     LeaseLost(i64),
+    /// The claim on a shard of the scan is no longer this worker's (its lease ran out and another
+    /// worker lists it now): nothing was recorded, and the worker must leave the shard.
+    #[error("the lease on a shard of the scan (claim {0}) was lost: another worker lists it now")]
+    ShardLost(i64),
     /// Another process holds the ledger.
     #[error(
         "ledger {path} is in use by another godwit process; wait for it to finish or stop it (a ledger file serves one process at a time)"
@@ -71,6 +75,32 @@ pub struct ObjectId(pub i64);
 /// (the lease ran out and another worker took the packet).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct LeaseToken(pub i64);
+
+/// A shard of a pass's listing, as a worker holds it. A pass's listing is cut into shards (by
+/// the source: see `godwit_storage::Source::shards`) that workers claim like packets, so a fleet
+/// lists in parallel, and each records how far it has listed, so a scan that stops resumes
+/// where it stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardClaim {
+    /// The shard: `""` for the keys at the source's root, `"DIR/"` for the keys below DIR,
+    /// `"*"` for the whole listing (opaque to the ledger).
+    pub name: String,
+    /// The last key recorded from it, to list after; `None` to list it from its start.
+    pub after: Option<String>,
+    /// This claim's fencing token.
+    pub token: LeaseToken,
+}
+
+/// How far a claimed shard has been listed: recorded with a page of its objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardMark {
+    /// The shard's name.
+    pub name: String,
+    /// The claim's token.
+    pub token: LeaseToken,
+    /// The last key listed (the listing resumes after it).
+    pub after: String,
+}
 
 /// An object as one claim holds it: what writes about it name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -600,6 +630,8 @@ pub trait Store: Send + Sync {
     /// Starts a new pass, whose scan applies `filter`, and returns it.
     async fn start_pass(&self, migration: MigrationId, filter: &str) -> Result<Pass, StoreError>;
     /// Scans pass `pass` again (its scan was cut short, or the filter changed), applying `filter`.
+    /// With the filter the pass recorded, its shards keep how far they were listed (the scan
+    /// resumes); with another, they are forgotten (planned again and listed from the start).
     async fn restart_scan(
         &self,
         migration: MigrationId,
@@ -608,13 +640,49 @@ pub trait Store: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Records a batch the scan found, in one transaction. An object seen before is left alone
     /// unless its size or version changed (then it is queued again) or it had not started (then the
-    /// current filters decide).
+    /// current filters decide). With `mark`, the same transaction records how far its shard has
+    /// been listed; a mark whose claim was lost (another worker holds the shard now) is
+    /// [`StoreError::ShardLost`], and nothing is recorded.
     async fn record_scanned(
         &self,
         migration: MigrationId,
         pass: u32,
         batch: Vec<ScannedObject>,
+        mark: Option<ShardMark>,
     ) -> Result<(), StoreError>;
+    /// Records the shards the pass's listing is cut into (see [`ShardClaim::name`]), unless the
+    /// pass has shards already (another worker planned them, or the scan resumes): then nothing
+    /// changes. Returns how many shards the pass has.
+    async fn plan_shards(
+        &self,
+        migration: MigrationId,
+        pass: u32,
+        names: Vec<String>,
+    ) -> Result<u64, StoreError>;
+    /// How many shards of the pass are not listed to their end yet; `None` when the pass has no
+    /// shards planned.
+    async fn shards_left(
+        &self,
+        migration: MigrationId,
+        pass: u32,
+    ) -> Result<Option<u64>, StoreError>;
+    /// Claims one shard of the pass that nobody holds (never claimed, handed back, or its lease
+    /// ran out), the first by name, for `worker` under a fresh token and a lease of `lease`.
+    async fn claim_shard(
+        &self,
+        migration: MigrationId,
+        pass: u32,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<Option<ShardClaim>, StoreError>;
+    /// Marks a claimed shard listed to its end; returns how many shards of the pass are left.
+    /// [`StoreError::ShardLost`] when the claim was lost.
+    async fn finish_shard(
+        &self,
+        migration: MigrationId,
+        pass: u32,
+        shard: &ShardClaim,
+    ) -> Result<u64, StoreError>;
     /// Marks the pass's scan as complete.
     async fn finish_scan(&self, migration: MigrationId, pass: u32) -> Result<(), StoreError>;
     /// Claims a packet of pending objects for `worker`.
@@ -624,9 +692,10 @@ pub trait Store: Send + Sync {
         worker: &str,
         limits: PacketLimits,
     ) -> Result<Vec<ClaimedObject>, StoreError>;
-    /// Puts claims whose holders are gone back in the pool, when a run starts; returns how many.
-    /// SQLite is held by one process, so every claim in it is abandoned; on PostgreSQL other
-    /// workers may be alive, so only claims whose lease ran out go back.
+    /// Puts claims whose holders are gone back in the pool, when a run starts; returns how many
+    /// objects. SQLite is held by one process, so every claim in it is abandoned; on PostgreSQL
+    /// other workers may be alive, so only claims whose lease ran out go back. Shard claims go
+    /// back alike (keeping how far they were listed).
     async fn recover_abandoned(&self, migration: MigrationId) -> Result<u64, StoreError>;
     /// Puts claims whose lease ran out back in the pool (their holders stopped renewing them);
     /// returns how many. Called as a run goes.
@@ -634,10 +703,12 @@ pub trait Store: Send + Sync {
     /// How many objects of the migration other workers than `worker` hold now.
     async fn held_by_others(&self, migration: MigrationId, worker: &str)
     -> Result<u64, StoreError>;
-    /// Renews the leases of every claim `worker` holds, to `lease` from now; returns how many.
+    /// Renews the leases of every claim `worker` holds (objects and shards), to `lease` from now;
+    /// returns how many.
     async fn renew_leases(&self, worker: &str, lease: Duration) -> Result<u64, StoreError>;
     /// Hands every claim `worker` holds back to the pool at once, without charging the attempt
-    /// (a worker told to quit now); returns how many. Its writes about them are refused after.
+    /// (a worker told to quit now); returns how many objects. Its shards go back too, keeping how
+    /// far they were listed. Its writes about them are refused after.
     async fn release_claims(&self, worker: &str) -> Result<u64, StoreError>;
     /// Records a batch of outcomes in one transaction. An outcome whose claim was lost (another
     /// worker took the object since) changes nothing; returns how many were so fenced off.

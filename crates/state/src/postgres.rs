@@ -21,13 +21,13 @@ use tokio_postgres::types::ToSql;
 use crate::{
     Claim, ClaimedObject, ControlState, DoneObject, FailedObject, KnownObject, LeaseToken,
     Migration, MigrationId, MigrationSpec, MigrationStatus, ObjectId, ObjectState, Outcome,
-    OwnWrite, OwnWriteChange, PacketLimits, PartRecord, Pass, Problem, ScannedObject,
-    SourceVersion, StaleUpload, Store, StoreError, Tally, UploadRecord, WorkerBeat, WorkerRecord,
-    from_millis, millis, now, scanned_columns,
+    OwnWrite, OwnWriteChange, PacketLimits, PartRecord, Pass, Problem, ScannedObject, ShardClaim,
+    ShardMark, SourceVersion, StaleUpload, Store, StoreError, Tally, UploadRecord, WorkerBeat,
+    WorkerRecord, from_millis, millis, now, scanned_columns,
 };
 
 /// The schema, one step a version: version N is `MIGRATIONS[N - 1]`.
-const MIGRATIONS: [&str; 5] = [
+const MIGRATIONS: [&str; 6] = [
     "
 CREATE TABLE migrations (
     id BIGSERIAL PRIMARY KEY,
@@ -117,6 +117,20 @@ CREATE TABLE workers (
     "
 ALTER TABLE migrations ADD COLUMN throttled_at BIGINT;
 ",
+    "
+CREATE TABLE shards (
+    migration_id BIGINT NOT NULL REFERENCES migrations(id),
+    pass BIGINT NOT NULL,
+    name TEXT COLLATE \"C\" NOT NULL,
+    state BIGINT NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    lease_expires BIGINT,
+    lease_token BIGINT,
+    after TEXT COLLATE \"C\",
+    PRIMARY KEY (migration_id, pass, name)
+);
+CREATE INDEX shards_leases ON shards (lease_owner) WHERE state = 1;
+",
 ];
 
 /// The advisory lock key under which schema changes are applied (any constant of godwit's own).
@@ -133,6 +147,20 @@ fn held(changed: u64, claim: Claim) -> Result<(), StoreError> {
         Err(StoreError::LeaseLost(claim.id.0))
     }
 }
+
+/// `Ok` when a write about a claimed shard changed its row; the lease was lost otherwise (the
+/// error names the claim's token: a shard has no row id).
+fn shard_held(changed: u64, token: LeaseToken) -> Result<(), StoreError> {
+    if changed == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::ShardLost(token.0))
+    }
+}
+
+/// Counts the shards of a pass: all of them, and those not listed to their end yet.
+const COUNT_SHARDS: &str = "SELECT COUNT(*), COUNT(*) FILTER (WHERE state != 2) FROM shards
+     WHERE migration_id = $1 AND pass = $2";
 
 /// The PostgreSQL ledger.
 pub struct PgStore {
@@ -487,16 +515,38 @@ impl Store for PgStore {
         pass: u32,
         filter: &str,
     ) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        client
+        let pass = i64::from(pass);
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await.map_err(|e| self.error(e))?;
+        // The pass's row is locked: the compare, the planning of shards and the new filter do
+        // not interleave with another worker's.
+        let recorded: Option<String> = transaction
+            .query_opt(
+                "SELECT filter FROM passes WHERE migration_id = $1 AND number = $2 FOR UPDATE",
+                &[&migration.0, &pass],
+            )
+            .await
+            .map_err(|e| self.error(e))?
+            .and_then(|row| row.get(0));
+        // Another filter lists other keys: the shards are planned and listed afresh.
+        if recorded.as_deref() != Some(filter) {
+            transaction
+                .execute(
+                    "DELETE FROM shards WHERE migration_id = $1 AND pass = $2",
+                    &[&migration.0, &pass],
+                )
+                .await
+                .map_err(|e| self.error(e))?;
+        }
+        transaction
             .execute(
                 "UPDATE passes SET scan_completed_at = NULL, filter = $3
                  WHERE migration_id = $1 AND number = $2",
-                &[&migration.0, &i64::from(pass), &filter],
+                &[&migration.0, &pass, &filter],
             )
             .await
             .map_err(|e| self.error(e))?;
-        Ok(())
+        transaction.commit().await.map_err(|e| self.error(e))
     }
 
     async fn record_scanned(
@@ -504,8 +554,9 @@ impl Store for PgStore {
         migration: MigrationId,
         pass: u32,
         batch: Vec<ScannedObject>,
+        mark: Option<ShardMark>,
     ) -> Result<(), StoreError> {
-        if batch.is_empty() {
+        if batch.is_empty() && mark.is_none() {
             return Ok(());
         }
         let mut keys = Vec::with_capacity(batch.len());
@@ -523,11 +574,32 @@ impl Store for PgStore {
             kinds.push(kind.map(str::to_owned));
             messages.push(message.map(str::to_owned));
         }
-        let client = self.client().await?;
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await.map_err(|e| self.error(e))?;
+        if let Some(mark) = &mark {
+            // The shard's row stays locked until the batch is in: no claim comes in between.
+            let n = transaction
+                .execute(
+                    "UPDATE shards SET after = $4
+                     WHERE migration_id = $1 AND pass = $2 AND name = $3 AND state = 1
+                       AND lease_token = $5",
+                    &[
+                        &migration.0,
+                        &i64::from(pass),
+                        &mark.name,
+                        &mark.after,
+                        &mark.token.0,
+                    ],
+                )
+                .await
+                .map_err(|e| self.error(e))?;
+            // Lost: the transaction rolls back as it drops.
+            shard_held(n, mark.token)?;
+        }
         // The same rules as the SQLite ledger: an object already claimed is left to its worker;
         // one that changed is queued again from scratch; one that never started takes the
         // current filters' verdict.
-        client
+        transaction
             .execute(
                 "INSERT INTO objects (migration_id, key, size, version, state, pass, error_kind, last_error, updated_at)
                  SELECT $1, k, s, v, st, $2, ek, le, $3
@@ -573,7 +645,123 @@ impl Store for PgStore {
             )
             .await
             .map_err(|e| self.error(e))?;
-        Ok(())
+        transaction.commit().await.map_err(|e| self.error(e))
+    }
+
+    async fn plan_shards(
+        &self,
+        migration: MigrationId,
+        pass: u32,
+        names: Vec<String>,
+    ) -> Result<u64, StoreError> {
+        let pass = i64::from(pass);
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await.map_err(|e| self.error(e))?;
+        // Workers planning at once take turns on the pass's row: the first plan is the plan.
+        transaction
+            .execute(
+                "SELECT 1 FROM passes WHERE migration_id = $1 AND number = $2 FOR UPDATE",
+                &[&migration.0, &pass],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        transaction
+            .execute(
+                "INSERT INTO shards (migration_id, pass, name)
+                 SELECT $1, $2, name FROM UNNEST($3::text[]) AS planned(name)
+                 WHERE NOT EXISTS (SELECT 1 FROM shards WHERE migration_id = $1 AND pass = $2)
+                 ON CONFLICT (migration_id, pass, name) DO NOTHING",
+                &[&migration.0, &pass, &names],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        let row = transaction
+            .query_one(COUNT_SHARDS, &[&migration.0, &pass])
+            .await
+            .map_err(|e| self.error(e))?;
+        transaction.commit().await.map_err(|e| self.error(e))?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    async fn shards_left(
+        &self,
+        migration: MigrationId,
+        pass: u32,
+    ) -> Result<Option<u64>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(COUNT_SHARDS, &[&migration.0, &i64::from(pass)])
+            .await
+            .map_err(|e| self.error(e))?;
+        let (all, left): (i64, i64) = (row.get(0), row.get(1));
+        Ok((all > 0).then_some(left as u64))
+    }
+
+    async fn claim_shard(
+        &self,
+        migration: MigrationId,
+        pass: u32,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<Option<ShardClaim>, StoreError> {
+        let client = self.client().await?;
+        let at = now();
+        // The first free shard by name (byte order: the column is `COLLATE "C"`); one another
+        // worker is taking is skipped, not waited for.
+        let row = client
+            .query_opt(
+                "WITH free AS (
+                   SELECT name FROM shards
+                   WHERE migration_id = $1 AND pass = $2
+                     AND (state = 0 OR (state = 1 AND lease_expires <= $3))
+                   ORDER BY name LIMIT 1
+                   FOR UPDATE SKIP LOCKED
+                 )
+                 UPDATE shards SET state = 1, lease_owner = $4, lease_expires = $5,
+                   lease_token = nextval('lease_tokens')
+                 FROM free
+                 WHERE shards.migration_id = $1 AND shards.pass = $2 AND shards.name = free.name
+                 RETURNING shards.name, shards.after, shards.lease_token",
+                &[
+                    &migration.0,
+                    &i64::from(pass),
+                    &at,
+                    &worker,
+                    &(at + lease.as_secs() as i64),
+                ],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(row.map(|row| ShardClaim {
+            name: row.get(0),
+            after: row.get(1),
+            token: LeaseToken(row.get(2)),
+        }))
+    }
+
+    async fn finish_shard(
+        &self,
+        migration: MigrationId,
+        pass: u32,
+        shard: &ShardClaim,
+    ) -> Result<u64, StoreError> {
+        let pass = i64::from(pass);
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "UPDATE shards SET state = 2, lease_owner = NULL, lease_expires = NULL
+                 WHERE migration_id = $1 AND pass = $2 AND name = $3 AND state = 1
+                   AND lease_token = $4",
+                &[&migration.0, &pass, &shard.name, &shard.token.0],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        shard_held(n, shard.token)?;
+        let row = client
+            .query_one(COUNT_SHARDS, &[&migration.0, &pass])
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(row.get::<_, i64>(1) as u64)
     }
 
     async fn finish_scan(&self, migration: MigrationId, pass: u32) -> Result<(), StoreError> {
@@ -717,14 +905,24 @@ impl Store for PgStore {
     async fn recover_abandoned(&self, migration: MigrationId) -> Result<u64, StoreError> {
         // Other workers may be alive: only claims whose lease ran out go back.
         let client = self.client().await?;
-        client
+        let at = now();
+        let n = client
             .execute(
                 "UPDATE objects SET state = 0, lease_owner = NULL, lease_expires = NULL
                  WHERE migration_id = $1 AND state = 1 AND lease_expires <= $2",
-                &[&migration.0, &now()],
+                &[&migration.0, &at],
             )
             .await
-            .map_err(|e| self.error(e))
+            .map_err(|e| self.error(e))?;
+        client
+            .execute(
+                "UPDATE shards SET state = 0, lease_owner = NULL, lease_expires = NULL
+                 WHERE migration_id = $1 AND state = 1 AND lease_expires <= $2",
+                &[&migration.0, &at],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(n)
     }
 
     async fn recover_expired(&self, migration: MigrationId) -> Result<u64, StoreError> {
@@ -737,6 +935,14 @@ impl Store for PgStore {
             .execute(
                 "UPDATE objects SET state = 0, lease_owner = NULL, lease_expires = NULL,
                    attempts = GREATEST(attempts - 1, 0)
+                 WHERE lease_owner = $1 AND state = 1",
+                &[&worker],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        client
+            .execute(
+                "UPDATE shards SET state = 0, lease_owner = NULL, lease_expires = NULL
                  WHERE lease_owner = $1 AND state = 1",
                 &[&worker],
             )
@@ -764,13 +970,22 @@ impl Store for PgStore {
 
     async fn renew_leases(&self, worker: &str, lease: Duration) -> Result<u64, StoreError> {
         let client = self.client().await?;
-        client
+        let expires = now() + lease.as_secs() as i64;
+        let objects = client
             .execute(
                 "UPDATE objects SET lease_expires = $2 WHERE lease_owner = $1 AND state = 1",
-                &[&worker, &(now() + lease.as_secs() as i64)],
+                &[&worker, &expires],
             )
             .await
-            .map_err(|e| self.error(e))
+            .map_err(|e| self.error(e))?;
+        let shards = client
+            .execute(
+                "UPDATE shards SET lease_expires = $2 WHERE lease_owner = $1 AND state = 1",
+                &[&worker, &expires],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(objects + shards)
     }
 
     async fn record_outcomes(&self, outcomes: Vec<Outcome>) -> Result<u64, StoreError> {

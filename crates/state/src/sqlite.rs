@@ -11,9 +11,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::{
     Claim, ClaimedObject, ControlState, DoneObject, FailedObject, KnownObject, LeaseToken,
     Migration, MigrationId, MigrationSpec, MigrationStatus, ObjectId, ObjectState, Outcome,
-    OwnWrite, OwnWriteChange, PacketLimits, PartRecord, Pass, Problem, ScannedObject,
-    SourceVersion, StaleUpload, Store, StoreError, Tally, UploadRecord, WorkerBeat, WorkerRecord,
-    from_millis, millis, now, scanned_columns,
+    OwnWrite, OwnWriteChange, PacketLimits, PartRecord, Pass, Problem, ScannedObject, ShardClaim,
+    ShardMark, SourceVersion, StaleUpload, Store, StoreError, Tally, UploadRecord, WorkerBeat,
+    WorkerRecord, from_millis, millis, now, scanned_columns,
 };
 
 /// 2: uploads bound to a source version and begun before their id is known, godwit's own
@@ -94,11 +94,23 @@ CREATE TABLE IF NOT EXISTS parts (
     md5 TEXT,
     PRIMARY KEY (object_id, part_number)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS shards (
+    migration_id INTEGER NOT NULL REFERENCES migrations(id),
+    pass INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    state INTEGER NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    lease_expires INTEGER,
+    lease_token INTEGER,
+    after TEXT,
+    PRIMARY KEY (migration_id, pass, name)
+);
 CREATE INDEX IF NOT EXISTS objects_pending ON objects (migration_id, id) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS objects_in_progress ON objects (migration_id) WHERE state = 1;
 CREATE INDEX IF NOT EXISTS objects_problems ON objects (migration_id, id) WHERE state IN (4, 7);
 CREATE INDEX IF NOT EXISTS objects_uploads ON objects (migration_id)
     WHERE upload_id IS NOT NULL OR upload_started_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS shards_leases ON shards (lease_owner) WHERE state = 1;
 ";
 
 /// Columns added since schema 1, added to older ledgers as they are opened (times are
@@ -334,6 +346,32 @@ fn held(changed: usize, claim: Claim) -> Result<(), StoreError> {
     } else {
         Err(StoreError::LeaseLost(claim.id.0))
     }
+}
+
+/// `Ok` when a write about a claimed shard changed its row; the lease was lost otherwise (the
+/// error names the claim's token: a shard has no row id).
+fn shard_held(changed: usize, token: LeaseToken) -> Result<(), StoreError> {
+    if changed == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::ShardLost(token.0))
+    }
+}
+
+/// How many shards the pass has, and how many of them are not listed to their end yet.
+fn count_shards(
+    connection: &Connection,
+    migration: MigrationId,
+    pass: u32,
+) -> rusqlite::Result<(u64, u64)> {
+    connection
+        .prepare_cached(
+            "SELECT COUNT(*), COALESCE(SUM(state != 2), 0) FROM shards
+             WHERE migration_id = ?1 AND pass = ?2",
+        )?
+        .query_row(params![migration.0, pass], |row| {
+            Ok((row.get::<_, i64>(0)? as u64, row.get::<_, i64>(1)? as u64))
+        })
 }
 
 /// A row as a claim returns it.
@@ -599,12 +637,28 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         let filter = filter.to_owned();
         self.with(move |connection| {
-            connection.execute(
+            let transaction = connection.transaction()?;
+            let recorded: Option<String> = transaction
+                .query_row(
+                    "SELECT filter FROM passes WHERE migration_id = ?1 AND number = ?2",
+                    params![migration.0, pass],
+                    |row| row.get(0),
+                )
+                .optional()?
+                .flatten();
+            // Another filter lists other keys: the shards are planned and listed afresh.
+            if recorded.as_deref() != Some(filter.as_str()) {
+                transaction.execute(
+                    "DELETE FROM shards WHERE migration_id = ?1 AND pass = ?2",
+                    params![migration.0, pass],
+                )?;
+            }
+            transaction.execute(
                 "UPDATE passes SET scan_completed_at = NULL, filter = ?3
                  WHERE migration_id = ?1 AND number = ?2",
                 params![migration.0, pass, filter],
             )?;
-            Ok(())
+            transaction.commit()
         })
         .await
     }
@@ -614,9 +668,24 @@ impl Store for SqliteStore {
         migration: MigrationId,
         pass: u32,
         batch: Vec<ScannedObject>,
+        mark: Option<ShardMark>,
     ) -> Result<(), StoreError> {
-        self.with(move |connection| {
+        let token = mark.as_ref().map(|mark| mark.token);
+        let changed = self.with(move |connection| {
             let transaction = connection.transaction()?;
+            if let Some(mark) = &mark {
+                let n = transaction
+                    .prepare_cached(
+                        "UPDATE shards SET after = ?4
+                         WHERE migration_id = ?1 AND pass = ?2 AND name = ?3 AND state = 1
+                           AND lease_token = ?5",
+                    )?
+                    .execute(params![migration.0, pass, mark.name, mark.after, mark.token.0])?;
+                if n != 1 {
+                    // The shard is another worker's now: the transaction rolls back as it drops.
+                    return Ok(n);
+                }
+            }
             {
                 // An object already claimed is left to its worker. One that changed is queued again
                 // from scratch; one that never started takes the current filters' verdict.
@@ -666,9 +735,121 @@ impl Store for SqliteStore {
                     ])?;
                 }
             }
-            transaction.commit()
+            transaction.commit()?;
+            Ok(1)
+        })
+        .await?;
+        match token {
+            Some(token) => shard_held(changed, token),
+            None => Ok(()),
+        }
+    }
+
+    async fn plan_shards(
+        &self,
+        migration: MigrationId,
+        pass: u32,
+        names: Vec<String>,
+    ) -> Result<u64, StoreError> {
+        self.with(move |connection| {
+            let transaction = connection.transaction()?;
+            if count_shards(&transaction, migration, pass)?.0 == 0 {
+                let mut insert = transaction.prepare_cached(
+                    "INSERT OR IGNORE INTO shards (migration_id, pass, name) VALUES (?1, ?2, ?3)",
+                )?;
+                for name in &names {
+                    insert.execute(params![migration.0, pass, name])?;
+                }
+            }
+            let (all, _) = count_shards(&transaction, migration, pass)?;
+            transaction.commit()?;
+            Ok(all)
         })
         .await
+    }
+
+    async fn shards_left(
+        &self,
+        migration: MigrationId,
+        pass: u32,
+    ) -> Result<Option<u64>, StoreError> {
+        self.with(move |connection| {
+            let (all, left) = count_shards(connection, migration, pass)?;
+            Ok((all > 0).then_some(left))
+        })
+        .await
+    }
+
+    async fn claim_shard(
+        &self,
+        migration: MigrationId,
+        pass: u32,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<Option<ShardClaim>, StoreError> {
+        let worker = worker.to_owned();
+        self.with(move |connection| {
+            let transaction = connection.transaction()?;
+            let at = now();
+            // Names compare byte by byte (SQLite's BINARY collation), as S3 orders keys.
+            let free = transaction
+                .prepare_cached(
+                    "SELECT name, after FROM shards
+                     WHERE migration_id = ?1 AND pass = ?2
+                       AND (state = 0 OR (state = 1 AND lease_expires <= ?3))
+                     ORDER BY name LIMIT 1",
+                )?
+                .query_row(params![migration.0, pass, at], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, Option<String>>(1)?))
+                })
+                .optional()?;
+            let Some((name, after)) = free else {
+                return Ok(None);
+            };
+            let token = next_token();
+            transaction
+                .prepare_cached(
+                    "UPDATE shards SET state = 1, lease_owner = ?4, lease_expires = ?5, lease_token = ?6
+                     WHERE migration_id = ?1 AND pass = ?2 AND name = ?3",
+                )?
+                .execute(params![
+                    migration.0,
+                    pass,
+                    name,
+                    worker,
+                    at + lease.as_secs() as i64,
+                    token.0
+                ])?;
+            transaction.commit()?;
+            Ok(Some(ShardClaim { name, after, token }))
+        })
+        .await
+    }
+
+    async fn finish_shard(
+        &self,
+        migration: MigrationId,
+        pass: u32,
+        shard: &ShardClaim,
+    ) -> Result<u64, StoreError> {
+        let name = shard.name.clone();
+        let token = shard.token;
+        let (changed, left) = self
+            .with(move |connection| {
+                let transaction = connection.transaction()?;
+                let n = transaction
+                    .prepare_cached(
+                        "UPDATE shards SET state = 2, lease_owner = NULL, lease_expires = NULL
+                         WHERE migration_id = ?1 AND pass = ?2 AND name = ?3 AND state = 1
+                           AND lease_token = ?4",
+                    )?
+                    .execute(params![migration.0, pass, name, token.0])?;
+                let (_, left) = count_shards(&transaction, migration, pass)?;
+                transaction.commit()?;
+                Ok((n, left))
+            })
+            .await?;
+        shard_held(changed, token).map(|()| left)
     }
 
     async fn finish_scan(&self, migration: MigrationId, pass: u32) -> Result<(), StoreError> {
@@ -794,11 +975,18 @@ impl Store for SqliteStore {
         // The lock taken in `open` means no other process works on this file: every claim in it
         // was left by a process that is gone.
         self.with(move |connection| {
-            let n = connection.execute(
+            let transaction = connection.transaction()?;
+            let n = transaction.execute(
                 "UPDATE objects SET state = 0, lease_owner = NULL, lease_expires = NULL
                  WHERE migration_id = ?1 AND state = 1",
                 params![migration.0],
             )?;
+            transaction.execute(
+                "UPDATE shards SET state = 0, lease_owner = NULL, lease_expires = NULL
+                 WHERE migration_id = ?1 AND state = 1",
+                params![migration.0],
+            )?;
+            transaction.commit()?;
             Ok(n as u64)
         })
         .await
@@ -806,11 +994,19 @@ impl Store for SqliteStore {
 
     async fn recover_expired(&self, migration: MigrationId) -> Result<u64, StoreError> {
         self.with(move |connection| {
-            let n = connection.execute(
+            let transaction = connection.transaction()?;
+            let at = now();
+            let n = transaction.execute(
                 "UPDATE objects SET state = 0, lease_owner = NULL, lease_expires = NULL
                  WHERE migration_id = ?1 AND state = 1 AND lease_expires <= ?2",
-                params![migration.0, now()],
+                params![migration.0, at],
             )?;
+            transaction.execute(
+                "UPDATE shards SET state = 0, lease_owner = NULL, lease_expires = NULL
+                 WHERE migration_id = ?1 AND state = 1 AND lease_expires <= ?2",
+                params![migration.0, at],
+            )?;
+            transaction.commit()?;
             Ok(n as u64)
         })
         .await
@@ -819,12 +1015,19 @@ impl Store for SqliteStore {
     async fn release_claims(&self, worker: &str) -> Result<u64, StoreError> {
         let worker = worker.to_owned();
         self.with(move |connection| {
-            let n = connection.execute(
+            let transaction = connection.transaction()?;
+            let n = transaction.execute(
                 "UPDATE objects SET state = 0, lease_owner = NULL, lease_expires = NULL,
                    attempts = MAX(attempts - 1, 0)
                  WHERE lease_owner = ?1 AND state = 1",
                 params![worker],
             )?;
+            transaction.execute(
+                "UPDATE shards SET state = 0, lease_owner = NULL, lease_expires = NULL
+                 WHERE lease_owner = ?1 AND state = 1",
+                params![worker],
+            )?;
+            transaction.commit()?;
             Ok(n as u64)
         })
         .await
@@ -850,12 +1053,20 @@ impl Store for SqliteStore {
     async fn renew_leases(&self, worker: &str, lease: Duration) -> Result<u64, StoreError> {
         let worker = worker.to_owned();
         self.with(move |connection| {
-            let n = connection
+            let transaction = connection.transaction()?;
+            let expires = now() + lease.as_secs() as i64;
+            let objects = transaction
                 .prepare_cached(
                     "UPDATE objects SET lease_expires = ?2 WHERE lease_owner = ?1 AND state = 1",
                 )?
-                .execute(params![worker, now() + lease.as_secs() as i64])?;
-            Ok(n as u64)
+                .execute(params![worker, expires])?;
+            let shards = transaction
+                .prepare_cached(
+                    "UPDATE shards SET lease_expires = ?2 WHERE lease_owner = ?1 AND state = 1",
+                )?
+                .execute(params![worker, expires])?;
+            transaction.commit()?;
+            Ok((objects + shards) as u64)
         })
         .await
     }
@@ -1311,7 +1522,7 @@ mod tests {
         let migration = writer.open_migration(&spec()).await.unwrap();
         writer.start_pass(migration.id, "").await.unwrap();
         writer
-            .record_scanned(migration.id, 1, vec![object("a", 1, "1")])
+            .record_scanned(migration.id, 1, vec![object("a", 1, "1")], None)
             .await
             .unwrap();
 
@@ -1364,6 +1575,7 @@ mod tests {
                     migration.id,
                     1,
                     vec![object("big", 30, "1"), object("bad", 1, "1")],
+                    None,
                 )
                 .await
                 .unwrap();

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     ErrorKind, Listed, Listing, Location, ObjectMeta, Source, SourceCapabilities, StorageError,
+    shard,
 };
 
 /// How many entries one listing page holds.
@@ -107,17 +108,84 @@ fn escaped(bytes: &[u8]) -> String {
     out
 }
 
-fn list_blocking(root: PathBuf, pages: mpsc::Sender<Result<Vec<Listed>, StorageError>>) {
+/// What one walk lists: the whole tree, the files at the root, or one top-level directory's
+/// tree (see [`crate::shard`]).
+enum Scope {
+    Whole,
+    Top,
+    Below(String),
+}
+
+impl Scope {
+    fn of(shard: &str) -> Scope {
+        match shard {
+            shard::WHOLE => Scope::Whole,
+            shard::TOP => Scope::Top,
+            dir => Scope::Below(dir.trim_end_matches('/').to_owned()),
+        }
+    }
+}
+
+/// The top-level directories (following links, as the walk does) as shards, and the root's files
+/// as one more; the whole tree as one shard when a top-level name is not UTF-8 (a shard's name is
+/// text).
+fn shards_blocking(root: &Path) -> Result<Vec<String>, StorageError> {
+    let mut shards = vec![shard::TOP.to_owned()];
+    let top = walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .max_depth(1)
+        .follow_links(true)
+        .sort_by_file_name();
+    for entry in top {
+        let Ok(entry) = entry else { continue };
+        if !entry.file_type().is_dir() {
+            continue;
+        }
+        match entry.file_name().to_str() {
+            Some(name) => shards.push(format!("{name}/")),
+            None => return Ok(vec![shard::WHOLE.to_owned()]),
+        }
+    }
+    Ok(shards)
+}
+
+fn list_blocking(
+    root: PathBuf,
+    scope: Scope,
+    after: Option<String>,
+    pages: mpsc::Sender<Result<Vec<Listed>, StorageError>>,
+) {
     let mut page = Vec::with_capacity(PAGE);
-    let walk = walkdir::WalkDir::new(&root)
+    let start = match &scope {
+        Scope::Below(dir) => root.join(dir),
+        Scope::Whole | Scope::Top => root.clone(),
+    };
+    let mut walk = walkdir::WalkDir::new(&start)
         .min_depth(1)
         .follow_links(true)
         .sort_by_file_name();
+    if matches!(scope, Scope::Top) {
+        walk = walk.max_depth(1);
+    }
+    // A resumed walk skips what it listed before: whole directories where it can.
+    let walk = walk.into_iter().filter_entry(|entry| {
+        let Some(after) = &after else { return true };
+        if !entry.file_type().is_dir() {
+            return true;
+        }
+        key_of(&root, entry.path()).map_or(true, |dir| !shard::walked_past(&dir, after))
+    });
     for entry in walk {
         let listed = match entry {
             Ok(entry) => {
                 let file_type = entry.file_type();
+                // Directories are walked into (or, at the root's top, are shards of their own).
                 if file_type.is_dir() {
+                    continue;
+                }
+                if let (Some(after), Ok(key)) = (&after, key_of(&root, entry.path()))
+                    && shard::walk_order(&key, after).is_le()
+                {
                     continue;
                 }
                 match key_of(&root, entry.path()) {
@@ -275,9 +343,21 @@ impl Source for LocalSource {
     }
 
     fn list(&self) -> Listing {
+        self.list_shard(shard::WHOLE, None)
+    }
+
+    async fn shards(&self) -> Result<Vec<String>, StorageError> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || shards_blocking(&root))
+            .await
+            .map_err(|e| StorageError::new(ErrorKind::Other, format!("listing task failed: {e}")))?
+    }
+
+    fn list_shard(&self, shard: &str, after: Option<&str>) -> Listing {
         let (sender, receiver) = mpsc::channel(4);
         let root = self.root.clone();
-        tokio::task::spawn_blocking(move || list_blocking(root, sender));
+        let (scope, after) = (Scope::of(shard), after.map(str::to_owned));
+        tokio::task::spawn_blocking(move || list_blocking(root, scope, after, sender));
         receiver
     }
 
@@ -350,6 +430,71 @@ mod tests {
                 ("a/x y+%#?.txt".into(), 1),
                 ("z".into(), 0)
             ]
+        );
+    }
+
+    async fn keys_of(mut listing: Listing) -> Vec<String> {
+        let mut keys = Vec::new();
+        while let Some(page) = listing.recv().await {
+            keys.extend(page.unwrap().into_iter().map(|listed| match listed {
+                Listed::Object(meta) => meta.key,
+                Listed::Unreadable { key, .. } => key,
+            }));
+        }
+        keys
+    }
+
+    /// The shards list every file once, in walk order within each, and a shard resumed after a
+    /// key lists exactly what came after it (skipping whole directories it had walked).
+    #[tokio::test]
+    async fn shards_cover_the_tree_once_and_resume_after_a_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = [
+            "top-a", "top-b", "a/1", "a/b/2", "a/b/3", "a/c", "a-b/4", "d/e/f/5", "d/e/g", "d/h",
+        ];
+        for file in files {
+            let path = dir.path().join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, file).unwrap();
+        }
+        std::fs::create_dir_all(dir.path().join("empty")).unwrap();
+        let source = LocalSource::new(dir.path().to_owned());
+        let shards = source.shards().await.unwrap();
+        assert_eq!(shards, ["", "a/", "a-b/", "d/", "empty/"]);
+        let mut all = Vec::new();
+        for shard in &shards {
+            all.extend(keys_of(source.list_shard(shard, None)).await);
+        }
+        let mut whole = keys_of(source.list()).await;
+        assert_eq!(whole.len(), files.len());
+        whole.sort();
+        all.sort();
+        assert_eq!(all, whole);
+
+        assert_eq!(
+            keys_of(source.list_shard("a/", Some("a/b/2"))).await,
+            ["a/b/3", "a/c"]
+        );
+        assert_eq!(
+            keys_of(source.list_shard("d/", Some("d/e/f/5"))).await,
+            ["d/e/g", "d/h"]
+        );
+        assert_eq!(
+            keys_of(source.list_shard("d/", Some("d/e/g"))).await,
+            ["d/h"]
+        );
+        assert_eq!(
+            keys_of(source.list_shard("", Some("top-a"))).await,
+            ["top-b"]
+        );
+        assert_eq!(
+            keys_of(source.list_shard(shard::WHOLE, Some("a/c"))).await,
+            ["a-b/4", "d/e/f/5", "d/e/g", "d/h", "top-a", "top-b"]
+        );
+        // A key gone since still resumes at its place.
+        assert_eq!(
+            keys_of(source.list_shard("a/", Some("a/b/25"))).await,
+            ["a/b/3", "a/c"]
         );
     }
 

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 pub mod endpoint;
 pub mod fs;
 pub mod s3;
+pub mod shard;
 
 mod error;
 pub use error::{ErrorKind, StorageError};
@@ -167,6 +168,18 @@ pub trait Source: Send + Sync {
     /// Lists every object below the root, in pages. The listing runs in the background and stops
     /// when the receiver is dropped.
     fn list(&self) -> Listing;
+    /// Cuts the listing into shards that can be listed on their own (see [`shard`]); together
+    /// they list every object once. By default, one shard: [`shard::WHOLE`].
+    async fn shards(&self) -> Result<Vec<String>, StorageError> {
+        Ok(vec![shard::WHOLE.to_owned()])
+    }
+    /// Lists one shard (a name [`Source::shards`] gave), in pages, after the key `after` when
+    /// given: a listing that stopped resumes there. By default the whole listing, from its start
+    /// (a source that cannot resume lists again; recording a page twice changes nothing).
+    fn list_shard(&self, shard: &str, after: Option<&str>) -> Listing {
+        let _ = (shard, after);
+        self.list()
+    }
     /// The object's current metadata, or `None` when it no longer exists.
     async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError>;
     /// Reads `len` bytes from `offset` of the object as it was when `expected` was seen. Fails with

@@ -105,6 +105,15 @@ impl Target {
         Self::local(Kind::S3sFs, options).await
     }
 
+    /// The in-process server, every ListObjectsV2 answered after `delay`.
+    pub async fn slow_listing(delay: std::time::Duration) -> Target {
+        let options = ServerOptions {
+            list_delay: delay,
+            ..ServerOptions::default()
+        };
+        Self::local(Kind::S3sFs, options).await
+    }
+
     async fn local(kind: Kind, options: ServerOptions) -> Target {
         let storage = tempfile::tempdir().unwrap();
         let server = LocalS3::start_with(
@@ -139,6 +148,20 @@ impl Target {
             .unwrap();
         file.set_modified(std::time::SystemTime::now() - age)
             .unwrap();
+    }
+
+    /// Puts objects straight into the in-process server's files (s3s-fs serves a file as an
+    /// object): thousands in a moment, where PUTs would take seconds.
+    pub fn files(&self, bucket: &str, files: impl IntoIterator<Item = (String, Vec<u8>)>) {
+        let storage = self
+            ._storage
+            .as_ref()
+            .expect("only the in-process server has files");
+        for (key, bytes) in files {
+            let path = storage.path().join(bucket).join(key);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, bytes).unwrap();
+        }
     }
 
     /// Request counts by operation; only the in-process server keeps them.

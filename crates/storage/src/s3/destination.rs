@@ -117,7 +117,7 @@ impl Destination for S3Destination {
     }
 
     fn list(&self) -> Listing {
-        self.bucket.list()
+        self.bucket.list_shard(crate::shard::WHOLE, None)
     }
 
     async fn read(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StorageError> {

@@ -9,7 +9,7 @@ use super::Bucket;
 use super::probe::is_probe;
 use crate::{
     CopyOrigin, ErrorKind, Listed, Listing, Location, Metadata, ObjectMeta, PartLayout, Source,
-    SourceCapabilities, StorageError,
+    SourceCapabilities, StorageError, shard,
 };
 
 /// An S3 bucket (below a prefix) as a source.
@@ -17,17 +17,58 @@ pub struct S3Source {
     pub(super) bucket: Bucket,
 }
 
+/// The delimiter listing that finds a bucket's shards reads at most this many pages (100,000
+/// entries at the top level); a top level larger than that is listed as one shard.
+const SHARD_PAGES: usize = 100;
+
 impl Bucket {
-    /// Pages through ListObjectsV2 in a background task.
-    pub(super) fn list(&self) -> Listing {
+    /// The shards of the listing (see [`crate::shard`]): the keys at the prefix's top level, and
+    /// each common prefix below it, found with a `/` delimiter listing.
+    pub(super) async fn shards(&self) -> Result<Vec<String>, StorageError> {
+        let mut shards = vec![shard::TOP.to_owned()];
+        let mut stream = self
+            .client()
+            .list_objects_v2()
+            .bucket(&self.name)
+            .prefix(&self.prefix)
+            .delimiter("/")
+            .into_paginator()
+            .send();
+        let mut read = 0;
+        while let Some(page) = stream.next().await {
+            let page = page.map_err(|err| self.error("listing the top level of", None, err))?;
+            read += 1;
+            if read > SHARD_PAGES {
+                return Ok(vec![shard::WHOLE.to_owned()]);
+            }
+            shards.extend(page.common_prefixes().iter().filter_map(|common| {
+                common
+                    .prefix()?
+                    .strip_prefix(self.prefix.as_str())
+                    .map(str::to_owned)
+            }));
+        }
+        Ok(shards)
+    }
+
+    /// Pages through ListObjectsV2 over one shard, after the key `after`, in a background task.
+    pub(super) fn list_shard(&self, shard: &str, after: Option<&str>) -> Listing {
         let (pages, receiver) = mpsc::channel(4);
         let bucket = self.clone();
+        let below = match shard {
+            shard::WHOLE | shard::TOP => String::new(),
+            dir => dir.to_owned(),
+        };
+        let delimited = shard == shard::TOP;
+        let start_after = after.map(|after| format!("{}{after}", self.prefix));
         tokio::spawn(async move {
             let mut stream = bucket
                 .client()
                 .list_objects_v2()
                 .bucket(&bucket.name)
-                .prefix(&bucket.prefix)
+                .prefix(format!("{}{below}", bucket.prefix))
+                .set_delimiter(delimited.then(|| "/".to_owned()))
+                .set_start_after(start_after)
                 .into_paginator()
                 .send();
             while let Some(page) = stream.next().await {
@@ -84,7 +125,15 @@ impl Source for S3Source {
     }
 
     fn list(&self) -> Listing {
-        self.bucket.list()
+        self.bucket.list_shard(shard::WHOLE, None)
+    }
+
+    async fn shards(&self) -> Result<Vec<String>, StorageError> {
+        self.bucket.shards().await
+    }
+
+    fn list_shard(&self, shard: &str, after: Option<&str>) -> Listing {
+        self.bucket.list_shard(shard, after)
     }
 
     async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {

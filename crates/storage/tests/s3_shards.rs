@@ -1,0 +1,105 @@
+//! An S3 source cut into shards, against a real S3 server (in-process s3s-fs): the shards cover
+//! the listing once, and a shard resumes after a key.
+
+use godwit_s3_server::LocalS3;
+use godwit_storage::{Listed, Listing, Location, S3Settings, StaticCredentials, shard};
+
+const KEY: &str = "shards-test-key";
+const SECRET: &str = "shards-test-secret";
+
+async fn keys_of(mut listing: Listing) -> Vec<String> {
+    let mut keys = Vec::new();
+    while let Some(page) = listing.recv().await {
+        keys.extend(page.unwrap().into_iter().map(|listed| match listed {
+            Listed::Object(meta) => meta.key,
+            Listed::Unreadable { key, .. } => key,
+        }));
+    }
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_s3_source_is_cut_by_prefix_and_each_shard_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = LocalS3::start(dir.path(), "127.0.0.1:0".parse().unwrap(), KEY, SECRET)
+        .await
+        .unwrap();
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .endpoint_url(server.endpoint())
+        .force_path_style(true)
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            KEY, SECRET, None, None, "test",
+        ))
+        .build();
+    let client = aws_sdk_s3::Client::from_conf(config);
+    client
+        .create_bucket()
+        .bucket("shard-test")
+        .send()
+        .await
+        .unwrap();
+    let keys = [
+        "out",
+        "pre/top1",
+        "pre/top2",
+        "pre/a/1",
+        "pre/a/b/2",
+        "pre/a/b/3",
+        "pre/a-b/4",
+        "pre/c/d/5",
+    ];
+    for key in keys {
+        client
+            .put_object()
+            .bucket("shard-test")
+            .key(key)
+            .body(key.as_bytes().to_vec().into())
+            .send()
+            .await
+            .unwrap();
+    }
+    let settings = S3Settings {
+        endpoint: Some(server.endpoint()),
+        region: Some("us-east-1".into()),
+        credentials: Some(StaticCredentials {
+            access_key_id: KEY.into(),
+            secret_access_key: SECRET.into(),
+            session_token: None,
+        }),
+        ..S3Settings::default()
+    };
+    let source = godwit_storage::open_source(
+        &Location::S3 {
+            bucket: "shard-test".into(),
+            prefix: "pre/".into(),
+        },
+        &settings,
+    )
+    .await
+    .unwrap();
+
+    let shards = source.shards().await.unwrap();
+    // S3 lists in byte order: `a-b/` before `a/`.
+    assert_eq!(shards, ["", "a-b/", "a/", "c/"]);
+    let mut all = Vec::new();
+    for shard in &shards {
+        all.extend(keys_of(source.list_shard(shard, None)).await);
+    }
+    all.sort();
+    assert_eq!(
+        all,
+        ["a-b/4", "a/1", "a/b/2", "a/b/3", "c/d/5", "top1", "top2"]
+    );
+
+    assert_eq!(
+        keys_of(source.list_shard("a/", Some("a/b/2"))).await,
+        ["a/b/3"]
+    );
+    assert_eq!(keys_of(source.list_shard("", Some("top1"))).await, ["top2"]);
+    assert_eq!(
+        keys_of(source.list_shard(shard::WHOLE, Some("a/b/3"))).await,
+        ["c/d/5", "top1", "top2"]
+    );
+}
