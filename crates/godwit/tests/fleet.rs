@@ -341,3 +341,118 @@ async fn the_fail_queue_is_listed_by_class_and_requeued_by_class() {
     assert_eq!(left["failed"].as_array().unwrap().len(), 1);
     assert_eq!(left["failed"][0]["class"], "io");
 }
+
+/// A worker whose ledger goes away (its connection to PostgreSQL cut, here by a relay between
+/// them) waits for it instead of exiting: its claims go back to the fleet when their lease runs
+/// out, and once the ledger answers again it takes its share of what is left.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_waits_out_a_ledger_outage() {
+    let Some(url) = support::postgres_schema("outage").await else {
+        return;
+    };
+    // Every PUT takes 50 ms: the migration outlasts the outage.
+    let target = support::Target::slow(std::time::Duration::from_millis(50)).await;
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("src");
+    let files: Vec<(String, Vec<u8>)> = (0..1500)
+        .map(|i| (format!("f{i:04}"), bytes(i, 100)))
+        .collect();
+    let borrowed: Vec<(&str, Vec<u8>)> =
+        files.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    write_tree(&source, &borrowed);
+    let bucket = target.bucket("ledger-outage").await;
+
+    // The worker reaches PostgreSQL through the relay; `migrate` directly.
+    let mut relay = support::relay::Relay::start("127.0.0.1:5432".parse().unwrap()).await;
+    let relayed = url.replacen("127.0.0.1:5432", &format!("127.0.0.1:{}", relay.port), 1);
+    assert_ne!(
+        relayed, url,
+        "the test database is not at 127.0.0.1:5432: {url}"
+    );
+    let mut worker = support::godwit();
+    worker.args(["worker", "--json", "--lease", "3", "--state", &relayed]);
+    let worker = worker.spawn().unwrap();
+    let pid = worker.id().unwrap().to_string();
+    let mut migrate = support::godwit();
+    migrate
+        .args(["migrate", &path_str(&source), &format!("s3://{bucket}")])
+        .args([
+            "--json",
+            "--no-progress",
+            "--concurrency",
+            "2",
+            "--lease",
+            "3",
+        ])
+        .args(["--dest-endpoint", &target.endpoint, "--state", &url]);
+    let migrate = tokio::spawn(support::run(migrate));
+
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let held_by_worker = || async {
+        client
+            .query_one(
+                "SELECT COUNT(*) FROM objects WHERE state = 1 AND lease_owner LIKE '%:' || $1 || ':%'",
+                &[&pid],
+            )
+            .await
+            .map_or(0, |row| row.get::<_, i64>(0))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while held_by_worker().await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never took a packet"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // The ledger goes away for longer than a lease.
+    relay.cut().await;
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    assert_eq!(
+        held_by_worker().await,
+        0,
+        "the worker's claims did not go back when their lease ran out"
+    );
+    relay.restore().await;
+
+    let run = migrate.await.unwrap();
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(run.n("copied"), 1500, "{run:?}");
+    // The worker is still there; stopped, it says what it met.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let output = worker.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("the ledger cannot be reached"), "{stderr}");
+    assert!(stderr.contains("the ledger answers again"), "{stderr}");
+    // It worked after the outage: a round ended (the one the outage broke printed nothing).
+    let copied_after: u64 = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter_map(|summary| summary["copied_this_run"].as_u64())
+        .sum();
+    assert!(
+        copied_after > 0,
+        "the worker copied nothing once the ledger was back: {stderr}"
+    );
+    let counts = client
+        .query_one(
+            "SELECT COUNT(*) FILTER (WHERE state = 2), COUNT(*) FROM objects",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (counts.get::<_, i64>(0), counts.get::<_, i64>(1)),
+        (1500, 1500)
+    );
+    assert_eq!(target.keys(&bucket).await.len(), 1500);
+}

@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+pub mod relay;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
