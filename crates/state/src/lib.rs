@@ -17,7 +17,7 @@ use serde::Serialize;
 
 mod postgres;
 mod sqlite;
-pub use postgres::{PgStore, without_password};
+pub use postgres::{CLAIM as POSTGRES_CLAIM, PgStore, without_password};
 pub use sqlite::SqliteStore;
 
 /// A failure of the ledger itself (not of an object).
