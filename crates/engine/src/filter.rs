@@ -2,6 +2,8 @@
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
+use crate::units::Units;
+
 /// Which keys a migration takes. A key is taken when it matches an include pattern (or there are
 /// none) and no exclude pattern. `*` matches across `/`, as in `aws s3 cp --exclude`.
 #[derive(Debug, Clone, Default)]
@@ -13,6 +15,8 @@ pub struct Filter {
     /// Keys below these prefixes are left out whatever the patterns say (a destination that may
     /// lie inside the source).
     excluded_prefixes: Vec<String>,
+    /// The group and partition each taken key is scanned into.
+    units: Units,
 }
 
 /// A glob that does not parse.
@@ -49,7 +53,19 @@ impl Filter {
             exclude: build(exclude)?,
             excluded_prefixes: Vec::new(),
             patterns: (include.to_vec(), exclude.to_vec()),
+            units: Units::default(),
         })
+    }
+
+    /// The same filter, scanning keys into the groups and partitions of `units`.
+    pub fn with_units(mut self, units: Units) -> Self {
+        self.units = units;
+        self
+    }
+
+    /// The groups and partitions keys are scanned into.
+    pub(crate) fn units(&self) -> &Units {
+        &self.units
     }
 
     /// What the filter takes, in words that are equal for equal filters (recorded with each
@@ -57,8 +73,10 @@ impl Filter {
     pub(crate) fn describe(&self) -> String {
         let (include, exclude) = &self.patterns;
         format!(
-            "include {include:?} exclude {exclude:?} below {:?}",
-            self.excluded_prefixes
+            "include {include:?} exclude {exclude:?} below {:?}{}",
+            self.excluded_prefixes,
+            // (Said only when set: ledgers from before the rules keep their scans.)
+            self.units.describe()
         )
     }
 

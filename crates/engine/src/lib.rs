@@ -21,6 +21,7 @@ mod recheck;
 mod scan;
 mod throttle;
 mod transfer;
+mod units;
 
 pub use control::{worker_beat, worker_name};
 pub use filter::{BadPattern, Filter};
@@ -29,6 +30,7 @@ pub use plan::{Ledger, Plan, plan};
 pub use progress::Progress;
 pub use recheck::Recheck;
 pub use transfer::{ConditionsFound, Guarantees, MetadataOptions, TransferOptions};
+pub use units::{BadRule, KeyRule, Units};
 
 use godwit_state::StoreError;
 use godwit_storage::StorageError;

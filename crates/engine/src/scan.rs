@@ -26,7 +26,10 @@ pub(crate) fn classify(listed: Listed, filter: &Filter) -> ScannedObject {
             } else {
                 Scanned::Excluded
             };
+            let units = filter.units();
             ScannedObject {
+                group: units.group_of(&meta.key),
+                partition: units.partition_of(&meta.key),
                 key: meta.key,
                 size: meta.size,
                 version: meta.version,
@@ -34,6 +37,8 @@ pub(crate) fn classify(listed: Listed, filter: &Filter) -> ScannedObject {
             }
         }
         Listed::Unreadable { key, error } => ScannedObject {
+            group: filter.units().group_of(&key),
+            partition: filter.units().partition_of(&key),
             key,
             size: 0,
             version: String::new(),

@@ -752,12 +752,16 @@ async fn a_source_that_changed_or_vanished_after_the_scan_is_settled() {
                 size: seen.size,
                 version: seen.version,
                 scanned: Scanned::Wanted,
+                group: None,
+                partition: None,
             },
             ScannedObject {
                 key: "gone.txt".into(),
                 size: 3,
                 version: "1".into(),
                 scanned: Scanned::Wanted,
+                group: None,
+                partition: None,
             },
         ];
         store
@@ -1121,6 +1125,12 @@ impl Store for FailingLedger {
     }
     async fn tally(&self, migration: MigrationId) -> Result<godwit_state::Tally, StoreError> {
         self.inner.tally(migration).await
+    }
+    async fn partitions(
+        &self,
+        migration: MigrationId,
+    ) -> Result<Vec<godwit_state::PartitionTally>, StoreError> {
+        self.inner.partitions(migration).await
     }
     async fn problems(
         &self,

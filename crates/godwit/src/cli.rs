@@ -91,6 +91,14 @@ pub struct MigrateArgs {
     /// Leave out keys matching this glob (repeatable; applied after --include).
     #[arg(long, value_name = "GLOB")]
     pub exclude: Vec<String>,
+    /// The all-or-nothing unit an object belongs to: `prefix:N` (the key's first N directories)
+    /// or `regex:PATTERN` (its first capture group). Default: each object a group of its own.
+    #[arg(long, value_name = "RULE")]
+    pub group_by: Option<String>,
+    /// The checkpoint unit (progress, validation, cutover) an object belongs to, by the same
+    /// rules as --group-by. Default: the migration is one partition.
+    #[arg(long, value_name = "RULE")]
+    pub partition_by: Option<String>,
     /// The most objects in flight at once. A run starts with 16 and moves the number with the
     /// throughput it measures, up to this.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=4096))]

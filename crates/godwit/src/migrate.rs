@@ -5,6 +5,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use godwit_engine::{
     EngineError, Filter, MetadataOptions, MigrateOptions, Migrator, Progress, TransferOptions,
+    Units,
 };
 use godwit_state::MigrationSpec;
 use godwit_storage::{Encryption, Location, S3Settings, WriteSettings};
@@ -124,6 +125,10 @@ pub async fn prepare(args: &MigrateArgs) -> Result<Prepared, u8> {
     }
     let filter = match Filter::new(&args.include, &args.exclude) {
         Ok(filter) => filter,
+        Err(error) => return Err(config_error(error)),
+    };
+    let filter = match Units::parse(args.group_by.as_deref(), args.partition_by.as_deref()) {
+        Ok(units) => filter.with_units(units),
         Err(error) => return Err(config_error(error)),
     };
     if args.multipart_threshold.0 > 5 << 30 {

@@ -78,6 +78,35 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<u8> {
                 .collect();
             println!("  {}", line.join(", "));
         }
+        let partitions = store.partitions(migration.id).await?;
+        if !args.json && partitions.iter().any(|p| p.name.is_some()) {
+            for partition in &partitions {
+                let done = partition.tally.n_total()
+                    - partition.tally.n(ObjectState::Pending)
+                    - partition.tally.n(ObjectState::InProgress);
+                println!(
+                    "  partition {}: {done} of {} objects ended ({} copied), {}",
+                    partition.name.as_deref().unwrap_or("(none)"),
+                    partition.tally.n_total(),
+                    partition.tally.n(ObjectState::Copied),
+                    bytes(partition.tally.bytes_total())
+                );
+            }
+        }
+        let partitions: Vec<serde_json::Value> = partitions
+            .iter()
+            .map(|partition| {
+                let counts: serde_json::Map<String, serde_json::Value> = ObjectState::ALL
+                    .iter()
+                    .map(|state| (state.as_str().to_owned(), partition.tally.n(*state).into()))
+                    .collect();
+                serde_json::json!({
+                    "name": partition.name,
+                    "objects": counts,
+                    "bytes": partition.tally.bytes_total(),
+                })
+            })
+            .collect();
         rows.push(serde_json::json!({
             "name": migration.spec.name,
             "source": migration.spec.source_url,
@@ -88,6 +117,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<u8> {
             "status": migration.status,
             "objects": counts,
             "bytes": tally.bytes_total(),
+            "partitions": partitions,
         }));
     }
     let workers = store.workers().await?;

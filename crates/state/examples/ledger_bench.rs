@@ -80,6 +80,8 @@ fn pages(shard: &str, n_objects: u64) -> impl Iterator<Item = Vec<ScannedObject>
                 size: 4096,
                 version: format!("17{i:017}"),
                 scanned: Scanned::Wanted,
+                group: None,
+                partition: None,
             })
             .collect()
     })

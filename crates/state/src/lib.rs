@@ -389,6 +389,10 @@ pub struct ScannedObject {
     pub version: String,
     /// How the scan classified it.
     pub scanned: Scanned,
+    /// Its group (`--group-by`); `None`: a group of its own.
+    pub group: Option<String>,
+    /// Its partition (`--partition-by`); `None`: the migration's default partition.
+    pub partition: Option<String>,
 }
 
 /// A multipart upload godwit started for an object, as recorded.
@@ -546,8 +550,17 @@ pub struct Outcome {
     pub metadata: Option<String>,
 }
 
+/// One partition's objects by state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PartitionTally {
+    /// The partition (`--partition-by`); `None`: the objects the rule names no partition for.
+    pub name: Option<String>,
+    /// Its objects and bytes by state.
+    pub tally: Tally,
+}
+
 /// Counts and bytes per state.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Tally {
     /// Objects in each state, indexed by `ObjectState as usize`.
     pub objects: [u64; 8],
@@ -738,6 +751,9 @@ pub trait Store: Send + Sync {
     async fn stale_uploads(&self, migration: MigrationId) -> Result<Vec<StaleUpload>, StoreError>;
     /// Counts and bytes per state.
     async fn tally(&self, migration: MigrationId) -> Result<Tally, StoreError>;
+    /// Counts and bytes per state of each partition, in byte order of their names (the default
+    /// partition, `None`, first).
+    async fn partitions(&self, migration: MigrationId) -> Result<Vec<PartitionTally>, StoreError>;
     /// The first `limit` conflicts and failures.
     async fn problems(
         &self,

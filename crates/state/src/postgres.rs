@@ -10,7 +10,7 @@
 //! an advisory lock so that workers starting together apply each once; a ledger written by a
 //! newer godwit is refused.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -21,9 +21,9 @@ use tokio_postgres::types::ToSql;
 use crate::{
     Claim, ClaimedObject, ControlState, DoneObject, FailedObject, KnownObject, LeaseToken,
     Migration, MigrationId, MigrationSpec, MigrationStatus, ObjectId, ObjectState, Outcome,
-    OwnWrite, OwnWriteChange, PacketLimits, PartRecord, Pass, Problem, ScannedObject, ShardClaim,
-    ShardMark, SourceVersion, StaleUpload, Store, StoreError, Tally, UploadRecord, WorkerBeat,
-    WorkerRecord, from_millis, millis, now, scanned_columns,
+    OwnWrite, OwnWriteChange, PacketLimits, PartRecord, PartitionTally, Pass, Problem,
+    ScannedObject, ShardClaim, ShardMark, SourceVersion, StaleUpload, Store, StoreError, Tally,
+    UploadRecord, WorkerBeat, WorkerRecord, from_millis, millis, now, scanned_columns,
 };
 
 /// The schema, one step a version: version N is `MIGRATIONS[N - 1]`.
@@ -636,7 +636,11 @@ impl Store for PgStore {
         let mut states = Vec::with_capacity(batch.len());
         let mut kinds: Vec<Option<String>> = Vec::with_capacity(batch.len());
         let mut messages: Vec<Option<String>> = Vec::with_capacity(batch.len());
+        let mut groups: Vec<Option<&str>> = Vec::with_capacity(batch.len());
+        let mut partitions: Vec<Option<&str>> = Vec::with_capacity(batch.len());
         for object in &batch {
+            groups.push(object.group.as_deref());
+            partitions.push(object.partition.as_deref());
             let (state, kind, message) = scanned_columns(&object.scanned);
             keys.push(object.key.as_str());
             sizes.push(object.size as i64);
@@ -677,10 +681,11 @@ impl Store for PgStore {
         // current filters' verdict.
         transaction
             .execute(
-                &transaction.prepare_cached("INSERT INTO objects (migration_id, key, size, version, state, pass, error_kind, last_error, updated_at)
-                 SELECT $1, k, s, v, st, $2, ek, le, $3
-                 FROM UNNEST($4::text[], $5::bigint[], $6::text[], $7::bigint[], $8::text[], $9::text[])
-                   AS batch(k, s, v, st, ek, le)
+                &transaction.prepare_cached("INSERT INTO objects (migration_id, key, size, version, state, pass, error_kind, last_error, updated_at,
+                   group_key, partition_key)
+                 SELECT $1, k, s, v, st, $2, ek, le, $3, g, p
+                 FROM UNNEST($4::text[], $5::bigint[], $6::text[], $7::bigint[], $8::text[], $9::text[], $10::text[], $11::text[])
+                   AS batch(k, s, v, st, ek, le, g, p)
                  ON CONFLICT (migration_id, key) DO UPDATE SET
                    pass = excluded.pass,
                    state = CASE
@@ -704,9 +709,13 @@ impl Store for PgStore {
                      ELSE objects.last_error END,
                    size = CASE WHEN objects.state = 1 THEN objects.size ELSE excluded.size END,
                    version = CASE WHEN objects.state = 1 THEN objects.version ELSE excluded.version END,
+                   group_key = CASE WHEN objects.state = 1 THEN objects.group_key ELSE excluded.group_key END,
+                   partition_key = CASE WHEN objects.state = 1 THEN objects.partition_key ELSE excluded.partition_key END,
                    updated_at = excluded.updated_at
                  WHERE objects.size != excluded.size OR objects.version != excluded.version
-                   OR objects.state IN (0, 5) OR objects.pass != excluded.pass").await.map_err(|e| self.error(e))?,
+                   OR objects.state IN (0, 5) OR objects.pass != excluded.pass
+                   OR objects.group_key IS DISTINCT FROM excluded.group_key
+                   OR objects.partition_key IS DISTINCT FROM excluded.partition_key").await.map_err(|e| self.error(e))?,
                 &[
                     &migration.0,
                     &i64::from(pass),
@@ -717,6 +726,8 @@ impl Store for PgStore {
                     &states,
                     &kinds,
                     &messages,
+                    &groups,
+                    &partitions,
                 ],
             )
             .await
@@ -1403,6 +1414,36 @@ impl Store for PgStore {
             }
         }
         Ok(tally)
+    }
+
+    async fn partitions(&self, migration: MigrationId) -> Result<Vec<PartitionTally>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &client
+                    .prepare_cached(
+                        "SELECT partition_key, state, COUNT(*), COALESCE(SUM(size), 0)::bigint
+                         FROM objects WHERE migration_id = $1 GROUP BY partition_key, state",
+                    )
+                    .await
+                    .map_err(|e| self.error(e))?,
+                &[&migration.0],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        // Ordered here, in bytes, as the SQLite ledger orders them.
+        let mut partitions: BTreeMap<Option<String>, Tally> = BTreeMap::new();
+        for row in rows {
+            let tally = partitions.entry(row.get(0)).or_default();
+            if let Some(state) = ObjectState::from_code(row.get(1)) {
+                tally.objects[state as usize] = row.get::<_, i64>(2) as u64;
+                tally.bytes[state as usize] = row.get::<_, i64>(3) as u64;
+            }
+        }
+        Ok(partitions
+            .into_iter()
+            .map(|(name, tally)| PartitionTally { name, tally })
+            .collect())
     }
 
     async fn problems(

@@ -1,5 +1,6 @@
 //! The embedded ledger: one SQLite file in WAL mode, held by one process at a time.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -11,9 +12,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::{
     Claim, ClaimedObject, ControlState, DoneObject, FailedObject, KnownObject, LeaseToken,
     Migration, MigrationId, MigrationSpec, MigrationStatus, ObjectId, ObjectState, Outcome,
-    OwnWrite, OwnWriteChange, PacketLimits, PartRecord, Pass, Problem, ScannedObject, ShardClaim,
-    ShardMark, SourceVersion, StaleUpload, Store, StoreError, Tally, UploadRecord, WorkerBeat,
-    WorkerRecord, from_millis, millis, now, scanned_columns,
+    OwnWrite, OwnWriteChange, PacketLimits, PartRecord, PartitionTally, Pass, Problem,
+    ScannedObject, ShardClaim, ShardMark, SourceVersion, StaleUpload, Store, StoreError, Tally,
+    UploadRecord, WorkerBeat, WorkerRecord, from_millis, millis, now, scanned_columns,
 };
 
 /// 2: uploads bound to a source version and begun before their id is known, godwit's own
@@ -690,8 +691,9 @@ impl Store for SqliteStore {
                 // An object already claimed is left to its worker. One that changed is queued again
                 // from scratch; one that never started takes the current filters' verdict.
                 let mut upsert = transaction.prepare_cached(
-                    "INSERT INTO objects (migration_id, key, size, version, state, pass, error_kind, last_error, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                    "INSERT INTO objects (migration_id, key, size, version, state, pass, error_kind, last_error, updated_at,
+                       group_key, partition_key)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
                      ON CONFLICT (migration_id, key) DO UPDATE SET
                        pass = excluded.pass,
                        state = CASE
@@ -715,9 +717,13 @@ impl Store for SqliteStore {
                          ELSE objects.last_error END,
                        size = CASE WHEN objects.state = 1 THEN objects.size ELSE excluded.size END,
                        version = CASE WHEN objects.state = 1 THEN objects.version ELSE excluded.version END,
+                       group_key = CASE WHEN objects.state = 1 THEN objects.group_key ELSE excluded.group_key END,
+                       partition_key = CASE WHEN objects.state = 1 THEN objects.partition_key ELSE excluded.partition_key END,
                        updated_at = excluded.updated_at
                      WHERE objects.size != excluded.size OR objects.version != excluded.version
-                       OR objects.state IN (0, 5) OR objects.pass != excluded.pass",
+                       OR objects.state IN (0, 5) OR objects.pass != excluded.pass
+                       OR objects.group_key IS NOT excluded.group_key
+                       OR objects.partition_key IS NOT excluded.partition_key",
                 )?;
                 let at = now();
                 for object in &batch {
@@ -731,7 +737,9 @@ impl Store for SqliteStore {
                         pass,
                         kind,
                         message,
-                        at
+                        at,
+                        object.group,
+                        object.partition
                     ])?;
                 }
             }
@@ -1274,6 +1282,29 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn partitions(&self, migration: MigrationId) -> Result<Vec<PartitionTally>, StoreError> {
+        self.with(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT partition_key, state, COUNT(*), COALESCE(SUM(size), 0) FROM objects
+                 WHERE migration_id = ?1 GROUP BY partition_key, state",
+            )?;
+            let mut rows = statement.query(params![migration.0])?;
+            let mut partitions: BTreeMap<Option<String>, Tally> = BTreeMap::new();
+            while let Some(row) = rows.next()? {
+                let tally = partitions.entry(row.get(0)?).or_default();
+                if let Some(state) = ObjectState::from_code(row.get(1)?) {
+                    tally.objects[state as usize] = row.get::<_, i64>(2)? as u64;
+                    tally.bytes[state as usize] = row.get::<_, i64>(3)? as u64;
+                }
+            }
+            Ok(partitions
+                .into_iter()
+                .map(|(name, tally)| PartitionTally { name, tally })
+                .collect())
+        })
+        .await
+    }
+
     async fn problems(
         &self,
         migration: MigrationId,
@@ -1445,6 +1476,8 @@ mod tests {
             size,
             version: version.into(),
             scanned: Scanned::Wanted,
+            group: None,
+            partition: None,
         }
     }
 

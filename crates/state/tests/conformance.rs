@@ -100,6 +100,7 @@ conformance!(
     a_rescan_keeps_its_shards_only_under_the_same_filter,
     renewed_shard_leases_count_and_do_not_expire,
     workers_planning_and_claiming_at_once_never_share_a_shard,
+    partitions_count_their_objects_by_state,
 );
 
 mod behaviour {
@@ -121,6 +122,8 @@ mod behaviour {
             size,
             version: version.into(),
             scanned: Scanned::Wanted,
+            group: None,
+            partition: None,
         }
     }
 
@@ -1266,5 +1269,90 @@ mod behaviour {
         let prefix = &names[0][..1];
         let planned: Vec<String> = (0..20).map(|n| format!("{prefix}{n:02}/")).collect();
         assert_eq!(names, planned, "one plan, each shard claimed once");
+    }
+
+    /// Groups and partitions (issue 11): each object keeps the ones the scan gave it; each
+    /// partition counts its objects by state, the default partition first, then in byte order;
+    /// a rescan under another rule moves an object that is not claimed.
+    pub(super) async fn partitions_count_their_objects_by_state(store: &dyn Store) {
+        let migration = store.open_migration(&spec()).await.unwrap();
+        store.start_pass(migration.id, "").await.unwrap();
+        let placed = |key: &str, size: u64, partition: Option<&str>| ScannedObject {
+            group: partition.map(|p| format!("{p}/g")),
+            partition: partition.map(str::to_owned),
+            ..object(key, size, "1")
+        };
+        store
+            .record_scanned(
+                migration.id,
+                1,
+                vec![
+                    placed("a1", 10, Some("b")),
+                    placed("a2", 20, Some("\u{e9}")),
+                    placed("a3", 30, Some("a")),
+                    placed("a4", 40, None),
+                    placed("a5", 50, Some("b")),
+                ],
+                None,
+            )
+            .await
+            .unwrap();
+        let claimed = store.claim(migration.id, "w", LIMITS).await.unwrap();
+        let first = claimed.iter().find(|c| c.key == "a1").unwrap();
+        store
+            .record_outcomes(vec![done(first, ObjectState::Copied)])
+            .await
+            .unwrap();
+        let partitions = store.partitions(migration.id).await.unwrap();
+        let shown: Vec<(Option<&str>, u64, u64, u64)> = partitions
+            .iter()
+            .map(|p| {
+                (
+                    p.name.as_deref(),
+                    p.tally.n(ObjectState::Copied),
+                    p.tally.n(ObjectState::InProgress),
+                    p.tally.bytes.iter().sum(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                (None, 0, 1, 40),
+                (Some("a"), 0, 1, 30),
+                (Some("b"), 1, 1, 60),
+                (Some("\u{e9}"), 0, 1, 20),
+            ]
+        );
+
+        // Released, then scanned again under another rule: a3 moves to partition "b".
+        let rest: Vec<Outcome> = claimed
+            .iter()
+            .filter(|c| c.key != "a1")
+            .map(|c| Outcome {
+                attempts: 0,
+                ..done(c, ObjectState::Pending)
+            })
+            .collect();
+        store.record_outcomes(rest).await.unwrap();
+        store
+            .record_scanned(migration.id, 1, vec![placed("a3", 30, Some("b"))], None)
+            .await
+            .unwrap();
+        let names: Vec<(Option<String>, u64)> = store
+            .partitions(migration.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.name, p.tally.objects.iter().sum()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                (None, 1),
+                (Some("b".to_owned()), 3),
+                (Some("\u{e9}".to_owned()), 1)
+            ]
+        );
     }
 }

@@ -53,6 +53,8 @@ async fn a_claim_reads_no_finished_row_whatever_the_statistics() {
                 size: 10,
                 version: "v".into(),
                 scanned: Scanned::Wanted,
+                group: None,
+                partition: None,
             })
             .collect();
         store

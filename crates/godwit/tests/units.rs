@@ -1,0 +1,129 @@
+//! Groups and partitions end to end (issue 11): the rules that place each object, what the
+//! ledger and `godwit status` show of them.
+
+mod support;
+
+use support::{bytes, ledger, path_str, write_tree};
+
+/// `--partition-by` and `--group-by` place each object as the scan records it; `status --json`
+/// counts each partition (the objects no partition takes apart); a re-run under another rule
+/// places them again without copying anything twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn partitions_are_recorded_counted_and_follow_a_new_rule() {
+    let target = support::Target::s3s_fs().await;
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("src");
+    write_tree(
+        &source,
+        &[
+            ("c1/v1/a.ts", bytes(1, 10)),
+            ("c1/v1/b.ts", bytes(2, 20)),
+            ("c1/v2/a.ts", bytes(3, 30)),
+            ("c2/v1/a.ts", bytes(4, 40)),
+            ("top.txt", bytes(5, 50)),
+        ],
+    );
+    let bucket = target.bucket("units").await;
+    let state = ledger(&work);
+    let migrate = |partition_by: &'static str| {
+        let mut command = support::godwit();
+        command
+            .args(["migrate", &path_str(&source), &format!("s3://{bucket}")])
+            .args(["--json", "--no-progress", "--state", &path_str(&state)])
+            .args(["--group-by", "prefix:2", "--partition-by", partition_by])
+            .args(["--dest-endpoint", &target.endpoint]);
+        command
+    };
+    let status = || async {
+        let mut command = support::godwit();
+        command.args(["status", "--json", "--state", &path_str(&state)]);
+        let run = support::run(command).await;
+        assert_eq!(run.code, Some(0), "{run:?}");
+        run.json()["migrations"][0]["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["name"].as_str().map(str::to_owned),
+                    p["objects"]["copied"].as_u64().unwrap(),
+                    p["bytes"].as_u64().unwrap(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+
+    let first = support::run(migrate("prefix:1")).await;
+    assert_eq!(first.code, Some(0), "{first:?}");
+    assert_eq!(first.n("copied"), 5, "{first:?}");
+    assert_eq!(
+        status().await,
+        [
+            (None, 1, 50),
+            (Some("c1".to_owned()), 3, 60),
+            (Some("c2".to_owned()), 1, 40),
+        ]
+    );
+    let db = rusqlite::Connection::open(&state).unwrap();
+    let group: Option<String> = db
+        .query_row(
+            "SELECT group_key FROM objects WHERE key = 'c1/v1/b.ts'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(group.as_deref(), Some("c1/v1"));
+    drop(db);
+
+    // Another rule: the objects are placed again; none is copied again.
+    let second = support::run(migrate("prefix:2")).await;
+    assert_eq!(second.code, Some(0), "{second:?}");
+    assert_eq!(
+        (second.n("copied"), second.n("copied_this_run")),
+        (5, 0),
+        "{second:?}"
+    );
+    assert_eq!(
+        status().await,
+        [
+            (None, 1, 50),
+            (Some("c1/v1".to_owned()), 2, 30),
+            (Some("c1/v2".to_owned()), 1, 30),
+            (Some("c2/v1".to_owned()), 1, 40),
+        ]
+    );
+}
+
+/// A rule that does not parse stops the run before anything is written (exit 2), naming the
+/// option and how to write it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_rule_is_refused_with_how_to_write_it() {
+    let target = support::Target::s3s_fs().await;
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("src");
+    write_tree(&source, &[("a/b.txt", bytes(1, 10))]);
+    let bucket = target.bucket("bad-rule").await;
+    for (option, rule, says) in [
+        ("--group-by", "prefix:0", "prefix:N"),
+        ("--partition-by", "regex:(", "does not parse"),
+        ("--partition-by", "course", "regex:PATTERN"),
+    ] {
+        let mut command = support::godwit();
+        command
+            .args(["migrate", &path_str(&source), &format!("s3://{bucket}")])
+            .args([
+                "--json",
+                "--no-progress",
+                "--state",
+                &path_str(&ledger(&work)),
+            ])
+            .args([option, rule, "--dest-endpoint", &target.endpoint]);
+        let run = support::run(command).await;
+        assert_eq!(run.code, Some(2), "{run:?}");
+        assert!(
+            run.stderr.contains(&format!("{option} '{rule}'")) && run.stderr.contains(says),
+            "{run:?}"
+        );
+    }
+    assert!(target.keys(&bucket).await.is_empty());
+}
