@@ -23,6 +23,13 @@ async fn partitions_are_recorded_counted_and_follow_a_new_rule() {
             ("top.txt", bytes(5, 50)),
         ],
     );
+    // Twenty more groups of three, for packets (16 objects at --concurrency 1) to cut.
+    let more: Vec<(String, Vec<u8>)> = (0..60)
+        .map(|i| (format!("c3/v{:02}/{i:02}.ts", i / 3), bytes(100 + i, 5)))
+        .collect();
+    let borrowed: Vec<(&str, Vec<u8>)> =
+        more.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    write_tree(&source, &borrowed);
     let bucket = target.bucket("units").await;
     let state = ledger(&work);
     let migrate = |partition_by: &'static str| {
@@ -31,6 +38,7 @@ async fn partitions_are_recorded_counted_and_follow_a_new_rule() {
             .args(["migrate", &path_str(&source), &format!("s3://{bucket}")])
             .args(["--json", "--no-progress", "--state", &path_str(&state)])
             .args(["--group-by", "prefix:2", "--partition-by", partition_by])
+            .args(["--concurrency", "1"])
             .args(["--dest-endpoint", &target.endpoint]);
         command
     };
@@ -55,13 +63,14 @@ async fn partitions_are_recorded_counted_and_follow_a_new_rule() {
 
     let first = support::run(migrate("prefix:1")).await;
     assert_eq!(first.code, Some(0), "{first:?}");
-    assert_eq!(first.n("copied"), 5, "{first:?}");
+    assert_eq!(first.n("copied"), 65, "{first:?}");
     assert_eq!(
         status().await,
         [
             (None, 1, 50),
             (Some("c1".to_owned()), 3, 60),
             (Some("c2".to_owned()), 1, 40),
+            (Some("c3".to_owned()), 60, 300),
         ]
     );
     let db = rusqlite::Connection::open(&state).unwrap();
@@ -73,6 +82,16 @@ async fn partitions_are_recorded_counted_and_follow_a_new_rule() {
         )
         .unwrap();
     assert_eq!(group.as_deref(), Some("c1/v1"));
+    // Each group was claimed whole: one packet (one fencing token) for all its objects.
+    let split: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM (SELECT group_key FROM objects WHERE group_key IS NOT NULL
+               GROUP BY group_key HAVING COUNT(DISTINCT lease_token) > 1)",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(split, 0, "a group was split between packets");
     drop(db);
 
     // Another rule: the objects are placed again; none is copied again.
@@ -80,11 +99,12 @@ async fn partitions_are_recorded_counted_and_follow_a_new_rule() {
     assert_eq!(second.code, Some(0), "{second:?}");
     assert_eq!(
         (second.n("copied"), second.n("copied_this_run")),
-        (5, 0),
+        (65, 0),
         "{second:?}"
     );
+    let placed = status().await;
     assert_eq!(
-        status().await,
+        placed[..4],
         [
             (None, 1, 50),
             (Some("c1/v1".to_owned()), 2, 30),
@@ -92,6 +112,7 @@ async fn partitions_are_recorded_counted_and_follow_a_new_rule() {
             (Some("c2/v1".to_owned()), 1, 40),
         ]
     );
+    assert_eq!(placed.len(), 4 + 20, "{placed:?}");
 }
 
 /// A rule that does not parse stops the run before anything is written (exit 2), naming the

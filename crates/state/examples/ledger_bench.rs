@@ -42,6 +42,7 @@ const PACKET: PacketLimits = PacketLimits {
     max_objects: 64,
     max_bytes: 200 << 20,
     lease: Duration::from_secs(600),
+    whole_groups: false,
 };
 
 /// Time one client spent in calls of one kind, and what they moved.

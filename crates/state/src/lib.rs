@@ -506,6 +506,11 @@ pub struct PacketLimits {
     pub max_bytes: u64,
     /// The lease: the claim expires unless renewed within it.
     pub lease: Duration,
+    /// Groups are taken whole (a migration with `--group-by`): an object of a group comes with
+    /// every other pending object of its group, whatever the limits, and none before the pass's
+    /// scan is complete (until then a group may have more objects to come). Objects in no group
+    /// are claimed as ever.
+    pub whole_groups: bool,
 }
 
 impl ClaimedObject {

@@ -138,6 +138,7 @@ CREATE INDEX shards_leases ON shards (lease_owner) WHERE state = 1;
 DROP INDEX objects_in_progress;
 DROP INDEX objects_pending;
 CREATE INDEX objects_pending ON objects (migration_id, (id + 0)) WHERE state = 0;
+CREATE INDEX objects_groups ON objects (migration_id, group_key) WHERE group_key IS NOT NULL;
 ",
 ];
 
@@ -194,6 +195,44 @@ pub const CLAIM: &str = "WITH locked AS (
          RETURNING objects.id, key, size, version, attempts, upload_id, part_size, upload_size,
            upload_version, upload_started_at, written_etag, written_version,
            cut.first_claimed_at, token.value";
+
+/// `CLAIM` for a migration whose groups are taken whole (`PacketLimits::whole_groups`): objects
+/// in no group as ever; an object of a group only once the pass's scan is complete, and only
+/// under the group's advisory lock (held to the end of the statement, so two workers never take
+/// parts of one group), bringing every other pending object of its group along, whatever the
+/// limits.
+const CLAIM_GROUPED: &str = "WITH ready AS (
+           SELECT COALESCE((SELECT scan_completed_at IS NOT NULL FROM passes
+             WHERE migration_id = $1 ORDER BY number DESC LIMIT 1), false) AS done
+         ), heads AS (
+           SELECT o.id, o.size, o.first_claimed_at, o.group_key FROM objects o
+           WHERE o.migration_id = $1 AND o.state = 0
+             AND (o.group_key IS NULL OR ((SELECT done FROM ready)
+               AND pg_try_advisory_xact_lock(hashtextextended(o.group_key, $1))))
+           ORDER BY o.id + 0 LIMIT $2
+           FOR UPDATE OF o SKIP LOCKED
+         ), cut AS (
+           SELECT id, first_claimed_at, group_key,
+             (SUM(size) OVER (ORDER BY id))::bigint AS through, ROW_NUMBER() OVER (ORDER BY id) AS n
+           FROM heads
+         ), picked AS (
+           SELECT id, first_claimed_at, group_key FROM cut WHERE n = 1 OR through <= $6
+         ), members AS (
+           SELECT o.id, o.first_claimed_at FROM objects o
+           WHERE o.migration_id = $1 AND o.state = 0
+             AND o.group_key IN (SELECT group_key FROM picked WHERE group_key IS NOT NULL)
+           FOR UPDATE OF o
+         ), taken AS (
+           SELECT id, first_claimed_at FROM picked UNION SELECT id, first_claimed_at FROM members
+         ), token AS (SELECT nextval('lease_tokens') AS value)
+         UPDATE objects SET state = 1, attempts = attempts + 1, lease_owner = $3,
+           lease_expires = $4, first_claimed_at = COALESCE(objects.first_claimed_at, $5),
+           lease_token = token.value
+         FROM taken, token
+         WHERE objects.id = taken.id
+         RETURNING objects.id, key, size, version, attempts, upload_id, part_size, upload_size,
+           upload_version, upload_started_at, written_etag, written_version,
+           taken.first_claimed_at, token.value";
 
 /// The PostgreSQL ledger.
 pub struct PgStore {
@@ -910,11 +949,17 @@ impl Store for PgStore {
         let client = self.client().await?;
         let expires = now() + limits.lease.as_secs() as i64;
         let at = millis(SystemTime::now());
-        // One statement (`CLAIM`), committing on its own: one round trip a packet.
+        // One statement (`CLAIM`, or `CLAIM_GROUPED`), committing on its own: one round trip a
+        // packet.
+        let claim = if limits.whole_groups {
+            CLAIM_GROUPED
+        } else {
+            CLAIM
+        };
         let rows = client
             .query(
                 &client
-                    .prepare_cached(CLAIM)
+                    .prepare_cached(claim)
                     .await
                     .map_err(|e| self.error(e))?,
                 &[

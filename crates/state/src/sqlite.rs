@@ -107,6 +107,7 @@ CREATE TABLE IF NOT EXISTS shards (
     PRIMARY KEY (migration_id, pass, name)
 );
 CREATE INDEX IF NOT EXISTS objects_pending ON objects (migration_id, id) WHERE state = 0;
+CREATE INDEX IF NOT EXISTS objects_groups ON objects (migration_id, group_key) WHERE group_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS objects_in_progress ON objects (migration_id) WHERE state = 1;
 CREATE INDEX IF NOT EXISTS objects_problems ON objects (migration_id, id) WHERE state IN (4, 7);
 CREATE INDEX IF NOT EXISTS objects_uploads ON objects (migration_id)
@@ -882,22 +883,60 @@ impl Store for SqliteStore {
             let transaction = connection.transaction()?;
             let mut claimed = Vec::new();
             {
+                // Whole groups: none before the scan is complete, so a group has all its objects.
+                let groups_ready = limits.whole_groups
+                    && transaction
+                        .prepare_cached(
+                            "SELECT scan_completed_at IS NOT NULL FROM passes WHERE migration_id = ?1
+                             ORDER BY number DESC LIMIT 1",
+                        )?
+                        .query_row(params![migration.0], |row| row.get::<_, bool>(0))
+                        .optional()?
+                        .unwrap_or(false);
                 let mut candidates = transaction.prepare_cached(
-                    "SELECT id, size, first_claimed_at FROM objects WHERE migration_id = ?1 AND state = 0 ORDER BY id LIMIT ?2",
+                    "SELECT id, size, first_claimed_at, group_key FROM objects
+                     WHERE migration_id = ?1 AND state = 0 AND (?3 OR group_key IS NULL)
+                     ORDER BY id LIMIT ?2",
                 )?;
                 let at = millis(SystemTime::now());
                 let mut ids = Vec::new();
+                let mut taken = std::collections::HashSet::new();
+                let mut groups = Vec::new();
                 let mut bytes = 0u64;
-                let mut rows = candidates.query(params![migration.0, limits.max_objects])?;
+                let everything = !limits.whole_groups;
+                let mut rows =
+                    candidates.query(params![migration.0, limits.max_objects, everything || groups_ready])?;
                 while let Some(row) = rows.next()? {
                     let size = row.get::<_, i64>(1)? as u64;
                     if !ids.is_empty() && bytes + size > limits.max_bytes {
                         break;
                     }
                     bytes += size;
-                    ids.push((row.get::<_, i64>(0)?, row.get::<_, Option<i64>>(2)?));
+                    let id = row.get::<_, i64>(0)?;
+                    taken.insert(id);
+                    ids.push((id, row.get::<_, Option<i64>>(2)?));
+                    if limits.whole_groups
+                        && let Some(group) = row.get::<_, Option<String>>(3)?
+                        && !groups.contains(&group)
+                    {
+                        groups.push(group);
+                    }
                 }
                 drop(rows);
+                // The rest of each group comes along, whatever the limits.
+                let mut members = transaction.prepare_cached(
+                    "SELECT id, first_claimed_at FROM objects
+                     WHERE migration_id = ?1 AND group_key = ?2 AND state = 0 ORDER BY id",
+                )?;
+                for group in &groups {
+                    let mut rows = members.query(params![migration.0, group])?;
+                    while let Some(row) = rows.next()? {
+                        let id = row.get::<_, i64>(0)?;
+                        if taken.insert(id) {
+                            ids.push((id, row.get::<_, Option<i64>>(1)?));
+                        }
+                    }
+                }
                 let expires = now() + limits.lease.as_secs() as i64;
                 let token = next_token();
                 // A `first_claimed_at` read before this claim sets it means an earlier claim.
@@ -1485,6 +1524,7 @@ mod tests {
         max_objects: 100,
         max_bytes: 1000,
         lease: Duration::from_secs(60),
+        whole_groups: false,
     };
 
     fn done(claimed: &ClaimedObject, state: ObjectState) -> Outcome {

@@ -101,6 +101,7 @@ conformance!(
     renewed_shard_leases_count_and_do_not_expire,
     workers_planning_and_claiming_at_once_never_share_a_shard,
     partitions_count_their_objects_by_state,
+    groups_are_claimed_whole_once_scanned_and_never_split,
 );
 
 mod behaviour {
@@ -131,6 +132,7 @@ mod behaviour {
         max_objects: 100,
         max_bytes: 1000,
         lease: Duration::from_secs(60),
+        whole_groups: false,
     };
 
     /// Packets whose lease has run out as soon as they are claimed: every ledger hands them back.
@@ -138,6 +140,7 @@ mod behaviour {
         max_objects: 100,
         max_bytes: 1000,
         lease: Duration::ZERO,
+        whole_groups: false,
     };
 
     fn ms(at: SystemTime) -> u128 {
@@ -1353,6 +1356,126 @@ mod behaviour {
                 (Some("b".to_owned()), 3),
                 (Some("\u{e9}".to_owned()), 1)
             ]
+        );
+    }
+
+    /// Whole groups (issue 11): objects in no group are claimed as ever; a group waits for the
+    /// pass's scan to complete, then comes whole in one packet whatever the limits; workers
+    /// claiming at once never split one.
+    pub(super) async fn groups_are_claimed_whole_once_scanned_and_never_split(store: &dyn Store) {
+        let migration = store.open_migration(&spec()).await.unwrap();
+        store.start_pass(migration.id, "").await.unwrap();
+        let grouped = |key: &str, group: Option<&str>| ScannedObject {
+            group: group.map(str::to_owned),
+            ..object(key, 10, "1")
+        };
+        store
+            .record_scanned(
+                migration.id,
+                1,
+                vec![
+                    grouped("a1", Some("g1")),
+                    grouped("b", None),
+                    grouped("c1", Some("g2")),
+                    grouped("a2", Some("g1")),
+                    grouped("c2", Some("g2")),
+                    grouped("a3", Some("g1")),
+                ],
+                None,
+            )
+            .await
+            .unwrap();
+        let one = PacketLimits {
+            max_objects: 1,
+            whole_groups: true,
+            ..LIMITS
+        };
+        let keys = |claimed: &[ClaimedObject]| {
+            let mut keys: Vec<String> = claimed.iter().map(|c| c.key.clone()).collect();
+            keys.sort();
+            keys
+        };
+        // The scan is not complete: only the object in no group.
+        let first = store.claim(migration.id, "w", one).await.unwrap();
+        assert_eq!(keys(&first), ["b"]);
+        assert!(
+            store
+                .claim(migration.id, "w", one)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        store.finish_scan(migration.id, 1).await.unwrap();
+        let g1 = store.claim(migration.id, "w", one).await.unwrap();
+        assert_eq!(keys(&g1), ["a1", "a2", "a3"], "a group comes whole");
+        assert!(g1.iter().all(|c| c.token == g1[0].token));
+        let g2 = store.claim(migration.id, "w", one).await.unwrap();
+        assert_eq!(keys(&g2), ["c1", "c2"]);
+        assert!(
+            store
+                .claim(migration.id, "w", one)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        // Four workers at once over 300 groups of three consecutive objects, in packets of two:
+        // each packet's first objects cut a group, which another worker would reach next.
+        let other = store
+            .open_migration(&MigrationSpec {
+                name: "groups".into(),
+                ..spec()
+            })
+            .await
+            .unwrap();
+        store.start_pass(other.id, "").await.unwrap();
+        store
+            .record_scanned(
+                other.id,
+                1,
+                (0..900)
+                    .map(|i| grouped(&format!("k{i:04}"), Some(&format!("g{}", i / 3))))
+                    .collect(),
+                None,
+            )
+            .await
+            .unwrap();
+        store.finish_scan(other.id, 1).await.unwrap();
+        let worker = |name: &'static str| async move {
+            let limits = PacketLimits {
+                max_objects: 2,
+                whole_groups: true,
+                ..LIMITS
+            };
+            let mut taken = Vec::new();
+            loop {
+                let packet = store.claim(other.id, name, limits).await.unwrap();
+                if packet.is_empty() {
+                    return taken;
+                }
+                taken.extend(packet.into_iter().map(|c| (c.key, c.token)));
+            }
+        };
+        let (a, b, c, d) = tokio::join!(worker("a"), worker("b"), worker("c"), worker("d"));
+        let all: Vec<(String, godwit_state::LeaseToken)> =
+            [a, b, c, d].into_iter().flatten().collect();
+        assert_eq!(all.len(), 900, "every object claimed once");
+        let mut tokens: std::collections::HashMap<
+            u32,
+            std::collections::HashSet<godwit_state::LeaseToken>,
+        > = std::collections::HashMap::new();
+        for (key, token) in &all {
+            let n: u32 = key[1..].parse().unwrap();
+            tokens.entry(n / 3).or_default().insert(*token);
+        }
+        assert_eq!(tokens.len(), 300);
+        assert!(
+            tokens.values().all(|t| t.len() == 1),
+            "a group was split between packets: {:?}",
+            tokens
+                .iter()
+                .filter(|(_, t)| t.len() > 1)
+                .collect::<Vec<_>>()
         );
     }
 }
