@@ -234,6 +234,21 @@ const CLAIM_GROUPED: &str = "WITH ready AS (
            upload_version, upload_started_at, written_etag, written_version,
            taken.first_claimed_at, token.value";
 
+/// An error with its causes: the driver says only "db error" when the server refused something,
+/// and the server's words (`database "x" does not exist`, `deadlock detected`) are its cause.
+fn explained(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let text = inner.to_string();
+        if !message.contains(&text) {
+            message.push_str(&format!(": {text}"));
+        }
+        cause = inner.source();
+    }
+    message
+}
+
 /// The PostgreSQL ledger.
 pub struct PgStore {
     pool: Pool,
@@ -297,10 +312,16 @@ impl PgStore {
         }
     }
 
+    /// A driver or pool error, with what the server said (see `explained`).
+    fn db(&self, error: impl std::error::Error) -> StoreError {
+        self.error(explained(&error))
+    }
+
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(|e| {
             self.error(format!(
-                "cannot connect ({e}); check that PostgreSQL runs there and accepts this user"
+                "cannot connect ({}); check that PostgreSQL runs there and accepts this user",
+                explained(&e)
             ))
         })
     }
@@ -308,19 +329,19 @@ impl PgStore {
     /// Applies the schema changes this ledger lacks, once, whoever opens it first.
     async fn migrate_schema(&self) -> Result<(), StoreError> {
         let mut client = self.client().await?;
-        let transaction = client.transaction().await.map_err(|e| self.error(e))?;
+        let transaction = client.transaction().await.map_err(|e| self.db(e))?;
         transaction
             .execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.db(e))?;
         transaction
             .batch_execute("CREATE TABLE IF NOT EXISTS godwit_schema (version BIGINT NOT NULL)")
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.db(e))?;
         let version: i64 = transaction
             .query_opt("SELECT version FROM godwit_schema", &[])
             .await
-            .map_err(|e| self.error(e))?
+            .map_err(|e| self.db(e))?
             .map_or(0, |row| row.get(0));
         let known = MIGRATIONS.len() as i64;
         if version > known {
@@ -332,20 +353,20 @@ impl PgStore {
             transaction
                 .batch_execute(step)
                 .await
-                .map_err(|e| self.error(e))?;
+                .map_err(|e| self.db(e))?;
         }
         if version == 0 {
             transaction
                 .execute("INSERT INTO godwit_schema (version) VALUES ($1)", &[&known])
                 .await
-                .map_err(|e| self.error(e))?;
+                .map_err(|e| self.db(e))?;
         } else if version < known {
             transaction
                 .execute("UPDATE godwit_schema SET version = $1", &[&known])
                 .await
-                .map_err(|e| self.error(e))?;
+                .map_err(|e| self.db(e))?;
         }
-        transaction.commit().await.map_err(|e| self.error(e))
+        transaction.commit().await.map_err(|e| self.db(e))
     }
 
     async fn load_migration(
@@ -355,11 +376,11 @@ impl PgStore {
     ) -> Result<Option<Migration>, StoreError> {
         let Some(row) = client
             .query_opt(
-                &client.prepare_cached("SELECT id, source_url, dest_url, source_endpoint, dest_endpoint, options, status FROM migrations WHERE name = $1").await.map_err(|e| self.error(e))?,
+                &client.prepare_cached("SELECT id, source_url, dest_url, source_endpoint, dest_endpoint, options, status FROM migrations WHERE name = $1").await.map_err(|e| self.db(e))?,
                 &[&name],
             )
             .await
-            .map_err(|e| self.error(e))?
+            .map_err(|e| self.db(e))?
         else {
             return Ok(None);
         };
@@ -379,11 +400,11 @@ impl PgStore {
                  WHERE migration_id = $1 ORDER BY number DESC LIMIT 1",
                     )
                     .await
-                    .map_err(|e| self.error(e))?,
+                    .map_err(|e| self.db(e))?,
                 &[&id],
             )
             .await
-            .map_err(|e| self.error(e))?
+            .map_err(|e| self.db(e))?
             .map(|row| Pass {
                 number: row.get::<_, i64>(0) as u32,
                 scan_complete: row.get(1),
@@ -406,7 +427,7 @@ impl Store for PgStore {
         client
             .execute(
                 &client.prepare_cached("INSERT INTO migrations (name, source_url, dest_url, created_at, source_endpoint, dest_endpoint)
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING").await.map_err(|e| self.error(e))?,
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING").await.map_err(|e| self.db(e))?,
                 &[
                     &spec.name,
                     &spec.source_url,
@@ -417,7 +438,7 @@ impl Store for PgStore {
                 ],
             )
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.db(e))?;
         let migration = self
             .load_migration(&client, &spec.name)
             .await?
@@ -442,11 +463,11 @@ impl Store for PgStore {
                 &client
                     .prepare_cached("UPDATE migrations SET status = $2 WHERE id = $1")
                     .await
-                    .map_err(|e| self.error(e))?,
+                    .map_err(|e| self.db(e))?,
                 &[&migration.0, &status.as_str()],
             )
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.db(e))?;
         Ok(())
     }
 
@@ -457,11 +478,11 @@ impl Store for PgStore {
                 &client
                     .prepare_cached("SELECT status, throttled_at FROM migrations WHERE id = $1")
                     .await
-                    .map_err(|e| self.error(e))?,
+                    .map_err(|e| self.db(e))?,
                 &[&migration.0],
             )
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.db(e))?;
         Ok(ControlState {
             status: MigrationStatus::from_name(row.get::<_, Option<String>>(0).as_deref()),
             throttled_at: row.get::<_, Option<i64>>(1).map(from_millis),
@@ -477,11 +498,11 @@ impl Store for PgStore {
         client
             .execute(
                 &client.prepare_cached("UPDATE migrations SET throttled_at = GREATEST(COALESCE(throttled_at, 0), $2)
-                 WHERE id = $1").await.map_err(|e| self.error(e))?,
+                 WHERE id = $1").await.map_err(|e| self.db(e))?,
                 &[&migration.0, &millis(at)],
             )
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.db(e))?;
         Ok(())
     }
 
@@ -500,7 +521,7 @@ impl Store for PgStore {
                    bytes_per_second = excluded.bytes_per_second",
                     )
                     .await
-                    .map_err(|e| self.error(e))?,
+                    .map_err(|e| self.db(e))?,
                 &[
                     &beat.name,
                     &beat.host,
@@ -514,7 +535,7 @@ impl Store for PgStore {
                 ],
             )
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.db(e))?;
         Ok(())
     }
 
@@ -523,11 +544,11 @@ impl Store for PgStore {
         let rows = client
             .query(
                 &client.prepare_cached("SELECT name, host, pid, started_at, migration, packets_in_flight,
-                   objects_in_flight, bytes_per_second, heartbeat_at FROM workers ORDER BY heartbeat_at DESC, name").await.map_err(|e| self.error(e))?,
+                   objects_in_flight, bytes_per_second, heartbeat_at FROM workers ORDER BY heartbeat_at DESC, name").await.map_err(|e| self.db(e))?,
                 &[],
             )
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.db(e))?;
         Ok(rows
             .iter()
             .map(|row| WorkerRecord {
@@ -553,11 +574,11 @@ impl Store for PgStore {
                 &client
                     .prepare_cached("UPDATE migrations SET options = $2 WHERE id = $1")
                     .await
-                    .map_err(|e| self.error(e))?,
+                    .map_err(|e| self.db(e))?,
                 &[&migration.0, &options],
             )
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.db(e))?;
         Ok(())
     }
 
@@ -573,11 +594,11 @@ impl Store for PgStore {
                 &client
                     .prepare_cached("SELECT name FROM migrations ORDER BY id")
                     .await
-                    .map_err(|e| self.error(e))?,
+                    .map_err(|e| self.db(e))?,
                 &[],
             )
             .await
-            .map_err(|e| self.error(e))?
+            .map_err(|e| self.db(e))?
             .iter()
             .map(|row| row.get(0))
             .collect();
@@ -599,11 +620,11 @@ impl Store for PgStore {
                  RETURNING number",
                     )
                     .await
-                    .map_err(|e| self.error(e))?,
+                    .map_err(|e| self.db(e))?,
                 &[&migration.0, &now(), &filter],
             )
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.db(e))?;
         Ok(Pass {
             number: row.get::<_, i64>(0) as u32,
             scan_complete: false,
@@ -619,16 +640,16 @@ impl Store for PgStore {
     ) -> Result<(), StoreError> {
         let pass = i64::from(pass);
         let mut client = self.client().await?;
-        let transaction = client.transaction().await.map_err(|e| self.error(e))?;
+        let transaction = client.transaction().await.map_err(|e| self.db(e))?;
         // The pass's row is locked: the compare, the planning of shards and the new filter do
         // not interleave with another worker's.
         let recorded: Option<String> = transaction
             .query_opt(
-                &transaction.prepare_cached("SELECT filter FROM passes WHERE migration_id = $1 AND number = $2 FOR UPDATE").await.map_err(|e| self.error(e))?,
+                &transaction.prepare_cached("SELECT filter FROM passes WHERE migration_id = $1 AND number = $2 FOR UPDATE").await.map_err(|e| self.db(e))?,
                 &[&migration.0, &pass],
             )
             .await
-            .map_err(|e| self.error(e))?
+            .map_err(|e| self.db(e))?
             .and_then(|row| row.get(0));
         // Another filter lists other keys: the shards are planned and listed afresh.
         if recorded.as_deref() != Some(filter) {
@@ -637,11 +658,11 @@ impl Store for PgStore {
                     &transaction
                         .prepare_cached("DELETE FROM shards WHERE migration_id = $1 AND pass = $2")
                         .await
-                        .map_err(|e| self.error(e))?,
+                        .map_err(|e| self.db(e))?,
                     &[&migration.0, &pass],
                 )
                 .await
-                .map_err(|e| self.error(e))?;
+                .map_err(|e| self.db(e))?;
         }
         transaction
             .execute(
@@ -651,12 +672,12 @@ impl Store for PgStore {
                  WHERE migration_id = $1 AND number = $2",
                     )
                     .await
-                    .map_err(|e| self.error(e))?,
+                    .map_err(|e| self.db(e))?,
                 &[&migration.0, &pass, &filter],
             )
             .await
-            .map_err(|e| self.error(e))?;
-        transaction.commit().await.map_err(|e| self.error(e))
+            .map_err(|e| self.db(e))?;
+        transaction.commit().await.map_err(|e| self.db(e))
     }
 
     async fn record_scanned(
@@ -689,7 +710,7 @@ impl Store for PgStore {
             messages.push(message.map(str::to_owned));
         }
         let mut client = self.client().await?;
-        let transaction = client.transaction().await.map_err(|e| self.error(e))?;
+        let transaction = client.transaction().await.map_err(|e| self.db(e))?;
         if let Some(mark) = &mark {
             // The shard's row stays locked until the batch is in: no claim comes in between.
             let n = transaction
@@ -701,7 +722,7 @@ impl Store for PgStore {
                        AND lease_token = $5",
                         )
                         .await
-                        .map_err(|e| self.error(e))?,
+                        .map_err(|e| self.db(e))?,
                     &[
                         &migration.0,
                         &i64::from(pass),
@@ -711,7 +732,7 @@ impl Store for PgStore {
                     ],
                 )
                 .await
-                .map_err(|e| self.error(e))?;
+                .map_err(|e| self.db(e))?;
             // Lost: the transaction rolls back as it drops.
             shard_held(n, mark.token)?;
         }
@@ -754,7 +775,7 @@ impl Store for PgStore {
                  WHERE objects.size != excluded.size OR objects.version != excluded.version
                    OR objects.state IN (0, 5) OR objects.pass != excluded.pass
                    OR objects.group_key IS DISTINCT FROM excluded.group_key
-                   OR objects.partition_key IS DISTINCT FROM excluded.partition_key").await.map_err(|e| self.error(e))?,
+                   OR objects.partition_key IS DISTINCT FROM excluded.partition_key").await.map_err(|e| self.db(e))?,
                 &[
                     &migration.0,
                     &i64::from(pass),
@@ -770,8 +791,8 @@ impl Store for PgStore {
                 ],
             )
             .await
-            .map_err(|e| self.error(e))?;
-        transaction.commit().await.map_err(|e| self.error(e))
+            .map_err(|e| self.db(e))?;
+        transaction.commit().await.map_err(|e| self.db(e))
     }
 
     async fn plan_shards(
@@ -782,7 +803,7 @@ impl Store for PgStore {
     ) -> Result<u64, StoreError> {
         let pass = i64::from(pass);
         let mut client = self.client().await?;
-        let transaction = client.transaction().await.map_err(|e| self.error(e))?;
+        let transaction = client.transaction().await.map_err(|e| self.db(e))?;
         // Workers planning at once take turns on the pass's row: the first plan is the plan.
         transaction
             .execute(
@@ -791,11 +812,11 @@ impl Store for PgStore {
                         "SELECT 1 FROM passes WHERE migration_id = $1 AND number = $2 FOR UPDATE",
                     )
                     .await
-                    .map_err(|e| self.error(e))?,
+                    .map_err(|e| self.db(e))?,
                 &[&migration.0, &pass],
             )
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.db(e))?;
         transaction
             .execute(
                 &transaction
@@ -806,22 +827,22 @@ impl Store for PgStore {
                  ON CONFLICT (migration_id, pass, name) DO NOTHING",
                     )
                     .await
-                    .map_err(|e| self.error(e))?,
+                    .map_err(|e| self.db(e))?,
                 &[&migration.0, &pass, &names],
             )
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.db(e))?;
         let row = transaction
             .query_one(
                 &transaction
                     .prepare_cached(COUNT_SHARDS)
                     .await
-                    .map_err(|e| self.error(e))?,
+                    .map_err(|e| self.db(e))?,
                 &[&migration.0, &pass],
             )
             .await
-            .map_err(|e| self.error(e))?;
-        transaction.commit().await.map_err(|e| self.error(e))?;
+            .map_err(|e| self.db(e))?;
+        transaction.commit().await.map_err(|e| self.db(e))?;
         Ok(row.get::<_, i64>(0) as u64)
     }
 
@@ -836,11 +857,11 @@ impl Store for PgStore {
                 &client
                     .prepare_cached(COUNT_SHARDS)
                     .await
-                    .map_err(|e| self.error(e))?,
+                    .map_err(|e| self.db(e))?,
                 &[&migration.0, &i64::from(pass)],
             )
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.db(e))?;
         let (all, left): (i64, i64) = (row.get(0), row.get(1));
         Ok((all > 0).then_some(left as u64))
     }
@@ -874,7 +895,7 @@ impl Store for PgStore {
                  RETURNING shards.name, shards.after, shards.lease_token",
                     )
                     .await
-                    .map_err(|e| self.error(e))?,
+                    .map_err(|e| self.db(e))?,
                 &[
                     &migration.0,
                     &i64::from(pass),
@@ -884,7 +905,7 @@ impl Store for PgStore {
                 ],
             )
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.db(e))?;
         Ok(row.map(|row| ShardClaim {
             name: row.get(0),
             after: row.get(1),
@@ -909,22 +930,22 @@ impl Store for PgStore {
                    AND lease_token = $4",
                     )
                     .await
-                    .map_err(|e| self.error(e))?,
+                    .map_err(|e| self.db(e))?,
                 &[&migration.0, &pass, &shard.name, &shard.token.0],
             )
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.db(e))?;
         shard_held(n, shard.token)?;
         let row = client
             .query_one(
                 &client
                     .prepare_cached(COUNT_SHARDS)
                     .await
-                    .map_err(|e| self.error(e))?,
+                    .map_err(|e| self.db(e))?,
                 &[&migration.0, &pass],
             )
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.db(e))?;
         Ok(row.get::<_, i64>(1) as u64)
     }
 
@@ -932,11 +953,11 @@ impl Store for PgStore {
         let client = self.client().await?;
         client
             .execute(
-                &client.prepare_cached("UPDATE passes SET scan_completed_at = $3 WHERE migration_id = $1 AND number = $2").await.map_err(|e| self.error(e))?,
+                &client.prepare_cached("UPDATE passes SET scan_completed_at = $3 WHERE migration_id = $1 AND number = $2").await.map_err(|e| self.db(e))?,
                 &[&migration.0, &i64::from(pass), &now()],
             )
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.db(e))?;
         Ok(())
     }
 
@@ -958,10 +979,7 @@ impl Store for PgStore {
         };
         let rows = client
             .query(
-                &client
-                    .prepare_cached(claim)
-                    .await
-                    .map_err(|e| self.error(e))?,
+                &client.prepare_cached(claim).await.map_err(|e| self.db(e))?,
                 &[
                     &migration.0,
                     &i64::from(limits.max_objects),
@@ -972,7 +990,7 @@ impl Store for PgStore {
                 ],
             )
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.db(e))?;
         if rows.is_empty() {
             return Ok(Vec::new());
         }
@@ -996,11 +1014,11 @@ impl Store for PgStore {
                      WHERE object_id = ANY($1) ORDER BY object_id, part_number",
                         )
                         .await
-                        .map_err(|e| self.error(e))?,
+                        .map_err(|e| self.db(e))?,
                     &[&with_uploads],
                 )
                 .await
-                .map_err(|e| self.error(e))?
+                .map_err(|e| self.db(e))?
             {
                 parts.entry(row.get(0)).or_default().push(PartRecord {
                     part_number: row.get::<_, i64>(1) as u32,
@@ -1073,11 +1091,11 @@ impl Store for PgStore {
                  WHERE migration_id = $1 AND state = 1 AND lease_expires <= $2",
                     )
                     .await
-                    .map_err(|e| self.error(e))?,
+                    .map_err(|e| self.db(e))?,
                 &[&migration.0, &at],
             )
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.db(e))?;
         client
             .execute(
                 &client
@@ -1086,11 +1104,11 @@ impl Store for PgStore {
                  WHERE migration_id = $1 AND state = 1 AND lease_expires <= $2",
                     )
                     .await
-                    .map_err(|e| self.error(e))?,
+                    .map_err(|e| self.db(e))?,
                 &[&migration.0, &at],
             )
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.db(e))?;
         Ok(n)
     }
 
@@ -1109,11 +1127,11 @@ impl Store for PgStore {
                  WHERE lease_owner = $1 AND state = 1",
                     )
                     .await
-                    .map_err(|e| self.error(e))?,
+                    .map_err(|e| self.db(e))?,
                 &[&worker],
             )
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.db(e))?;
         client
             .execute(
                 &client
@@ -1122,11 +1140,11 @@ impl Store for PgStore {
                  WHERE lease_owner = $1 AND state = 1",
                     )
                     .await
-                    .map_err(|e| self.error(e))?,
+                    .map_err(|e| self.db(e))?,
                 &[&worker],
             )
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.db(e))?;
         Ok(n)
     }
 
@@ -1144,11 +1162,11 @@ impl Store for PgStore {
                    AND lease_owner IS DISTINCT FROM $2",
                     )
                     .await
-                    .map_err(|e| self.error(e))?,
+                    .map_err(|e| self.db(e))?,
                 &[&migration.0, &worker],
             )
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.db(e))?;
         Ok(row.get::<_, i64>(0) as u64)
     }
 
@@ -1157,11 +1175,11 @@ impl Store for PgStore {
         let expires = now() + lease.as_secs() as i64;
         let objects = client
             .execute(
-                &client.prepare_cached("UPDATE objects SET lease_expires = $2 WHERE lease_owner = $1 AND state = 1").await.map_err(|e| self.error(e))?,
+                &client.prepare_cached("UPDATE objects SET lease_expires = $2 WHERE lease_owner = $1 AND state = 1").await.map_err(|e| self.db(e))?,
                 &[&worker, &expires],
             )
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.db(e))?;
         let shards = client
             .execute(
                 &client
@@ -1169,11 +1187,11 @@ impl Store for PgStore {
                         "UPDATE shards SET lease_expires = $2 WHERE lease_owner = $1 AND state = 1",
                     )
                     .await
-                    .map_err(|e| self.error(e))?,
+                    .map_err(|e| self.db(e))?,
                 &[&worker, &expires],
             )
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.db(e))?;
         Ok(objects + shards)
     }
 
@@ -1257,11 +1275,11 @@ impl Store for PgStore {
                    $13::text[], $14::text[], $15::text[], $17::bigint[])
                    AS o(id, state, size, version, checksum, dest_etag, dest_version, verified_by,
                      error_kind, last_error, attempts, own, own_etag, own_version, metadata, token)
-                 WHERE objects.id = o.id AND objects.state = 1 AND objects.lease_token = o.token").await.map_err(|e| self.error(e))?,
+                 WHERE objects.id = o.id AND objects.state = 1 AND objects.lease_token = o.token").await.map_err(|e| self.db(e))?,
                 &params,
             )
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.db(e))?;
         Ok(n as u64 - written)
     }
 
@@ -1269,11 +1287,11 @@ impl Store for PgStore {
         let client = self.client().await?;
         let n = client
             .execute(
-                &client.prepare_cached("UPDATE objects SET upload_started_at = $2 WHERE id = $1 AND state = 1 AND lease_token = $3").await.map_err(|e| self.error(e))?,
+                &client.prepare_cached("UPDATE objects SET upload_started_at = $2 WHERE id = $1 AND state = 1 AND lease_token = $3").await.map_err(|e| self.db(e))?,
                 &[&claim.id.0, &millis(at), &claim.token.0],
             )
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.db(e))?;
         held(n, claim)
     }
 
@@ -1285,11 +1303,11 @@ impl Store for PgStore {
         source: &SourceVersion,
     ) -> Result<(), StoreError> {
         let mut client = self.client().await?;
-        let transaction = client.transaction().await.map_err(|e| self.error(e))?;
+        let transaction = client.transaction().await.map_err(|e| self.db(e))?;
         let n = transaction
             .execute(
                 &transaction.prepare_cached("UPDATE objects SET upload_id = $2, part_size = $3, upload_size = $4, upload_version = $5
-                 WHERE id = $1 AND state = 1 AND lease_token = $6").await.map_err(|e| self.error(e))?,
+                 WHERE id = $1 AND state = 1 AND lease_token = $6").await.map_err(|e| self.db(e))?,
                 &[
                     &claim.id.0,
                     &upload_id,
@@ -1300,20 +1318,20 @@ impl Store for PgStore {
                 ],
             )
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.db(e))?;
         if n == 1 {
             transaction
                 .execute(
                     &transaction
                         .prepare_cached("DELETE FROM parts WHERE object_id = $1")
                         .await
-                        .map_err(|e| self.error(e))?,
+                        .map_err(|e| self.db(e))?,
                     &[&claim.id.0],
                 )
                 .await
-                .map_err(|e| self.error(e))?;
+                .map_err(|e| self.db(e))?;
         }
-        transaction.commit().await.map_err(|e| self.error(e))?;
+        transaction.commit().await.map_err(|e| self.db(e))?;
         held(n, claim)
     }
 
@@ -1332,7 +1350,7 @@ impl Store for PgStore {
                    checksum = excluded.checksum, size = excluded.size, md5 = excluded.md5",
                     )
                     .await
-                    .map_err(|e| self.error(e))?,
+                    .map_err(|e| self.db(e))?,
                 &[
                     &claim.id.0,
                     &i64::from(part.part_number),
@@ -1344,13 +1362,13 @@ impl Store for PgStore {
                 ],
             )
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.db(e))?;
         held(n, claim)
     }
 
     async fn clear_upload(&self, claim: Claim) -> Result<(), StoreError> {
         let mut client = self.client().await?;
-        let transaction = client.transaction().await.map_err(|e| self.error(e))?;
+        let transaction = client.transaction().await.map_err(|e| self.db(e))?;
         let n = transaction
             .execute(
                 &transaction
@@ -1360,30 +1378,30 @@ impl Store for PgStore {
                  WHERE id = $1 AND state = 1 AND lease_token = $2",
                     )
                     .await
-                    .map_err(|e| self.error(e))?,
+                    .map_err(|e| self.db(e))?,
                 &[&claim.id.0, &claim.token.0],
             )
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.db(e))?;
         if n == 1 {
             transaction
                 .execute(
                     &transaction
                         .prepare_cached("DELETE FROM parts WHERE object_id = $1")
                         .await
-                        .map_err(|e| self.error(e))?,
+                        .map_err(|e| self.db(e))?,
                     &[&claim.id.0],
                 )
                 .await
-                .map_err(|e| self.error(e))?;
+                .map_err(|e| self.db(e))?;
         }
-        transaction.commit().await.map_err(|e| self.error(e))?;
+        transaction.commit().await.map_err(|e| self.db(e))?;
         held(n, claim)
     }
 
     async fn forget_stale_upload(&self, object: ObjectId) -> Result<(), StoreError> {
         let mut client = self.client().await?;
-        let transaction = client.transaction().await.map_err(|e| self.error(e))?;
+        let transaction = client.transaction().await.map_err(|e| self.db(e))?;
         let n = transaction
             .execute(
                 &transaction
@@ -1393,24 +1411,24 @@ impl Store for PgStore {
                  WHERE id = $1 AND state NOT IN (0, 1)",
                     )
                     .await
-                    .map_err(|e| self.error(e))?,
+                    .map_err(|e| self.db(e))?,
                 &[&object.0],
             )
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.db(e))?;
         if n == 1 {
             transaction
                 .execute(
                     &transaction
                         .prepare_cached("DELETE FROM parts WHERE object_id = $1")
                         .await
-                        .map_err(|e| self.error(e))?,
+                        .map_err(|e| self.db(e))?,
                     &[&object.0],
                 )
                 .await
-                .map_err(|e| self.error(e))?;
+                .map_err(|e| self.db(e))?;
         }
-        transaction.commit().await.map_err(|e| self.error(e))
+        transaction.commit().await.map_err(|e| self.db(e))
     }
 
     async fn stale_uploads(&self, migration: MigrationId) -> Result<Vec<StaleUpload>, StoreError> {
@@ -1420,11 +1438,11 @@ impl Store for PgStore {
                 &client.prepare_cached("SELECT id, key, upload_id, upload_started_at FROM objects
                  WHERE migration_id = $1 AND (upload_id IS NOT NULL OR upload_started_at IS NOT NULL)
                    AND state NOT IN (0, 1)
-                 ORDER BY id").await.map_err(|e| self.error(e))?,
+                 ORDER BY id").await.map_err(|e| self.db(e))?,
                 &[&migration.0],
             )
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.db(e))?;
         Ok(rows
             .iter()
             .map(|row| StaleUpload {
@@ -1446,11 +1464,11 @@ impl Store for PgStore {
                  WHERE migration_id = $1 GROUP BY state",
                     )
                     .await
-                    .map_err(|e| self.error(e))?,
+                    .map_err(|e| self.db(e))?,
                 &[&migration.0],
             )
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.db(e))?;
         let mut tally = Tally::default();
         for row in rows {
             if let Some(state) = ObjectState::from_code(row.get(0)) {
@@ -1471,11 +1489,11 @@ impl Store for PgStore {
                          FROM objects WHERE migration_id = $1 GROUP BY partition_key, state",
                     )
                     .await
-                    .map_err(|e| self.error(e))?,
+                    .map_err(|e| self.db(e))?,
                 &[&migration.0],
             )
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.db(e))?;
         // Ordered here, in bytes, as the SQLite ledger orders them.
         let mut partitions: BTreeMap<Option<String>, Tally> = BTreeMap::new();
         for row in rows {
@@ -1505,11 +1523,11 @@ impl Store for PgStore {
                  WHERE migration_id = $1 AND state IN (4, 7) ORDER BY id LIMIT $2",
                     )
                     .await
-                    .map_err(|e| self.error(e))?,
+                    .map_err(|e| self.db(e))?,
                 &[&migration.0, &i64::from(limit)],
             )
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.db(e))?;
         Ok(rows
             .iter()
             .map(|row| Problem {
@@ -1535,11 +1553,11 @@ impl Store for PgStore {
                  WHERE migration_id = $1 AND state = 7 AND ($2::text IS NULL OR error_kind = $2)",
                     )
                     .await
-                    .map_err(|e| self.error(e))?,
+                    .map_err(|e| self.db(e))?,
                 &[&migration.0, &class],
             )
             .await
-            .map_err(|e| self.error(e))
+            .map_err(|e| self.db(e))
     }
 
     async fn failed(
@@ -1560,7 +1578,7 @@ impl Store for PgStore {
                  ORDER BY id LIMIT $4",
                     )
                     .await
-                    .map_err(|e| self.error(e))?,
+                    .map_err(|e| self.db(e))?,
                 &[
                     &migration.0,
                     &class,
@@ -1569,7 +1587,7 @@ impl Store for PgStore {
                 ],
             )
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.db(e))?;
         Ok(rows
             .iter()
             .map(|row| FailedObject {
@@ -1599,11 +1617,11 @@ impl Store for PgStore {
                  ORDER BY key LIMIT $3",
                     )
                     .await
-                    .map_err(|e| self.error(e))?,
+                    .map_err(|e| self.db(e))?,
                 &[&migration.0, &after, &i64::from(limit)],
             )
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.db(e))?;
         Ok(rows
             .iter()
             .map(|row| DoneObject {
@@ -1620,11 +1638,11 @@ impl Store for PgStore {
         let client = self.client().await?;
         client
             .execute(
-                &client.prepare_cached("UPDATE objects SET state = 0, attempts = 0, verified_by = NULL WHERE id = ANY($1)").await.map_err(|e| self.error(e))?,
+                &client.prepare_cached("UPDATE objects SET state = 0, attempts = 0, verified_by = NULL WHERE id = ANY($1)").await.map_err(|e| self.db(e))?,
                 &[&ids],
             )
             .await
-            .map_err(|e| self.error(e))
+            .map_err(|e| self.db(e))
     }
 
     async fn lookup(
@@ -1635,11 +1653,11 @@ impl Store for PgStore {
         let client = self.client().await?;
         let rows = client
             .query(
-                &client.prepare_cached("SELECT key, size, version, state FROM objects WHERE migration_id = $1 AND key = ANY($2)").await.map_err(|e| self.error(e))?,
+                &client.prepare_cached("SELECT key, size, version, state FROM objects WHERE migration_id = $1 AND key = ANY($2)").await.map_err(|e| self.db(e))?,
                 &[&migration.0, &keys],
             )
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.db(e))?;
         let mut found: HashMap<String, KnownObject> = rows
             .iter()
             .map(|row| {

@@ -1,5 +1,6 @@
-//! How PostgreSQL runs the ledger's hot statements, where a poor plan would make a big migration
-//! slow down as it goes: the claim must walk pending rows only, whatever the statistics say.
+//! The PostgreSQL ledger where PostgreSQL itself matters: how it runs the hot statements (a poor
+//! plan would make a big migration slow down as it goes: the claim must walk pending rows only,
+//! whatever the statistics say), and what its refusals say.
 
 use godwit_state::{MigrationSpec, PgStore, Scanned, ScannedObject, Store};
 
@@ -115,4 +116,27 @@ async fn a_claim_reads_no_finished_row_whatever_the_statistics() {
         .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
         .await
         .unwrap();
+}
+
+/// What the server said reaches the message: the driver's own words for a refusal are only
+/// "db error".
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refusal_says_what_the_server_said() {
+    let url = match std::env::var("GODWIT_TEST_POSTGRES") {
+        Ok(url) if !url.is_empty() => url,
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("GODWIT_TEST_POSTGRES is not set: run the tests with scripts/test.sh")
+        }
+        _ => return,
+    };
+    let (base, _) = url.rsplit_once('/').unwrap();
+    let missing = format!("{base}/godwit_no_such_database");
+    let error = match PgStore::connect(&missing).await {
+        Ok(_) => panic!("a database that does not exist was opened"),
+        Err(error) => error.to_string(),
+    };
+    assert!(
+        error.contains("database \"godwit_no_such_database\" does not exist"),
+        "{error}"
+    );
 }
