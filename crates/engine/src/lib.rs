@@ -26,7 +26,7 @@ mod units;
 pub use control::{worker_beat, worker_name};
 pub use filter::{BadPattern, Filter};
 pub use migrate::{MigrateOptions, Migrator, Summary};
-pub use plan::{Ledger, Plan, plan};
+pub use plan::{Ledger, PartitionPlan, Plan, plan};
 pub use progress::Progress;
 pub use recheck::Recheck;
 pub use transfer::{ConditionsFound, Guarantees, MetadataOptions, TransferOptions};

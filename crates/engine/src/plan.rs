@@ -5,6 +5,7 @@
 //! the ledger as a re-run would (an object the ledger counts as done but the destination lacks
 //! would be copied again).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -46,8 +47,30 @@ pub struct Plan {
     pub unreadable: u64,
     /// The first unreadable ones with their reasons.
     pub problems: Vec<Problem>,
+    /// The same counts for each partition (`--partition-by`), in byte order of their names,
+    /// the objects no partition takes (`name` null) first; only the listing's objects (not those
+    /// found missing at the destination).
+    pub partitions: Vec<PartitionPlan>,
     /// Wall time.
     pub seconds: f64,
+}
+
+/// What a dry run found in one partition.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PartitionPlan {
+    /// The partition; `None`: the objects no partition takes.
+    pub name: Option<String>,
+    /// Objects listed in it (excluded ones aside).
+    pub scanned: u64,
+    /// Their bytes.
+    pub bytes_scanned: u64,
+    /// Objects a run would copy.
+    pub to_copy: u64,
+    /// Their bytes.
+    pub bytes_to_copy: u64,
+    /// Groups (`--group-by`) its objects make, counted as runs of listed keys in one group (exact
+    /// for `prefix:` rules, whose groups list together); 0 without a group rule.
+    pub groups: u64,
 }
 
 /// The ledger a dry run consults: the store and the migration (when it has one of that name).
@@ -66,6 +89,8 @@ pub async fn plan(
     let started = Instant::now();
     let filter = check(source, dest, filter).await?;
     let mut plan = Plan::default();
+    let mut partitions: BTreeMap<Option<String>, PartitionPlan> = BTreeMap::new();
+    let mut last_group: Option<String> = None;
     let mut listing = source.list();
     loop {
         let page = tokio::select! {
@@ -95,6 +120,22 @@ pub async fn plan(
             plan.bytes_scanned += object.size;
             Progress::add(&progress.n_scanned, 1);
             Progress::add(&progress.bytes_scanned, object.size);
+            let partition = (object.scanned != Scanned::Excluded).then(|| {
+                partitions
+                    .entry(object.partition.clone())
+                    .or_insert_with(|| PartitionPlan {
+                        name: object.partition.clone(),
+                        ..PartitionPlan::default()
+                    })
+            });
+            if let Some(partition) = partition {
+                partition.scanned += 1;
+                partition.bytes_scanned += object.size;
+                if object.group.is_some() && object.group != last_group {
+                    partition.groups += 1;
+                    last_group.clone_from(&object.group);
+                }
+            }
             match object.scanned {
                 Scanned::Wanted => {
                     // `lookup` answers in the order asked, leaving out unknown keys.
@@ -114,6 +155,10 @@ pub async fn plan(
                         _ => {
                             plan.to_copy += 1;
                             plan.bytes_to_copy += object.size;
+                            if let Some(partition) = partitions.get_mut(&object.partition) {
+                                partition.to_copy += 1;
+                                partition.bytes_to_copy += object.size;
+                            }
                         }
                     }
                 }
@@ -141,6 +186,7 @@ pub async fn plan(
         plan.to_copy += lost;
         plan.up_to_date = plan.up_to_date.saturating_sub(lost);
     }
+    plan.partitions = partitions.into_values().collect();
     progress.scan_complete.store(true, Ordering::Relaxed);
     plan.seconds = started.elapsed().as_secs_f64();
     Ok(plan)

@@ -271,6 +271,22 @@ pub fn plan(plan: &Plan, json: bool) -> u8 {
                 plan.missing_at_destination
             );
         }
+        if plan.partitions.iter().any(|p| p.name.is_some()) {
+            for partition in &plan.partitions {
+                let groups = match partition.groups {
+                    0 => String::new(),
+                    n => format!(" in {n} groups"),
+                };
+                println!(
+                    "  partition {}: {} objects ({}){groups}; {} ({}) would be copied",
+                    partition.name.as_deref().unwrap_or("(none)"),
+                    partition.scanned,
+                    bytes(partition.bytes_scanned),
+                    partition.to_copy,
+                    bytes(partition.bytes_to_copy)
+                );
+            }
+        }
     }
     if plan.unreadable > 0 {
         exit::PROBLEMS

@@ -148,3 +148,63 @@ async fn a_bad_rule_is_refused_with_how_to_write_it() {
     }
     assert!(target.keys(&bucket).await.is_empty());
 }
+
+/// The dry run counts each partition: its objects and bytes, what a run would copy of them, and
+/// its groups; nothing is written.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dry_run_counts_each_partition_and_its_groups() {
+    let target = support::Target::s3s_fs().await;
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("src");
+    write_tree(
+        &source,
+        &[
+            ("c1/v1/a.ts", bytes(1, 10)),
+            ("c1/v1/b.ts", bytes(2, 20)),
+            ("c1/v2/a.ts", bytes(3, 30)),
+            ("c2/v1/a.ts", bytes(4, 40)),
+            ("c2/v1/skip.tmp", bytes(6, 60)),
+            ("top.txt", bytes(5, 50)),
+        ],
+    );
+    let bucket = target.bucket("plan-units").await;
+    let state = ledger(&work);
+    let mut command = support::godwit();
+    command
+        .args(["migrate", &path_str(&source), &format!("s3://{bucket}")])
+        .args([
+            "--dry-run",
+            "--json",
+            "--no-progress",
+            "--state",
+            &path_str(&state),
+        ])
+        .args(["--group-by", "prefix:2", "--partition-by", "prefix:1"])
+        .args(["--exclude", "*.tmp", "--dest-endpoint", &target.endpoint]);
+    let run = support::run(command).await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let partitions: Vec<(Option<String>, u64, u64, u64, u64)> = run.json()["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().map(str::to_owned),
+                p["scanned"].as_u64().unwrap(),
+                p["to_copy"].as_u64().unwrap(),
+                p["bytes_to_copy"].as_u64().unwrap(),
+                p["groups"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        partitions,
+        [
+            (None, 1, 1, 50, 0),
+            (Some("c1".to_owned()), 3, 3, 60, 2),
+            (Some("c2".to_owned()), 1, 1, 40, 1),
+        ]
+    );
+    assert!(target.keys(&bucket).await.is_empty());
+    assert!(!state.exists(), "a dry run made a ledger");
+}
