@@ -85,8 +85,9 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<u8> {
                     - partition.tally.n(ObjectState::Pending)
                     - partition.tally.n(ObjectState::InProgress);
                 println!(
-                    "  partition {}: {done} of {} objects ended ({} copied), {}",
+                    "  partition {} [{}]: {done} of {} objects ended ({} copied), {}",
                     partition.name.as_deref().unwrap_or("(none)"),
+                    partition.state().as_str(),
                     partition.tally.n_total(),
                     partition.tally.n(ObjectState::Copied),
                     bytes(partition.tally.bytes_total())
@@ -102,6 +103,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<u8> {
                     .collect();
                 serde_json::json!({
                     "name": partition.name,
+                    "state": partition.state(),
                     "objects": counts,
                     "bytes": partition.tally.bytes_total(),
                 })

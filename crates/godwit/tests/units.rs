@@ -63,6 +63,17 @@ async fn partitions_are_recorded_counted_and_follow_a_new_rule() {
 
     let first = support::run(migrate("prefix:1")).await;
     assert_eq!(first.code, Some(0), "{first:?}");
+    let mut command = support::godwit();
+    command.args(["status", "--json", "--state", &path_str(&state)]);
+    let shown = support::run(command).await.json();
+    assert!(
+        shown["migrations"][0]["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["state"] == "migrated"),
+        "{shown}"
+    );
     assert_eq!(first.n("copied"), 65, "{first:?}");
     assert_eq!(
         status().await,

@@ -595,6 +595,53 @@ impl Tally {
     }
 }
 
+/// Where a partition stands, as its objects say (validation and cutover will follow
+/// `Migrated`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartitionState {
+    /// No object of it has started.
+    Pending,
+    /// Some objects have started or ended, some have not.
+    InProgress,
+    /// Every object ended well (copied, already present, gone from the source, or left out).
+    Migrated,
+    /// Every object ended, some as a conflict or failed (see `godwit failed`).
+    Failed,
+}
+
+impl PartitionState {
+    /// The name shown and written in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::InProgress => "in_progress",
+            Self::Migrated => "migrated",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl PartitionTally {
+    /// Where the partition stands.
+    pub fn state(&self) -> PartitionState {
+        let tally = &self.tally;
+        let waiting = tally.n(ObjectState::Pending);
+        let open = waiting + tally.n(ObjectState::InProgress);
+        if open == 0 {
+            if tally.n(ObjectState::Failed) + tally.n(ObjectState::Conflict) > 0 {
+                PartitionState::Failed
+            } else {
+                PartitionState::Migrated
+            }
+        } else if waiting == tally.n_total() - tally.n(ObjectState::Excluded) {
+            PartitionState::Pending
+        } else {
+            PartitionState::InProgress
+        }
+    }
+}
+
 /// A conflict or failure, for reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct Problem {
@@ -826,5 +873,50 @@ pub(crate) fn scanned_columns(scanned: &Scanned) -> (ObjectState, Option<&str>, 
             Some(kind.as_str()),
             Some(message.as_str()),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn partition(counts: &[(ObjectState, u64)]) -> PartitionTally {
+        let mut tally = Tally::default();
+        for (state, n) in counts {
+            tally.objects[*state as usize] = *n;
+        }
+        PartitionTally { name: None, tally }
+    }
+
+    #[test]
+    fn a_partition_stands_where_its_objects_say() {
+        use ObjectState::*;
+        let cases = [
+            (vec![(Pending, 3)], PartitionState::Pending),
+            (vec![(Pending, 3), (Excluded, 2)], PartitionState::Pending),
+            (
+                vec![(Pending, 2), (InProgress, 1)],
+                PartitionState::InProgress,
+            ),
+            (vec![(Pending, 2), (Copied, 1)], PartitionState::InProgress),
+            (
+                vec![(InProgress, 1), (Failed, 1)],
+                PartitionState::InProgress,
+            ),
+            (
+                vec![
+                    (Copied, 2),
+                    (AlreadyPresent, 1),
+                    (SourceVanished, 1),
+                    (Excluded, 4),
+                ],
+                PartitionState::Migrated,
+            ),
+            (vec![(Copied, 2), (Conflict, 1)], PartitionState::Failed),
+            (vec![(Failed, 1)], PartitionState::Failed),
+        ];
+        for (counts, expected) in cases {
+            assert_eq!(partition(&counts).state(), expected, "{counts:?}");
+        }
     }
 }
