@@ -836,7 +836,8 @@ pub trait Store: Send + Sync {
         limit: u32,
     ) -> Result<Vec<DoneObject>, StoreError>;
     /// Puts these objects back in the queue with fresh attempts (the destination lost them);
-    /// returns how many.
+    /// returns how many. Only done ones (`copied`, `already_present`): one a worker claimed
+    /// since it was read stays that worker's.
     async fn requeue(&self, objects: &[ObjectId]) -> Result<u64, StoreError>;
     /// What the ledger knows of these keys (those it has).
     async fn lookup(

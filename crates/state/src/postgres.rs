@@ -1638,7 +1638,7 @@ impl Store for PgStore {
         let client = self.client().await?;
         client
             .execute(
-                &client.prepare_cached("UPDATE objects SET state = 0, attempts = 0, verified_by = NULL WHERE id = ANY($1)").await.map_err(|e| self.db(e))?,
+                &client.prepare_cached("UPDATE objects SET state = 0, attempts = 0, verified_by = NULL WHERE id = ANY($1) AND state IN (2, 3)").await.map_err(|e| self.db(e))?,
                 &[&ids],
             )
             .await

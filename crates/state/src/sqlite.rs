@@ -1400,7 +1400,7 @@ impl Store for SqliteStore {
             let mut n = 0;
             {
                 let mut update = transaction.prepare_cached(
-                    "UPDATE objects SET state = 0, attempts = 0, verified_by = NULL WHERE id = ?1",
+                    "UPDATE objects SET state = 0, attempts = 0, verified_by = NULL WHERE id = ?1 AND state IN (2, 3)",
                 )?;
                 for id in ids {
                     n += update.execute(params![id])? as u64;

@@ -194,6 +194,9 @@ mod behaviour {
         // Byte order of UTF-8, as S3 lists keys.
         assert_eq!(order, ["a-b", "a/z", "b", "\u{e9}"]);
         assert_eq!(store.requeue(&[first[0].id]).await.unwrap(), 1);
+        // Only done objects go back: one a worker holds stays its worker's.
+        let held = claimed.iter().find(|c| c.key == "c").unwrap();
+        assert_eq!(store.requeue(&[held.id]).await.unwrap(), 0);
         let known = store
             .lookup(migration.id, vec!["a-b".into(), "none".into(), "c".into()])
             .await
