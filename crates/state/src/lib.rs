@@ -17,7 +17,9 @@ use serde::Serialize;
 
 mod postgres;
 mod sqlite;
-pub use postgres::{CLAIM as POSTGRES_CLAIM, PgStore, without_password};
+pub use postgres::{
+    CLAIM as POSTGRES_CLAIM, FAILED_PAGE as POSTGRES_FAILED_PAGE, PgStore, without_password,
+};
 pub use sqlite::SqliteStore;
 
 /// A failure of the ledger itself (not of an object).
