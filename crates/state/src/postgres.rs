@@ -327,6 +327,21 @@ impl PgStore {
         }
     }
 
+    /// Runs a statement that changes objects and shards at once and counts each.
+    async fn objects_and_shards(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<(u64, u64), StoreError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(|e| self.db(e))?;
+        let row = client
+            .query_one(&statement, params)
+            .await
+            .map_err(|e| self.db(e))?;
+        Ok((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
+    }
+
     /// A driver or pool error, with what the server said (see `explained`).
     fn db(&self, error: impl std::error::Error) -> StoreError {
         self.error(explained(&error))
@@ -1095,36 +1110,21 @@ impl Store for PgStore {
     }
 
     async fn recover_abandoned(&self, migration: MigrationId) -> Result<u64, StoreError> {
-        // Other workers may be alive: only claims whose lease ran out go back.
-        let client = self.client().await?;
-        let at = now();
-        let n = client
-            .execute(
-                &client
-                    .prepare_cached(
-                        "UPDATE objects SET state = 0, lease_owner = NULL, lease_expires = NULL
-                 WHERE migration_id = $1 AND state = 1 AND lease_expires <= $2",
-                    )
-                    .await
-                    .map_err(|e| self.db(e))?,
-                &[&migration.0, &at],
-            )
-            .await
-            .map_err(|e| self.db(e))?;
-        client
-            .execute(
-                &client
-                    .prepare_cached(
-                        "UPDATE shards SET state = 0, lease_owner = NULL, lease_expires = NULL
-                 WHERE migration_id = $1 AND state = 1 AND lease_expires <= $2",
-                    )
-                    .await
-                    .map_err(|e| self.db(e))?,
-                &[&migration.0, &at],
-            )
-            .await
-            .map_err(|e| self.db(e))?;
-        Ok(n)
+        // Other workers may be alive: only claims whose lease ran out go back. Objects and
+        // shards in one statement: one round trip, all or nothing.
+        self.objects_and_shards(
+            "WITH objects AS (
+               UPDATE objects SET state = 0, lease_owner = NULL, lease_expires = NULL
+               WHERE migration_id = $1 AND state = 1 AND lease_expires <= $2 RETURNING 1
+             ), shards AS (
+               UPDATE shards SET state = 0, lease_owner = NULL, lease_expires = NULL
+               WHERE migration_id = $1 AND state = 1 AND lease_expires <= $2 RETURNING 1
+             )
+             SELECT (SELECT COUNT(*) FROM objects), (SELECT COUNT(*) FROM shards)",
+            &[&migration.0, &now()],
+        )
+        .await
+        .map(|(objects, _)| objects)
     }
 
     async fn recover_expired(&self, migration: MigrationId) -> Result<u64, StoreError> {
@@ -1132,35 +1132,20 @@ impl Store for PgStore {
     }
 
     async fn release_claims(&self, worker: &str) -> Result<u64, StoreError> {
-        let client = self.client().await?;
-        let n = client
-            .execute(
-                &client
-                    .prepare_cached(
-                        "UPDATE objects SET state = 0, lease_owner = NULL, lease_expires = NULL,
-                   attempts = GREATEST(attempts - 1, 0)
-                 WHERE lease_owner = $1 AND state = 1",
-                    )
-                    .await
-                    .map_err(|e| self.db(e))?,
-                &[&worker],
-            )
-            .await
-            .map_err(|e| self.db(e))?;
-        client
-            .execute(
-                &client
-                    .prepare_cached(
-                        "UPDATE shards SET state = 0, lease_owner = NULL, lease_expires = NULL
-                 WHERE lease_owner = $1 AND state = 1",
-                    )
-                    .await
-                    .map_err(|e| self.db(e))?,
-                &[&worker],
-            )
-            .await
-            .map_err(|e| self.db(e))?;
-        Ok(n)
+        self.objects_and_shards(
+            "WITH objects AS (
+               UPDATE objects SET state = 0, lease_owner = NULL, lease_expires = NULL,
+                 attempts = GREATEST(attempts - 1, 0)
+               WHERE lease_owner = $1 AND state = 1 RETURNING 1
+             ), shards AS (
+               UPDATE shards SET state = 0, lease_owner = NULL, lease_expires = NULL
+               WHERE lease_owner = $1 AND state = 1 RETURNING 1
+             )
+             SELECT (SELECT COUNT(*) FROM objects), (SELECT COUNT(*) FROM shards)",
+            &[&worker],
+        )
+        .await
+        .map(|(objects, _)| objects)
     }
 
     async fn held_by_others(
@@ -1186,28 +1171,18 @@ impl Store for PgStore {
     }
 
     async fn renew_leases(&self, worker: &str, lease: Duration) -> Result<u64, StoreError> {
-        let client = self.client().await?;
         let expires = now() + lease.as_secs() as i64;
-        let objects = client
-            .execute(
-                &client.prepare_cached("UPDATE objects SET lease_expires = $2 WHERE lease_owner = $1 AND state = 1").await.map_err(|e| self.db(e))?,
-                &[&worker, &expires],
-            )
-            .await
-            .map_err(|e| self.db(e))?;
-        let shards = client
-            .execute(
-                &client
-                    .prepare_cached(
-                        "UPDATE shards SET lease_expires = $2 WHERE lease_owner = $1 AND state = 1",
-                    )
-                    .await
-                    .map_err(|e| self.db(e))?,
-                &[&worker, &expires],
-            )
-            .await
-            .map_err(|e| self.db(e))?;
-        Ok(objects + shards)
+        self.objects_and_shards(
+            "WITH objects AS (
+               UPDATE objects SET lease_expires = $2 WHERE lease_owner = $1 AND state = 1 RETURNING 1
+             ), shards AS (
+               UPDATE shards SET lease_expires = $2 WHERE lease_owner = $1 AND state = 1 RETURNING 1
+             )
+             SELECT (SELECT COUNT(*) FROM objects), (SELECT COUNT(*) FROM shards)",
+            &[&worker, &expires],
+        )
+        .await
+        .map(|(objects, shards)| objects + shards)
     }
 
     async fn record_outcomes(&self, outcomes: Vec<Outcome>) -> Result<u64, StoreError> {
