@@ -233,26 +233,7 @@ impl Migrator {
             PassPlan::Scan(n) | PassPlan::Resume(n) => n,
         };
 
-        let copy_candidate = self
-            .options
-            .server_side_copy
-            .then(|| self.source.copy_origin())
-            .flatten();
-        let transfers = Arc::new(Transfers::new(
-            Arc::clone(&self.source),
-            Arc::clone(&self.dest),
-            Arc::clone(&self.store),
-            self.options.transfer.clone(),
-            Arc::clone(&self.progress),
-            copy_candidate,
-            filter,
-            Arc::new(Outage::new(
-                Arc::clone(&self.source),
-                Arc::clone(&self.dest),
-                self.options.endpoint_timeout,
-                halt.clone(),
-            )),
-        ));
+        let transfers = self.transfers(filter, &halt);
         let dispatched = self
             .dispatch(
                 &migration,
@@ -316,26 +297,7 @@ impl Migrator {
             }
             _ => None,
         };
-        let copy_candidate = self
-            .options
-            .server_side_copy
-            .then(|| self.source.copy_origin())
-            .flatten();
-        let transfers = Arc::new(Transfers::new(
-            Arc::clone(&self.source),
-            Arc::clone(&self.dest),
-            Arc::clone(&self.store),
-            self.options.transfer.clone(),
-            Arc::clone(&self.progress),
-            copy_candidate,
-            filter,
-            Arc::new(Outage::new(
-                Arc::clone(&self.source),
-                Arc::clone(&self.dest),
-                self.options.endpoint_timeout,
-                halt.clone(),
-            )),
-        ));
+        let transfers = self.transfers(filter, &halt);
         let dispatched = self
             .dispatch(
                 migration,
@@ -358,6 +320,31 @@ impl Migrator {
         summary.status = status;
         summary.guarantees = transfers.guarantees();
         Ok(summary)
+    }
+
+    /// What moves each object: both sides, the ledger, the transfer options, and the endpoint
+    /// outage watch, under `halt`.
+    fn transfers(&self, filter: Filter, halt: &CancellationToken) -> Arc<Transfers> {
+        let copy_candidate = self
+            .options
+            .server_side_copy
+            .then(|| self.source.copy_origin())
+            .flatten();
+        Arc::new(Transfers::new(
+            Arc::clone(&self.source),
+            Arc::clone(&self.dest),
+            Arc::clone(&self.store),
+            self.options.transfer.clone(),
+            Arc::clone(&self.progress),
+            copy_candidate,
+            filter,
+            Arc::new(Outage::new(
+                Arc::clone(&self.source),
+                Arc::clone(&self.dest),
+                self.options.endpoint_timeout,
+                halt.clone(),
+            )),
+        ))
     }
 
     /// The scan of pass `pass` by this run (see [`Scan`]).

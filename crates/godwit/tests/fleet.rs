@@ -206,23 +206,8 @@ async fn a_worker_paused_past_its_lease_records_nothing_over_the_new_owner() {
         .unwrap();
     tokio::spawn(connection);
     // (Until a godwit process has made the tables, there is nothing to count.)
-    let held_by_worker = || async {
-        client
-            .query_one(
-                "SELECT COUNT(*) FROM objects WHERE state = 1 AND lease_owner LIKE '%:' || $1 || ':%'",
-                &[&pid],
-            )
-            .await
-            .map_or(0, |row| row.get::<_, i64>(0))
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while held_by_worker().await == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the worker never took a packet"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let held_by_worker = || held_by(&client, &pid);
+    until_held(&client, &pid).await;
     let signal = |name: &str| {
         std::process::Command::new("kill")
             .args([name, &pid])
@@ -391,23 +376,8 @@ async fn a_worker_waits_out_a_ledger_outage() {
         .await
         .unwrap();
     tokio::spawn(connection);
-    let held_by_worker = || async {
-        client
-            .query_one(
-                "SELECT COUNT(*) FROM objects WHERE state = 1 AND lease_owner LIKE '%:' || $1 || ':%'",
-                &[&pid],
-            )
-            .await
-            .map_or(0, |row| row.get::<_, i64>(0))
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while held_by_worker().await == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the worker never took a packet"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let held_by_worker = || held_by(&client, &pid);
+    until_held(&client, &pid).await;
 
     // The ledger goes away for longer than a lease.
     relay.cut().await;
@@ -455,4 +425,28 @@ async fn a_worker_waits_out_a_ledger_outage() {
         (1500, 1500)
     );
     assert_eq!(target.keys(&bucket).await.len(), 1500);
+}
+
+/// Objects the process `pid` holds (its worker name is `host:pid:start`); 0 until a godwit
+/// process has made the tables.
+async fn held_by(client: &tokio_postgres::Client, pid: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT COUNT(*) FROM objects WHERE state = 1 AND lease_owner LIKE '%:' || $1 || ':%'",
+            &[&pid],
+        )
+        .await
+        .map_or(0, |row| row.get::<_, i64>(0))
+}
+
+/// Waits (30 s at most) until the process `pid` holds objects.
+async fn until_held(client: &tokio_postgres::Client, pid: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while held_by(client, pid).await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never took a packet"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }

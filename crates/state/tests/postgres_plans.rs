@@ -2,26 +2,29 @@
 //! plan would make a big migration slow down as it goes: the claim must walk pending rows only,
 //! whatever the statistics say), and what its refusals say.
 
-use godwit_state::{MigrationSpec, PgStore, Scanned, ScannedObject, Store};
+use godwit_state::{MigrationId, MigrationSpec, PgStore, Scanned, ScannedObject, Store};
 
-/// The claim, prepared once (so PostgreSQL may keep a generic plan) after the statistics were
-/// taken while every object was pending, then run when most have finished: it must not read the
-/// finished rows. A plan that walked the primary key and filtered on the state read all 25,000
-/// (100 ms a claim at 150,000 finished objects, growing with every object done).
-#[tokio::test(flavor = "multi_thread")]
-async fn a_claim_reads_no_finished_row_whatever_the_statistics() {
-    let url = match std::env::var("GODWIT_TEST_POSTGRES") {
-        Ok(url) if !url.is_empty() => url,
+/// The database `scripts/test.sh` names; `None` (or, under CI, a failure) without it.
+fn database() -> Option<String> {
+    match std::env::var("GODWIT_TEST_POSTGRES") {
+        Ok(url) if !url.is_empty() => Some(url),
         _ if std::env::var_os("CI").is_some() => {
             panic!("GODWIT_TEST_POSTGRES is not set: run the tests with scripts/test.sh")
         }
         _ => {
-            eprintln!("note: GODWIT_TEST_POSTGRES unset; skipping the PostgreSQL plan test");
-            return;
+            eprintln!("note: GODWIT_TEST_POSTGRES unset; skipping the PostgreSQL tests");
+            None
         }
-    };
-    let schema = format!("plans_{}", std::process::id());
-    let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+    }
+}
+
+/// A ledger in a fresh schema named `schema`, holding one migration of 30,000 pending objects,
+/// and an admin connection working in that schema.
+async fn ledger_of_30000(
+    url: &str,
+    schema: &str,
+) -> (tokio_postgres::Client, PgStore, MigrationId) {
+    let (admin, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .unwrap();
     tokio::spawn(connection);
@@ -35,7 +38,6 @@ async fn a_claim_reads_no_finished_row_whatever_the_statistics() {
     let store = PgStore::connect(&format!("{url}{separator}options=-csearch_path%3D{schema}"))
         .await
         .unwrap();
-
     let migration = store
         .open_migration(&MigrationSpec {
             name: "plans".into(),
@@ -63,31 +65,25 @@ async fn a_claim_reads_no_finished_row_whatever_the_statistics() {
             .await
             .unwrap();
     }
-    // Statistics taken while all were pending; then 25,000 finish.
-    admin
-        .batch_execute(
-            "ANALYZE objects;
-             UPDATE objects SET state = 2 WHERE id < (SELECT MIN(id) + 25000 FROM objects);",
-        )
-        .await
-        .unwrap();
-    // (Dead index entries aside: what is measured is the plan.)
-    admin.batch_execute("VACUUM objects").await.unwrap();
+    (admin, store, migration.id)
+}
+
+/// Prepares `sql` as `name` under a generic plan, runs `EXPLAIN (ANALYZE) EXECUTE name(args)`,
+/// and returns the plan and the rows its filters read and dropped.
+async fn explained(
+    admin: &tokio_postgres::Client,
+    name: &str,
+    sql: &str,
+    args: &str,
+) -> (String, u64) {
     admin
         .batch_execute(&format!(
-            "SET plan_cache_mode = force_generic_plan; PREPARE claim AS {}",
-            godwit_state::POSTGRES_CLAIM
+            "SET plan_cache_mode = force_generic_plan; PREPARE {name} AS {sql}"
         ))
         .await
         .unwrap();
     let plan: Vec<String> = admin
-        .query(
-            &format!(
-                "EXPLAIN (ANALYZE) EXECUTE claim({}, 64, 'w', 0, 0, 1099511627776)",
-                migration.id.0
-            ),
-            &[],
-        )
+        .query(&format!("EXPLAIN (ANALYZE) EXECUTE {name}({args})"), &[])
         .await
         .unwrap()
         .iter()
@@ -99,13 +95,42 @@ async fn a_claim_reads_no_finished_row_whatever_the_statistics() {
         .filter_map(|line| line.split_once("Rows Removed by Filter:"))
         .map(|(_, n)| n.trim().parse::<u64>().unwrap())
         .sum();
+    (plan, removed)
+}
+
+/// The claim, prepared once (so PostgreSQL may keep a generic plan) after the statistics were
+/// taken while every object was pending, then run when most have finished: it must not read the
+/// finished rows. A plan that walked the primary key and filtered on the state read all 25,000
+/// (100 ms a claim at 150,000 finished objects, growing with every object done).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claim_reads_no_finished_row_whatever_the_statistics() {
+    let Some(url) = database() else { return };
+    let schema = format!("plans_{}", std::process::id());
+    let (admin, store, migration) = ledger_of_30000(&url, &schema).await;
+    // Statistics taken while all were pending; then 25,000 finish.
+    admin
+        .batch_execute(
+            "ANALYZE objects;
+             UPDATE objects SET state = 2 WHERE id < (SELECT MIN(id) + 25000 FROM objects);",
+        )
+        .await
+        .unwrap();
+    // (Dead index entries aside: what is measured is the plan.)
+    admin.batch_execute("VACUUM objects").await.unwrap();
+    let (plan, removed) = explained(
+        &admin,
+        "claim",
+        godwit_state::POSTGRES_CLAIM,
+        &format!("{}, 64, 'w', 0, 0, 1099511627776", migration.0),
+    )
+    .await;
     assert!(
         removed < 1000,
         "the claim read {removed} rows it did not take: {plan}"
     );
     assert_eq!(
         store
-            .tally(migration.id)
+            .tally(migration)
             .await
             .unwrap()
             .n(godwit_state::ObjectState::InProgress),
@@ -118,17 +143,47 @@ async fn a_claim_reads_no_finished_row_whatever_the_statistics() {
         .unwrap();
 }
 
+/// A page of the fail queue, after statistics taken while every object had failed (an outage
+/// failed them all), then run when nearly all were retried and copied: it must read the failed
+/// rows only, not walk the primary key past the copied ones.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fail_queue_page_reads_no_other_row_whatever_the_statistics() {
+    let Some(url) = database() else { return };
+    let schema = format!("plans_failed_{}", std::process::id());
+    let (admin, store, migration) = ledger_of_30000(&url, &schema).await;
+    admin
+        .batch_execute(
+            "UPDATE objects SET state = 7;
+             ANALYZE objects;
+             UPDATE objects SET state = 2 WHERE id <= (SELECT MAX(id) - 10 FROM objects);",
+        )
+        .await
+        .unwrap();
+    admin.batch_execute("VACUUM objects").await.unwrap();
+    let (plan, removed) = explained(
+        &admin,
+        "failed_page",
+        godwit_state::POSTGRES_FAILED_PAGE,
+        &format!("{}, NULL, 0, 50", migration.0),
+    )
+    .await;
+    assert!(
+        removed < 1000,
+        "a page of the fail queue read {removed} rows that had not failed: {plan}"
+    );
+    let page = store.failed(migration, None, None, 50).await.unwrap();
+    assert_eq!(page.len(), 10);
+    admin
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+}
+
 /// What the server said reaches the message: the driver's own words for a refusal are only
 /// "db error".
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refusal_says_what_the_server_said() {
-    let url = match std::env::var("GODWIT_TEST_POSTGRES") {
-        Ok(url) if !url.is_empty() => url,
-        _ if std::env::var_os("CI").is_some() => {
-            panic!("GODWIT_TEST_POSTGRES is not set: run the tests with scripts/test.sh")
-        }
-        _ => return,
-    };
+    let Some(url) = database() else { return };
     let (base, _) = url.rsplit_once('/').unwrap();
     let missing = format!("{base}/godwit_no_such_database");
     let error = match PgStore::connect(&missing).await {
@@ -139,105 +194,4 @@ async fn a_refusal_says_what_the_server_said() {
         error.contains("database \"godwit_no_such_database\" does not exist"),
         "{error}"
     );
-}
-
-/// A page of the fail queue, after statistics taken while every object had failed (an outage
-/// failed them all), then run when nearly all were retried and copied: it must read the failed
-/// rows only, not walk the primary key past the copied ones.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_fail_queue_page_reads_no_other_row_whatever_the_statistics() {
-    let url = match std::env::var("GODWIT_TEST_POSTGRES") {
-        Ok(url) if !url.is_empty() => url,
-        _ if std::env::var_os("CI").is_some() => {
-            panic!("GODWIT_TEST_POSTGRES is not set: run the tests with scripts/test.sh")
-        }
-        _ => return,
-    };
-    let schema = format!("plans_failed_{}", std::process::id());
-    let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    admin
-        .batch_execute(&format!(
-            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}; SET search_path = {schema}"
-        ))
-        .await
-        .unwrap();
-    let separator = if url.contains('?') { '&' } else { '?' };
-    let store = PgStore::connect(&format!("{url}{separator}options=-csearch_path%3D{schema}"))
-        .await
-        .unwrap();
-    let migration = store
-        .open_migration(&MigrationSpec {
-            name: "plans".into(),
-            source_url: "./a".into(),
-            dest_url: "s3://b/".into(),
-            source_endpoint: None,
-            dest_endpoint: None,
-        })
-        .await
-        .unwrap();
-    let pass = store.start_pass(migration.id, "").await.unwrap();
-    for page in 0..30 {
-        let batch = (0..1000)
-            .map(|i| ScannedObject {
-                key: format!("k{:06}", page * 1000 + i),
-                size: 10,
-                version: "v".into(),
-                scanned: Scanned::Wanted,
-                group: None,
-                partition: None,
-            })
-            .collect();
-        store
-            .record_scanned(migration.id, pass.number, batch, None)
-            .await
-            .unwrap();
-    }
-    admin
-        .batch_execute(
-            "UPDATE objects SET state = 7;
-             ANALYZE objects;
-             UPDATE objects SET state = 2 WHERE id <= (SELECT MAX(id) - 10 FROM objects);",
-        )
-        .await
-        .unwrap();
-    admin.batch_execute("VACUUM objects").await.unwrap();
-    admin
-        .batch_execute(&format!(
-            "SET plan_cache_mode = force_generic_plan; PREPARE failed_page AS {}",
-            godwit_state::POSTGRES_FAILED_PAGE
-        ))
-        .await
-        .unwrap();
-    let plan: Vec<String> = admin
-        .query(
-            &format!(
-                "EXPLAIN (ANALYZE) EXECUTE failed_page({}, NULL, 0, 50)",
-                migration.id.0
-            ),
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    let plan = plan.join("\n");
-    let removed: u64 = plan
-        .lines()
-        .filter_map(|line| line.split_once("Rows Removed by Filter:"))
-        .map(|(_, n)| n.trim().parse::<u64>().unwrap())
-        .sum();
-    assert!(
-        removed < 1000,
-        "a page of the fail queue read {removed} rows that had not failed: {plan}"
-    );
-    let page = store.failed(migration.id, None, None, 50).await.unwrap();
-    assert_eq!(page.len(), 10);
-    admin
-        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-        .await
-        .unwrap();
 }
