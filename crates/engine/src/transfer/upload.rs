@@ -17,7 +17,7 @@ use super::etag::{Evidence, is_md5_etag, md5_hex, multipart_etag};
 use super::own::Taken;
 use super::single::changed_while_replacing;
 use super::verify::Comparison;
-use super::{Done, Job, Transfers};
+use super::{Done, Held, Job, Transfers};
 use crate::checksum::{combine, crc64nvme};
 use crate::progress::Progress;
 
@@ -332,8 +332,9 @@ impl Transfers {
         if let Some(record) = &job.upload {
             return Ok(Ok((record.upload_id.clone(), true)));
         }
+        let intent = SystemTime::now();
         self.store
-            .record_upload_intent(job.claimed.claim(), SystemTime::now())
+            .record_upload_intent(job.claimed.claim(), intent)
             .await?;
         let upload_id = match self
             .dest
@@ -341,7 +342,13 @@ impl Transfers {
             .await
         {
             Ok(id) => id,
-            Err(error) => return Ok(Err(error)),
+            Err(error) => {
+                // The server may have opened the upload and its answer been lost (cut short, a
+                // reset): abort what was begun since the intent, or it stays open unrecorded.
+                self.abort_unrecorded(Held::Claimed(job.claimed.claim()), &job.meta.key, intent)
+                    .await?;
+                return Ok(Err(error));
+            }
         };
         self.store
             .record_upload(job.claimed.claim(), &upload_id, part_size, &source)
