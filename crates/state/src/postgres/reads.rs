@@ -1,0 +1,241 @@
+//! What is read back: tallies, partitions, problems, the fail queue, objects done; requeues and
+//! lookups.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::{
+    DoneObject, FailedObject, KnownObject, MigrationId, ObjectId, ObjectState, PartitionTally,
+    Problem, StoreError, Tally,
+};
+
+use super::PgStore;
+
+/// A page of the fail queue. Read in `id + 0` order, which only `objects_problems` gives, so no
+/// plan walks the primary key past every object that did not fail (see `CLAIM`). Public for the
+/// plan test.
+#[doc(hidden)]
+pub const FAILED_PAGE: &str = "SELECT id, key, size, error_kind, attempts, last_error FROM objects
+         WHERE migration_id = $1 AND state = 7 AND ($2::text IS NULL OR error_kind = $2)
+           AND id + 0 > $3
+         ORDER BY id + 0 LIMIT $4";
+
+impl PgStore {
+    pub(super) async fn tally(&self, migration: MigrationId) -> Result<Tally, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &client
+                    .prepare_cached(
+                        "SELECT state, COUNT(*), COALESCE(SUM(size), 0)::bigint FROM objects
+                 WHERE migration_id = $1 GROUP BY state",
+                    )
+                    .await
+                    .map_err(|e| self.db(e))?,
+                &[&migration.0],
+            )
+            .await
+            .map_err(|e| self.db(e))?;
+        let mut tally = Tally::default();
+        for row in rows {
+            if let Some(state) = ObjectState::from_code(row.get(0)) {
+                tally.objects[state as usize] = row.get::<_, i64>(1) as u64;
+                tally.bytes[state as usize] = row.get::<_, i64>(2) as u64;
+            }
+        }
+        Ok(tally)
+    }
+
+    pub(super) async fn partitions(
+        &self,
+        migration: MigrationId,
+    ) -> Result<Vec<PartitionTally>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &client
+                    .prepare_cached(
+                        "SELECT partition_key, state, COUNT(*), COALESCE(SUM(size), 0)::bigint
+                         FROM objects WHERE migration_id = $1 GROUP BY partition_key, state",
+                    )
+                    .await
+                    .map_err(|e| self.db(e))?,
+                &[&migration.0],
+            )
+            .await
+            .map_err(|e| self.db(e))?;
+        // Ordered here, in bytes, as the SQLite ledger orders them.
+        let mut partitions: BTreeMap<Option<String>, Tally> = BTreeMap::new();
+        for row in rows {
+            let tally = partitions.entry(row.get(0)).or_default();
+            if let Some(state) = ObjectState::from_code(row.get(1)) {
+                tally.objects[state as usize] = row.get::<_, i64>(2) as u64;
+                tally.bytes[state as usize] = row.get::<_, i64>(3) as u64;
+            }
+        }
+        Ok(partitions
+            .into_iter()
+            .map(|(name, tally)| PartitionTally { name, tally })
+            .collect())
+    }
+
+    pub(super) async fn problems(
+        &self,
+        migration: MigrationId,
+        limit: u32,
+    ) -> Result<Vec<Problem>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &client
+                    .prepare_cached(
+                        "SELECT key, state, error_kind, last_error FROM objects
+                 WHERE migration_id = $1 AND state IN (4, 7) ORDER BY id + 0 LIMIT $2",
+                    )
+                    .await
+                    .map_err(|e| self.db(e))?,
+                &[&migration.0, &i64::from(limit)],
+            )
+            .await
+            .map_err(|e| self.db(e))?;
+        Ok(rows
+            .iter()
+            .map(|row| Problem {
+                key: row.get(0),
+                state: ObjectState::from_code(row.get(1)).unwrap_or(ObjectState::Failed),
+                kind: row.get(2),
+                message: row.get(3),
+            })
+            .collect())
+    }
+
+    pub(super) async fn requeue_failed(
+        &self,
+        migration: MigrationId,
+        class: Option<&str>,
+    ) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                &client
+                    .prepare_cached(
+                        "UPDATE objects SET state = 0, attempts = 0
+                 WHERE migration_id = $1 AND state = 7 AND ($2::text IS NULL OR error_kind = $2)",
+                    )
+                    .await
+                    .map_err(|e| self.db(e))?,
+                &[&migration.0, &class],
+            )
+            .await
+            .map_err(|e| self.db(e))
+    }
+
+    pub(super) async fn failed(
+        &self,
+        migration: MigrationId,
+        class: Option<&str>,
+        after: Option<ObjectId>,
+        limit: u32,
+    ) -> Result<Vec<FailedObject>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &client
+                    .prepare_cached(FAILED_PAGE)
+                    .await
+                    .map_err(|e| self.db(e))?,
+                &[
+                    &migration.0,
+                    &class,
+                    &after.map_or(0, |id| id.0),
+                    &i64::from(limit),
+                ],
+            )
+            .await
+            .map_err(|e| self.db(e))?;
+        Ok(rows
+            .iter()
+            .map(|row| FailedObject {
+                id: row.get(0),
+                key: row.get(1),
+                size: row.get::<_, i64>(2) as u64,
+                class: row.get(3),
+                attempts: row.get::<_, i64>(4) as u32,
+                error: row.get(5),
+            })
+            .collect())
+    }
+
+    pub(super) async fn done_objects(
+        &self,
+        migration: MigrationId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DoneObject>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &client
+                    .prepare_cached(
+                        "SELECT id, key, size, dest_etag FROM objects
+                 WHERE migration_id = $1 AND state IN (2, 3) AND ($2::text IS NULL OR key > $2)
+                 ORDER BY key LIMIT $3",
+                    )
+                    .await
+                    .map_err(|e| self.db(e))?,
+                &[&migration.0, &after, &i64::from(limit)],
+            )
+            .await
+            .map_err(|e| self.db(e))?;
+        Ok(rows
+            .iter()
+            .map(|row| DoneObject {
+                id: ObjectId(row.get(0)),
+                key: row.get(1),
+                size: row.get::<_, i64>(2) as u64,
+                dest_etag: row.get(3),
+            })
+            .collect())
+    }
+
+    pub(super) async fn requeue(&self, objects: &[ObjectId]) -> Result<u64, StoreError> {
+        let ids: Vec<i64> = objects.iter().map(|id| id.0).collect();
+        let client = self.client().await?;
+        client
+            .execute(
+                &client.prepare_cached("UPDATE objects SET state = 0, attempts = 0, verified_by = NULL WHERE id = ANY($1) AND state IN (2, 3)").await.map_err(|e| self.db(e))?,
+                &[&ids],
+            )
+            .await
+            .map_err(|e| self.db(e))
+    }
+
+    pub(super) async fn lookup(
+        &self,
+        migration: MigrationId,
+        keys: Vec<String>,
+    ) -> Result<Vec<KnownObject>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &client.prepare_cached("SELECT key, size, version, state FROM objects WHERE migration_id = $1 AND key = ANY($2)").await.map_err(|e| self.db(e))?,
+                &[&migration.0, &keys],
+            )
+            .await
+            .map_err(|e| self.db(e))?;
+        let mut found: HashMap<String, KnownObject> = rows
+            .iter()
+            .map(|row| {
+                let key: String = row.get(0);
+                let known = KnownObject {
+                    key: key.clone(),
+                    size: row.get::<_, i64>(1) as u64,
+                    version: row.get(2),
+                    state: ObjectState::from_code(row.get(3)).unwrap_or(ObjectState::Pending),
+                };
+                (key, known)
+            })
+            .collect();
+        // In the order asked, as the trait promises.
+        Ok(keys.iter().filter_map(|key| found.remove(key)).collect())
+    }
+}

@@ -1,0 +1,206 @@
+//! What is read back: tallies, partitions, problems, the fail queue, objects done; requeues and
+//! lookups.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{OptionalExtension, params};
+
+use crate::{
+    DoneObject, FailedObject, KnownObject, MigrationId, ObjectId, ObjectState, PartitionTally,
+    Problem, StoreError, Tally,
+};
+
+use super::SqliteStore;
+
+impl SqliteStore {
+    pub(super) async fn tally(&self, migration: MigrationId) -> Result<Tally, StoreError> {
+        self.with(move |connection| {
+            let mut tally = Tally::default();
+            let mut statement = connection.prepare_cached(
+                "SELECT state, COUNT(*), COALESCE(SUM(size), 0) FROM objects WHERE migration_id = ?1 GROUP BY state",
+            )?;
+            let mut rows = statement.query(params![migration.0])?;
+            while let Some(row) = rows.next()? {
+                if let Some(state) = ObjectState::from_code(row.get(0)?) {
+                    tally.objects[state as usize] = row.get::<_, i64>(1)? as u64;
+                    tally.bytes[state as usize] = row.get::<_, i64>(2)? as u64;
+                }
+            }
+            Ok(tally)
+        })
+        .await
+    }
+
+    pub(super) async fn partitions(
+        &self,
+        migration: MigrationId,
+    ) -> Result<Vec<PartitionTally>, StoreError> {
+        self.with(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT partition_key, state, COUNT(*), COALESCE(SUM(size), 0) FROM objects
+                 WHERE migration_id = ?1 GROUP BY partition_key, state",
+            )?;
+            let mut rows = statement.query(params![migration.0])?;
+            let mut partitions: BTreeMap<Option<String>, Tally> = BTreeMap::new();
+            while let Some(row) = rows.next()? {
+                let tally = partitions.entry(row.get(0)?).or_default();
+                if let Some(state) = ObjectState::from_code(row.get(1)?) {
+                    tally.objects[state as usize] = row.get::<_, i64>(2)? as u64;
+                    tally.bytes[state as usize] = row.get::<_, i64>(3)? as u64;
+                }
+            }
+            Ok(partitions
+                .into_iter()
+                .map(|(name, tally)| PartitionTally { name, tally })
+                .collect())
+        })
+        .await
+    }
+
+    pub(super) async fn problems(
+        &self,
+        migration: MigrationId,
+        limit: u32,
+    ) -> Result<Vec<Problem>, StoreError> {
+        self.with(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT key, state, error_kind, last_error FROM objects
+                 WHERE migration_id = ?1 AND state IN (4, 7) ORDER BY id LIMIT ?2",
+            )?;
+            let rows = statement.query_map(params![migration.0, limit], |row| {
+                Ok(Problem {
+                    key: row.get(0)?,
+                    state: ObjectState::from_code(row.get(1)?).unwrap_or(ObjectState::Failed),
+                    kind: row.get(2)?,
+                    message: row.get(3)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    pub(super) async fn done_objects(
+        &self,
+        migration: MigrationId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DoneObject>, StoreError> {
+        let after = after.map(str::to_owned);
+        self.with(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT id, key, size, dest_etag FROM objects
+                 WHERE migration_id = ?1 AND state IN (2, 3) AND (?2 IS NULL OR key > ?2)
+                 ORDER BY key LIMIT ?3",
+            )?;
+            let rows = statement.query_map(params![migration.0, after, limit], |row| {
+                Ok(DoneObject {
+                    id: ObjectId(row.get(0)?),
+                    key: row.get(1)?,
+                    size: row.get::<_, i64>(2)? as u64,
+                    dest_etag: row.get(3)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    pub(super) async fn requeue(&self, objects: &[ObjectId]) -> Result<u64, StoreError> {
+        let ids: Vec<i64> = objects.iter().map(|id| id.0).collect();
+        self.with(move |connection| {
+            let transaction = connection.transaction()?;
+            let mut n = 0;
+            {
+                let mut update = transaction.prepare_cached(
+                    "UPDATE objects SET state = 0, attempts = 0, verified_by = NULL WHERE id = ?1 AND state IN (2, 3)",
+                )?;
+                for id in ids {
+                    n += update.execute(params![id])? as u64;
+                }
+            }
+            transaction.commit()?;
+            Ok(n)
+        })
+        .await
+    }
+
+    pub(super) async fn lookup(
+        &self,
+        migration: MigrationId,
+        keys: Vec<String>,
+    ) -> Result<Vec<KnownObject>, StoreError> {
+        self.with(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT key, size, version, state FROM objects WHERE migration_id = ?1 AND key = ?2",
+            )?;
+            let mut known = Vec::new();
+            for key in keys {
+                let row = statement
+                    .query_row(params![migration.0, key], |row| {
+                        Ok(KnownObject {
+                            key: row.get(0)?,
+                            size: row.get::<_, i64>(1)? as u64,
+                            version: row.get(2)?,
+                            state: ObjectState::from_code(row.get(3)?)
+                                .unwrap_or(ObjectState::Pending),
+                        })
+                    })
+                    .optional()?;
+                known.extend(row);
+            }
+            Ok(known)
+        })
+        .await
+    }
+
+    pub(super) async fn requeue_failed(
+        &self,
+        migration: MigrationId,
+        class: Option<&str>,
+    ) -> Result<u64, StoreError> {
+        let class = class.map(str::to_owned);
+        self.with(move |connection| {
+            let n = connection.execute(
+                "UPDATE objects SET state = 0, attempts = 0
+                 WHERE migration_id = ?1 AND state = 7 AND (?2 IS NULL OR error_kind = ?2)",
+                params![migration.0, class],
+            )?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    pub(super) async fn failed(
+        &self,
+        migration: MigrationId,
+        class: Option<&str>,
+        after: Option<ObjectId>,
+        limit: u32,
+    ) -> Result<Vec<FailedObject>, StoreError> {
+        let class = class.map(str::to_owned);
+        self.with(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT id, key, size, error_kind, attempts, last_error FROM objects
+                 WHERE migration_id = ?1 AND state = 7 AND (?2 IS NULL OR error_kind = ?2)
+                   AND id > ?3
+                 ORDER BY id LIMIT ?4",
+            )?;
+            let rows = statement.query_map(
+                params![migration.0, class, after.map_or(0, |id| id.0), limit],
+                |row| {
+                    Ok(FailedObject {
+                        id: row.get(0)?,
+                        key: row.get(1)?,
+                        size: row.get::<_, i64>(2)? as u64,
+                        class: row.get(3)?,
+                        attempts: row.get(4)?,
+                        error: row.get(5)?,
+                    })
+                },
+            )?;
+            rows.collect()
+        })
+        .await
+    }
+}
