@@ -2,7 +2,7 @@
 //! limit on objects in flight that climbs or falls with the measured throughput (see `throttle`);
 //! one writer records the outcomes in batches, and halts the run when the ledger stops recording.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::EngineError;
 use crate::control::{Throttling, control};
+use crate::group::{Decided, Ended, GroupAttempt, groups_of};
 use crate::migrate::Migrator;
 use crate::progress::Progress;
 use crate::throttle::Climber;
@@ -79,7 +80,7 @@ impl Migrator {
             Arc::clone(&throttling),
             halt.clone(),
         )));
-        let (outcomes, receiver) = mpsc::channel::<Outcome>(4096);
+        let (outcomes, receiver) = mpsc::channel::<Recorded>(4096);
         let writer = tokio::spawn(write_outcomes(
             Arc::clone(&self.store),
             receiver,
@@ -205,6 +206,7 @@ impl Migrator {
                     },
                 }
             }
+            let groups = groups_of(&packet);
             let mut packet: VecDeque<ClaimedObject> = packet.into();
             let held = Arc::new(InFlight::new(Arc::clone(&self.progress), Counter::Packets));
             while let Some(object) = packet.pop_front() {
@@ -226,14 +228,24 @@ impl Migrator {
                     Arc::clone(&held),
                     InFlight::new(Arc::clone(&self.progress), Counter::Objects),
                 );
+                let member = member_of(&groups, &object);
+                let gate = self.gate(migration);
                 tasks.spawn(async move {
                     let outcome = transfers.copy(object).await?;
+                    let recorded = match member {
+                        None => outcome.map(Recorded::One),
+                        Some((group, mut ended)) => {
+                            ended.outcome = outcome;
+                            gate.end(&transfers, &group, ended).await?
+                        }
+                    };
                     drop((slot, in_flight));
                     // The writer only goes away when it failed (and halted the run): the
                     // object stays claimed, and the next run settles it. No outcome: the claim
-                    // was lost, and the object is another worker's now.
-                    if let Some(outcome) = outcome
-                        && outcomes.send(outcome).await.is_err()
+                    // was lost, and the object is another worker's now (or its group's other
+                    // members have not all ended).
+                    if let Some(recorded) = recorded
+                        && outcomes.send(recorded).await.is_err()
                     {
                         halt.cancel();
                     }
@@ -241,9 +253,24 @@ impl Migrator {
                 });
             }
             // Objects claimed but never started go back to the queue as they were (unless the
-            // writer is gone: then the next run recovers them).
+            // writer is gone: then the next run recovers them); a group's, with its group.
             for object in packet {
-                if outcomes.send(release(&object)).await.is_err() {
+                let recorded = match member_of(&groups, &object) {
+                    None => Some(Recorded::One(release(&object))),
+                    Some((group, mut ended)) => {
+                        ended.outcome = Some(release(&object));
+                        match self.gate(migration).end(&transfers, &group, ended).await {
+                            Ok(recorded) => recorded,
+                            Err(error) => {
+                                result = Err(error.into());
+                                break 'claiming;
+                            }
+                        }
+                    }
+                };
+                if let Some(recorded) = recorded
+                    && outcomes.send(recorded).await.is_err()
+                {
                     break;
                 }
             }
@@ -495,6 +522,74 @@ async fn steer(
     }
 }
 
+/// What the outcome writer records in one go: one object's outcome, or a whole group's (in one
+/// transaction, so a group is never recorded half).
+// Nearly every unit is one outcome: boxing it would cost an allocation per object.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum Recorded {
+    One(Outcome),
+    Group(Vec<Outcome>),
+}
+
+/// The group `object` belongs to in its packet, and its end to fill in.
+fn member_of(
+    groups: &HashMap<String, Arc<GroupAttempt>>,
+    object: &ClaimedObject,
+) -> Option<(Arc<GroupAttempt>, Ended)> {
+    let group = groups.get(object.group.as_deref()?)?;
+    Some((Arc::clone(group), Ended::of(object, None)))
+}
+
+/// Where a group's members end: the last one decides the group.
+struct Gate {
+    store: Arc<dyn Store>,
+    migration: MigrationId,
+    progress: Arc<Progress>,
+}
+
+impl Migrator {
+    fn gate(&self, migration: MigrationId) -> Gate {
+        Gate {
+            store: Arc::clone(&self.store),
+            migration,
+            progress: Arc::clone(&self.progress),
+        }
+    }
+}
+
+impl Gate {
+    /// Adds a member's end to its group; once every member has ended, decides the group (see
+    /// `group`) and returns what to record.
+    async fn end(
+        &self,
+        transfers: &Transfers,
+        group: &GroupAttempt,
+        ended: Ended,
+    ) -> Result<Option<Recorded>, StoreError> {
+        let Some(all) = group.end(ended) else {
+            return Ok(None);
+        };
+        // A member may have failed before this attempt (unreadable at the scan, or left failed):
+        // the group is not whole without it.
+        let earlier = self
+            .store
+            .group_problem(self.migration, &group.name)
+            .await?;
+        let (decided, outcomes) = transfers.decide_group(group, all, earlier).await;
+        let counter = match decided {
+            Decided::Committed => &self.progress.n_groups_committed,
+            Decided::RolledBack => &self.progress.n_groups_rolled_back,
+            Decided::Released => &self.progress.n_groups_released,
+        };
+        Progress::add(counter, 1);
+        if decided == Decided::RolledBack {
+            tracing::warn!(group = %group.name, "a group failed and was rolled back: see `godwit failed`");
+        }
+        Ok((!outcomes.is_empty()).then_some(Recorded::Group(outcomes)))
+    }
+}
+
 /// The outcome that hands a claimed, unstarted object back to the queue unchanged.
 fn release(object: &ClaimedObject) -> Outcome {
     Outcome {
@@ -517,7 +612,7 @@ fn release(object: &ClaimedObject) -> Outcome {
 /// Records outcomes in batches: whatever has arrived while the last batch was written.
 async fn write_outcomes(
     store: Arc<dyn Store>,
-    mut receiver: mpsc::Receiver<Outcome>,
+    mut receiver: mpsc::Receiver<Recorded>,
     progress: Arc<Progress>,
     halt: CancellationToken,
 ) -> Result<(), StoreError> {
@@ -525,17 +620,25 @@ async fn write_outcomes(
     // Each commit costs WAL writes whatever its size: gather for a moment before writing. A kill
     // loses at most this window of outcomes, and those objects are settled by their next claim.
     const GATHER: Duration = Duration::from_millis(25);
-    let mut batch = Vec::with_capacity(BATCH);
+    let mut units = Vec::with_capacity(BATCH);
     let mut more = Vec::with_capacity(BATCH);
-    while receiver.recv_many(&mut batch, BATCH).await > 0 {
+    let mut batch = Vec::with_capacity(BATCH);
+    while receiver.recv_many(&mut units, BATCH).await > 0 {
         let deadline = tokio::time::Instant::now() + GATHER;
-        while batch.len() < BATCH {
+        while units.len() < BATCH {
             tokio::select! {
                 n = receiver.recv_many(&mut more, BATCH) => {
-                    batch.append(&mut more);
+                    units.append(&mut more);
                     if n == 0 { break }
                 }
                 () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        // A group's outcomes stay together: one batch is one transaction.
+        for unit in units.drain(..) {
+            match unit {
+                Recorded::One(outcome) => batch.push(outcome),
+                Recorded::Group(outcomes) => batch.extend(outcomes),
             }
         }
         let finished: Vec<(ObjectState, u64)> = batch

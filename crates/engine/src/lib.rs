@@ -13,6 +13,7 @@ pub mod checksum;
 mod control;
 mod dispatch;
 mod filter;
+mod group;
 mod migrate;
 mod outage;
 mod plan;

@@ -128,6 +128,11 @@ pub struct Summary {
     pub missing_at_destination: u64,
     /// Of those, the ones there with another size or ETag (someone else's object now).
     pub changed_at_destination: u64,
+    /// Groups (`--group-by`) whose objects all ended well in this run, recorded together.
+    pub groups_committed_this_run: u64,
+    /// Groups rolled back in this run: a member failed or met a conflict, so the objects this
+    /// run created for the group were taken back and the group joined the fail queue.
+    pub groups_rolled_back_this_run: u64,
     /// The first conflicts and failures.
     pub problems: Vec<Problem>,
 }
@@ -445,6 +450,8 @@ impl Migrator {
             guarantees: Guarantees::of(None),
             missing_at_destination: 0,
             changed_at_destination: 0,
+            groups_committed_this_run: Progress::get(&self.progress.n_groups_committed),
+            groups_rolled_back_this_run: Progress::get(&self.progress.n_groups_rolled_back),
             problems,
         }
     }

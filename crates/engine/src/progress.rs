@@ -37,6 +37,12 @@ pub struct Progress {
     /// Times the run halved its objects in flight because an endpoint was throttling it or
     /// another worker of the fleet.
     pub n_backoffs: AtomicU64,
+    /// Groups whose members all ended well in this run, recorded together.
+    pub n_groups_committed: AtomicU64,
+    /// Groups rolled back in this run (a member failed: what the attempt created taken back).
+    pub n_groups_rolled_back: AtomicU64,
+    /// Groups handed back to the queue whole in this run (a member came back unfinished).
+    pub n_groups_released: AtomicU64,
     /// Objects being copied now.
     pub objects_in_flight: AtomicU64,
     /// Packets with objects being copied now.

@@ -1139,6 +1139,13 @@ impl Store for FailingLedger {
     ) -> Result<Vec<godwit_state::Problem>, StoreError> {
         self.inner.problems(migration, limit).await
     }
+    async fn group_problem(
+        &self,
+        migration: MigrationId,
+        group: &str,
+    ) -> Result<Option<String>, StoreError> {
+        self.inner.group_problem(migration, group).await
+    }
     async fn requeue_failed(
         &self,
         migration: MigrationId,

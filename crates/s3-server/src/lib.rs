@@ -57,6 +57,11 @@ pub struct ServerOptions {
     pub put_delay: std::time::Duration,
     /// Each ListObjectsV2 waits this long first (a listing slow enough to be stopped half-way).
     pub list_delay: std::time::Duration,
+    /// Each DeleteObject waits this long first (a rollback slow enough to be stopped half-way).
+    pub delete_delay: std::time::Duration,
+    /// GetObject and HeadObject of a key that ends with this answer 403 AccessDenied, as a
+    /// source object the reader may not read.
+    pub unreadable_suffix: Option<&'static str>,
 }
 
 /// A running local S3 endpoint. Dropping it stops accepting connections.
@@ -97,9 +102,22 @@ struct Access {
     conditions: Conditions,
     put_delay: std::time::Duration,
     list_delay: std::time::Duration,
+    delete_delay: std::time::Duration,
+    unreadable_suffix: Option<&'static str>,
 }
 
 impl Access {
+    /// Refuses to serve `key` when the options make it unreadable.
+    fn refuse_read(&self, key: &str) -> s3s::S3Result<()> {
+        match self.unreadable_suffix {
+            Some(suffix) if key.ends_with(suffix) => Err(s3s::s3_error!(
+                AccessDenied,
+                "this test server refuses to serve this key"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The ETag s3s-fs gives the object at `bucket`/`key` (as it computes it: the one it noted
     /// in its internal info, else the file's MD5), or `None` when there is no object.
     fn etag_of(&self, bucket: &str, key: &str) -> Option<String> {
@@ -224,10 +242,27 @@ impl S3Access for Access {
         Ok(())
     }
 
+    async fn get_object(
+        &self,
+        req: &mut s3s::S3Request<s3s::dto::GetObjectInput>,
+    ) -> s3s::S3Result<()> {
+        self.refuse_read(&req.input.key)
+    }
+
+    async fn head_object(
+        &self,
+        req: &mut s3s::S3Request<s3s::dto::HeadObjectInput>,
+    ) -> s3s::S3Result<()> {
+        self.refuse_read(&req.input.key)
+    }
+
     async fn delete_object(
         &self,
         req: &mut s3s::S3Request<s3s::dto::DeleteObjectInput>,
     ) -> s3s::S3Result<()> {
+        if !self.delete_delay.is_zero() {
+            tokio::time::sleep(self.delete_delay).await;
+        }
         let condition = req.input.if_match.take();
         if self.conditions == Conditions::Ignored {
             return Ok(());
@@ -576,6 +611,8 @@ impl LocalS3 {
             conditions: options.conditions,
             put_delay: options.put_delay,
             list_delay: options.list_delay,
+            delete_delay: options.delete_delay,
+            unreadable_suffix: options.unreadable_suffix,
         });
         builder.set_route(PartHeads {
             root: root.to_path_buf(),

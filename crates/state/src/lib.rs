@@ -497,6 +497,10 @@ pub struct ClaimedObject {
     /// An upload godwit began to start (see [`Store::record_upload_intent`]) whose id was never
     /// recorded: the run stopped in between. When it began.
     pub unrecorded_upload_since: Option<SystemTime>,
+    /// The group it was claimed with, when groups are taken whole (see
+    /// [`PacketLimits::whole_groups`]): every other pending member of the group is in the same
+    /// packet.
+    pub group: Option<String>,
 }
 
 /// What a worker claims at once.
@@ -808,6 +812,13 @@ pub trait Store: Send + Sync {
     /// Counts and bytes per state of each partition, in byte order of their names (the default
     /// partition, `None`, first).
     async fn partitions(&self, migration: MigrationId) -> Result<Vec<PartitionTally>, StoreError>;
+    /// Why group `group` cannot commit as the ledger stands: its first member (by key) in the
+    /// fail queue or in conflict, as `KEY ended STATE: ERROR`; `None` when it has none.
+    async fn group_problem(
+        &self,
+        migration: MigrationId,
+        group: &str,
+    ) -> Result<Option<String>, StoreError>;
     /// The first `limit` conflicts and failures.
     async fn problems(
         &self,
@@ -815,7 +826,8 @@ pub trait Store: Send + Sync {
         limit: u32,
     ) -> Result<Vec<Problem>, StoreError>;
     /// Puts the failed objects (of error class `class`, or all) back in the queue with fresh
-    /// attempts; returns how many.
+    /// attempts, with every failed member of their groups (a group is tried whole); returns how
+    /// many.
     async fn requeue_failed(
         &self,
         migration: MigrationId,
@@ -864,6 +876,14 @@ pub(crate) fn millis(at: SystemTime) -> i64 {
 
 pub(crate) fn from_millis(ms: i64) -> SystemTime {
     UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64)
+}
+
+/// What [`Store::group_problem`] says of a member that keeps its group from committing.
+pub(crate) fn group_problem(key: String, state: ObjectState, error: Option<String>) -> String {
+    match error {
+        Some(error) => format!("{key} ended {state}: {error}"),
+        None => format!("{key} ended {state}"),
+    }
 }
 
 /// The state, error kind and message a scan's verdict gives a new row.

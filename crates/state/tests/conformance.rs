@@ -102,6 +102,7 @@ conformance!(
     workers_planning_and_claiming_at_once_never_share_a_shard,
     partitions_count_their_objects_by_state,
     groups_are_claimed_whole_once_scanned_and_never_split,
+    a_failed_group_says_why_and_is_requeued_whole,
 );
 
 mod behaviour {
@@ -1480,5 +1481,109 @@ mod behaviour {
                 .filter(|(_, t)| t.len() > 1)
                 .collect::<Vec<_>>()
         );
+    }
+
+    /// A group's member in the fail queue or in conflict keeps it from committing, and says
+    /// so; a claim names each object's group; retry-failed of one class brings back every failed
+    /// member of the groups it touches (the members rolled back with them), and nothing else.
+    pub(super) async fn a_failed_group_says_why_and_is_requeued_whole(store: &dyn Store) {
+        let migration = store.open_migration(&spec()).await.unwrap();
+        store.start_pass(migration.id, "").await.unwrap();
+        let grouped = |key: &str, group: &str| ScannedObject {
+            group: Some(group.to_owned()),
+            ..object(key, 10, "1")
+        };
+        store
+            .record_scanned(
+                migration.id,
+                1,
+                vec![
+                    grouped("a1", "g1"),
+                    grouped("a2", "g1"),
+                    grouped("a3", "g1"),
+                    grouped("b1", "g2"),
+                    grouped("b2", "g2"),
+                    ScannedObject {
+                        scanned: Scanned::Unreadable {
+                            kind: "access_denied".into(),
+                            message: "no".into(),
+                        },
+                        ..grouped("c1", "g3")
+                    },
+                    grouped("c2", "g3"),
+                ],
+                None,
+            )
+            .await
+            .unwrap();
+        store.finish_scan(migration.id, 1).await.unwrap();
+        assert_eq!(
+            store.group_problem(migration.id, "g3").await.unwrap(),
+            Some("c1 ended failed: no".to_owned()),
+            "a member failed by the scan"
+        );
+        assert_eq!(store.group_problem(migration.id, "g1").await.unwrap(), None);
+        let whole = PacketLimits {
+            whole_groups: true,
+            ..LIMITS
+        };
+        let claimed = store.claim(migration.id, "w", whole).await.unwrap();
+        assert_eq!(claimed.len(), 6);
+        for c in &claimed {
+            assert_eq!(
+                c.group.as_deref(),
+                Some(&c.key[..1]).map(|g| match g {
+                    "a" => "g1",
+                    "b" => "g2",
+                    _ => "g3",
+                })
+            );
+        }
+        // g1 rolled back: a2 failed for good, a1 and a3 with it; g2 and c2 copied.
+        let failed = |c: &ClaimedObject, kind: &str, message: &str| Outcome {
+            state: ObjectState::Failed,
+            error: Some((kind.into(), message.into())),
+            ..done(c, ObjectState::Failed)
+        };
+        let outcomes = claimed
+            .iter()
+            .map(|c| match c.key.as_str() {
+                "a2" => failed(c, "access_denied", "denied"),
+                "a1" | "a3" => failed(c, "rolled_back", "group 'g1' rolled back"),
+                _ => done(c, ObjectState::Copied),
+            })
+            .collect();
+        store.record_outcomes(outcomes).await.unwrap();
+        assert_eq!(
+            store.group_problem(migration.id, "g1").await.unwrap(),
+            Some("a1 ended failed: group 'g1' rolled back".to_owned())
+        );
+        assert_eq!(store.group_problem(migration.id, "g2").await.unwrap(), None);
+
+        // Retrying the access_denied failures brings back g1 whole and c1 (g3's c2 was copied).
+        let requeued = store
+            .requeue_failed(migration.id, Some("access_denied"))
+            .await
+            .unwrap();
+        assert_eq!(requeued, 4);
+        let again = store.claim(migration.id, "w", whole).await.unwrap();
+        let mut keys: Vec<&str> = again.iter().map(|c| c.key.as_str()).collect();
+        keys.sort();
+        assert_eq!(keys, ["a1", "a2", "a3", "c1"]);
+        // Without whole groups, a claim names no group.
+        let other = store
+            .open_migration(&MigrationSpec {
+                name: "loose".into(),
+                ..spec()
+            })
+            .await
+            .unwrap();
+        store.start_pass(other.id, "").await.unwrap();
+        store
+            .record_scanned(other.id, 1, vec![grouped("x", "g")], None)
+            .await
+            .unwrap();
+        let loose = store.claim(other.id, "w", LIMITS).await.unwrap();
+        assert_eq!(loose[0].group, None);
     }
 }

@@ -219,4 +219,27 @@ impl Transfers {
             note,
         }
     }
+
+    /// Deletes godwit's own write at `key` (a group being rolled back), only under `If-Match` on
+    /// the ETag it got, so never an object someone else wrote since; says why not when it cannot.
+    pub(crate) async fn take_back(&self, key: &str, etag: Option<&str>) -> Result<(), String> {
+        let Some(etag) = etag else {
+            return Err(
+                "the destination gave the write no ETag, so godwit cannot take it back".to_owned(),
+            );
+        };
+        if !self.conditions().await.delete_if_match.is_enforced() {
+            return Err(
+                "the destination does not enforce If-Match on DELETE, so godwit left its write in place, recorded as its own"
+                    .to_owned(),
+            );
+        }
+        match self.dest.delete_if_etag(key, etag).await {
+            Ok(()) => Ok(()),
+            Err(error) => Err(format!(
+                "godwit could not take its write back ({}): it stays recorded as godwit's own",
+                error.message()
+            )),
+        }
+    }
 }

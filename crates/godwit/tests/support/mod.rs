@@ -115,6 +115,11 @@ impl Target {
         Self::local(Kind::S3sFs, options).await
     }
 
+    /// The in-process server with these test knobs.
+    pub async fn with_options(options: ServerOptions) -> Target {
+        Self::local(Kind::S3sFs, options).await
+    }
+
     async fn local(kind: Kind, options: ServerOptions) -> Target {
         let storage = tempfile::tempdir().unwrap();
         let server = LocalS3::start_with(

@@ -36,7 +36,7 @@ pub const CLAIM: &str = "WITH locked AS (
          WHERE objects.id = cut.id AND (cut.n = 1 OR cut.through <= $6)
          RETURNING objects.id, key, size, version, attempts, upload_id, part_size, upload_size,
            upload_version, upload_started_at, written_etag, written_version,
-           cut.first_claimed_at, token.value";
+           cut.first_claimed_at, token.value, objects.group_key";
 
 /// `CLAIM` for a migration whose groups are taken whole (`PacketLimits::whole_groups`): objects
 /// in no group as ever; an object of a group only once the pass's scan is complete, and only
@@ -74,7 +74,7 @@ const CLAIM_GROUPED: &str = "WITH ready AS (
          WHERE objects.id = taken.id
          RETURNING objects.id, key, size, version, attempts, upload_id, part_size, upload_size,
            upload_version, upload_started_at, written_etag, written_version,
-           taken.first_claimed_at, token.value";
+           taken.first_claimed_at, token.value, objects.group_key";
 
 impl PgStore {
     /// Runs a statement that changes objects and shards at once and counts each.
@@ -202,6 +202,9 @@ impl PgStore {
                         },
                     ),
                     earlier_claim_at: earlier.get(&id).copied().flatten().map(from_millis),
+                    group: row
+                        .get::<_, Option<String>>(14)
+                        .filter(|_| limits.whole_groups),
                 }
             })
             .collect();

@@ -325,6 +325,14 @@ impl Store for PgStore {
         self.problems(migration, limit).await
     }
 
+    async fn group_problem(
+        &self,
+        migration: MigrationId,
+        group: &str,
+    ) -> Result<Option<String>, StoreError> {
+        self.group_problem(migration, group).await
+    }
+
     async fn requeue_failed(
         &self,
         migration: MigrationId,

@@ -78,6 +78,32 @@ impl PgStore {
             .collect())
     }
 
+    pub(super) async fn group_problem(
+        &self,
+        migration: MigrationId,
+        group: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &client
+                    .prepare_cached(
+                        "SELECT key, state, last_error FROM objects
+                         WHERE migration_id = $1 AND group_key = $2 AND state IN (4, 7)
+                         ORDER BY key LIMIT 1",
+                    )
+                    .await
+                    .map_err(|e| self.db(e))?,
+                &[&migration.0, &group],
+            )
+            .await
+            .map_err(|e| self.db(e))?;
+        Ok(row.map(|row| {
+            let state = ObjectState::from_code(row.get(1)).unwrap_or(ObjectState::Failed);
+            crate::group_problem(row.get(0), state, row.get(2))
+        }))
+    }
+
     pub(super) async fn problems(
         &self,
         migration: MigrationId,
@@ -119,7 +145,9 @@ impl PgStore {
                 &client
                     .prepare_cached(
                         "UPDATE objects SET state = 0, attempts = 0
-                 WHERE migration_id = $1 AND state = 7 AND ($2::text IS NULL OR error_kind = $2)",
+                 WHERE migration_id = $1 AND state = 7 AND ($2::text IS NULL OR error_kind = $2
+                   OR group_key IN (SELECT group_key FROM objects WHERE migration_id = $1
+                     AND state = 7 AND error_kind = $2 AND group_key IS NOT NULL))",
                     )
                     .await
                     .map_err(|e| self.db(e))?,

@@ -41,6 +41,7 @@ struct Claimed {
     upload_started_at: Option<i64>,
     written_etag: Option<String>,
     written_version: Option<String>,
+    group_key: Option<String>,
 }
 
 impl SqliteStore {
@@ -117,7 +118,7 @@ impl SqliteStore {
                        first_claimed_at = COALESCE(first_claimed_at, ?4), lease_token = ?5
                      WHERE id = ?1
                      RETURNING key, size, version, attempts, upload_id, part_size, upload_size, upload_version,
-                       upload_started_at, written_etag, written_version",
+                       upload_started_at, written_etag, written_version, group_key",
                 )?;
                 let mut parts = transaction.prepare_cached(
                     "SELECT part_number, etag, checksum, size, md5 FROM parts WHERE object_id = ?1 ORDER BY part_number",
@@ -136,6 +137,7 @@ impl SqliteStore {
                             upload_started_at: row.get(8)?,
                             written_etag: row.get(9)?,
                             written_version: row.get(10)?,
+                            group_key: row.get(11)?,
                         })
                     })?;
                     let source = match (row.upload_size, row.upload_version) {
@@ -181,6 +183,7 @@ impl SqliteStore {
                         own_write,
                         earlier_claim_at: earlier_claim_at.map(from_millis),
                         unrecorded_upload_since,
+                        group: row.group_key.filter(|_| limits.whole_groups),
                     });
                 }
             }

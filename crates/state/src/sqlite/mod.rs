@@ -382,6 +382,14 @@ impl Store for SqliteStore {
         self.problems(migration, limit).await
     }
 
+    async fn group_problem(
+        &self,
+        migration: MigrationId,
+        group: &str,
+    ) -> Result<Option<String>, StoreError> {
+        self.group_problem(migration, group).await
+    }
+
     async fn done_objects(
         &self,
         migration: MigrationId,

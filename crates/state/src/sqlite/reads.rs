@@ -80,6 +80,28 @@ impl SqliteStore {
         .await
     }
 
+    pub(super) async fn group_problem(
+        &self,
+        migration: MigrationId,
+        group: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let group = group.to_owned();
+        self.with(move |connection| {
+            connection
+                .prepare_cached(
+                    "SELECT key, state, last_error FROM objects
+                     WHERE migration_id = ?1 AND group_key = ?2 AND state IN (4, 7)
+                     ORDER BY key LIMIT 1",
+                )?
+                .query_row(params![migration.0, group], |row| {
+                    let state = ObjectState::from_code(row.get(1)?).unwrap_or(ObjectState::Failed);
+                    Ok(crate::group_problem(row.get(0)?, state, row.get(2)?))
+                })
+                .optional()
+        })
+        .await
+    }
+
     pub(super) async fn done_objects(
         &self,
         migration: MigrationId,
@@ -163,7 +185,9 @@ impl SqliteStore {
         self.with(move |connection| {
             let n = connection.execute(
                 "UPDATE objects SET state = 0, attempts = 0
-                 WHERE migration_id = ?1 AND state = 7 AND (?2 IS NULL OR error_kind = ?2)",
+                 WHERE migration_id = ?1 AND state = 7 AND (?2 IS NULL OR error_kind = ?2
+                   OR group_key IN (SELECT group_key FROM objects WHERE migration_id = ?1
+                     AND state = 7 AND error_kind = ?2 AND group_key IS NOT NULL))",
                 params![migration.0, class],
             )?;
             Ok(n as u64)
