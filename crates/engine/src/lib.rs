@@ -19,6 +19,7 @@ mod outage;
 mod plan;
 mod progress;
 mod recheck;
+mod record;
 mod scan;
 mod throttle;
 mod transfer;
