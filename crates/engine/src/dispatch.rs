@@ -33,6 +33,13 @@ pub(crate) enum Mode {
     Help,
 }
 
+/// How a dispatcher takes work: as a leading `migrate` or a helping worker, and from which
+/// partitions (`None`: all).
+pub(crate) struct Turn {
+    pub mode: Mode,
+    pub partitions: Option<Arc<[String]>>,
+}
+
 impl Migrator {
     /// Claims packets and runs a transfer per object until the queue is empty and the scan over
     /// (and, leading, no other worker holds an object of the migration), or until the migration
@@ -44,8 +51,9 @@ impl Migrator {
         notify: &Arc<Notify>,
         transfers: Arc<Transfers>,
         halt: CancellationToken,
-        mode: Mode,
+        turn: Turn,
     ) -> Result<(), EngineError> {
+        let Turn { mode, partitions } = turn;
         let name = migration.spec.name.clone();
         let migration = migration.id;
         let concurrency = self.options.concurrency.max(1);
@@ -58,6 +66,7 @@ impl Migrator {
             max_bytes: 200 << 20,
             lease,
             whole_groups,
+            partitions: partitions.clone(),
         };
         // The heartbeat keeps this worker's leases and hands expired ones of others back.
         let heartbeat = AbortOnDrop(tokio::spawn(heartbeat(

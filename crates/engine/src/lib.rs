@@ -27,7 +27,7 @@ mod units;
 
 pub use control::{worker_beat, worker_name};
 pub use filter::{BadPattern, Filter};
-pub use migrate::{MigrateOptions, Migrator, Summary};
+pub use migrate::{MigrateOptions, Migrator, PartitionChoice, Summary};
 pub use plan::{Ledger, PartitionPlan, Plan, plan};
 pub use progress::Progress;
 pub use recheck::Recheck;

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use godwit_state::{
-    Migration, MigrationId, MigrationSpec, MigrationStatus, ObjectState, Problem, Store, Tally,
+    Migration, MigrationId, MigrationSpec, MigrationStatus, ObjectState, PartitionTally,
+    PassCounts, Problem, Store, Tally,
 };
 use godwit_storage::{Destination, Source};
 use serde::Serialize;
@@ -19,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::EngineError;
 use crate::control::worker_name;
-use crate::dispatch::Mode;
+use crate::dispatch::{Mode, Turn};
 use crate::filter::Filter;
 use crate::outage::Outage;
 use crate::progress::Progress;
@@ -49,6 +50,20 @@ pub struct MigrateOptions {
     /// Before running a finished migration again, skip checking that the destination still
     /// holds what the ledger counts as done (see [`crate::recheck`]).
     pub trust_ledger: bool,
+    /// Which partitions the run takes.
+    pub partitions: PartitionChoice,
+}
+
+/// Which partitions a run takes objects of (its scan lists the whole source whatever it takes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum PartitionChoice {
+    /// Every partition with work left (a validated or cut-over one has none).
+    #[default]
+    All,
+    /// These, by name (`""` for the objects no rule places).
+    Named(Vec<String>),
+    /// The first N by name (in byte order) that have work left, once the scan is complete.
+    First(u32),
 }
 
 impl Default for MigrateOptions {
@@ -62,6 +77,7 @@ impl Default for MigrateOptions {
             endpoint_timeout: Duration::from_secs(15 * 60),
             server_side_copy: true,
             trust_ledger: false,
+            partitions: PartitionChoice::All,
         }
     }
 }
@@ -133,6 +149,12 @@ pub struct Summary {
     /// Groups rolled back in this run: a member failed or met a conflict, so the objects this
     /// run created for the group were taken back and the group joined the fail queue.
     pub groups_rolled_back_this_run: u64,
+    /// The partitions this run took (`--partition`, `--max-partitions`); `None`: all.
+    pub partitions_taken: Option<Vec<String>>,
+    /// Objects not yet done in the partitions this run did not take (not counted in `pending`).
+    pub pending_elsewhere: u64,
+    /// What this run's pass found new, changed and vanished at the source.
+    pub this_pass: PassCounts,
     /// The first conflicts and failures.
     pub problems: Vec<Problem>,
 }
@@ -224,7 +246,7 @@ impl Migrator {
         let notify = Arc::new(Notify::new());
         // Cancelled by a stop, and when the run cannot go on (the ledger stopped recording).
         let halt = self.stop.child_token();
-        let scanner = match pass {
+        let mut scanner = match pass {
             PassPlan::Scan(number) => Some(tokio::spawn(
                 self.scan(migration.id, number, &filter, &notify, true)
                     .run(halt.clone()),
@@ -238,6 +260,16 @@ impl Migrator {
             PassPlan::Scan(n) | PassPlan::Resume(n) => n,
         };
 
+        if let PartitionChoice::First(_) = self.options.partitions
+            && let Some(scan) = scanner.take()
+        {
+            // The first partitions with work left are known once the whole source is listed.
+            match scan.await {
+                Ok(scanned) => scanned?,
+                Err(join) => return Err(EngineError::Internal(format!("scan task: {join}"))),
+            }
+        }
+        let only = self.partitions_taken(migration.id).await?;
         let transfers = self.transfers(filter, &halt);
         let dispatched = self
             .dispatch(
@@ -246,7 +278,10 @@ impl Migrator {
                 &notify,
                 Arc::clone(&transfers),
                 halt.clone(),
-                Mode::Lead,
+                Turn {
+                    mode: Mode::Lead,
+                    partitions: only.clone(),
+                },
             )
             .await;
         if dispatched.is_ok() && !halt.is_cancelled() {
@@ -271,6 +306,9 @@ impl Migrator {
         summary.guarantees = transfers.guarantees();
         summary.missing_at_destination = rechecked.missing + rechecked.changed;
         summary.changed_at_destination = rechecked.changed;
+        summary.this_pass = self.store.pass_counts(migration.id, pass_number).await?;
+        self.count_elsewhere(&mut summary, migration.id, only)
+            .await?;
         Ok(summary)
     }
 
@@ -302,6 +340,7 @@ impl Migrator {
             }
             _ => None,
         };
+        let only = self.partitions_taken(migration.id).await?;
         let transfers = self.transfers(filter, &halt);
         let dispatched = self
             .dispatch(
@@ -310,7 +349,10 @@ impl Migrator {
                 &notify,
                 Arc::clone(&transfers),
                 halt,
-                Mode::Help,
+                Turn {
+                    mode: Mode::Help,
+                    partitions: only.clone(),
+                },
             )
             .await;
         let tally = self.store.tally(migration.id).await?;
@@ -324,7 +366,56 @@ impl Migrator {
         let mut summary = self.summary(migration, pass, &tally, problems, started);
         summary.status = status;
         summary.guarantees = transfers.guarantees();
+        self.count_elsewhere(&mut summary, migration.id, only)
+            .await?;
         Ok(summary)
+    }
+
+    /// The partitions this run takes (see [`PartitionChoice`]); `None`: all.
+    async fn partitions_taken(
+        &self,
+        migration: MigrationId,
+    ) -> Result<Option<Arc<[String]>>, EngineError> {
+        Ok(match &self.options.partitions {
+            PartitionChoice::All => None,
+            PartitionChoice::Named(names) => Some(names.clone().into()),
+            PartitionChoice::First(n) => {
+                let partitions = self.store.partitions(migration).await?;
+                let open = |p: &PartitionTally| {
+                    p.tally.n(ObjectState::Pending) + p.tally.n(ObjectState::InProgress) > 0
+                };
+                let names: Vec<String> = partitions
+                    .iter()
+                    .filter(|p| open(p))
+                    .take(*n as usize)
+                    .map(|p| p.row_name().to_owned())
+                    .collect();
+                tracing::info!("this run takes the partitions {names:?}");
+                Some(names.into())
+            }
+        })
+    }
+
+    /// With some partitions taken, counts the objects left in the others apart from `pending`.
+    async fn count_elsewhere(
+        &self,
+        summary: &mut Summary,
+        migration: MigrationId,
+        only: Option<Arc<[String]>>,
+    ) -> Result<(), EngineError> {
+        let Some(only) = only else { return Ok(()) };
+        let elsewhere: u64 = self
+            .store
+            .partitions(migration)
+            .await?
+            .iter()
+            .filter(|p| !only.iter().any(|name| name == p.row_name()))
+            .map(|p| p.tally.n(ObjectState::Pending) + p.tally.n(ObjectState::InProgress))
+            .sum();
+        summary.pending -= elsewhere.min(summary.pending);
+        summary.pending_elsewhere = elsewhere;
+        summary.partitions_taken = Some(only.to_vec());
+        Ok(())
     }
 
     /// What moves each object: both sides, the ledger, the transfer options, and the endpoint
@@ -452,6 +543,9 @@ impl Migrator {
             changed_at_destination: 0,
             groups_committed_this_run: Progress::get(&self.progress.n_groups_committed),
             groups_rolled_back_this_run: Progress::get(&self.progress.n_groups_rolled_back),
+            partitions_taken: None,
+            pending_elsewhere: 0,
+            this_pass: PassCounts::default(),
             problems,
         }
     }

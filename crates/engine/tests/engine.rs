@@ -1146,6 +1146,49 @@ impl Store for FailingLedger {
     ) -> Result<Option<String>, StoreError> {
         self.inner.group_problem(migration, group).await
     }
+    async fn record_validation(
+        &self,
+        migration: MigrationId,
+        partition: Option<&str>,
+        started: i64,
+        passed: bool,
+        report: &str,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .record_validation(migration, partition, started, passed, report)
+            .await
+    }
+    async fn cut_over(
+        &self,
+        migration: MigrationId,
+        partition: Option<&str>,
+        at: i64,
+    ) -> Result<godwit_state::Cutover, StoreError> {
+        self.inner.cut_over(migration, partition, at).await
+    }
+    async fn record_notice(
+        &self,
+        migration: MigrationId,
+        partition: Option<&str>,
+        notice: &godwit_state::Notice,
+    ) -> Result<(), StoreError> {
+        self.inner.record_notice(migration, partition, notice).await
+    }
+    async fn objects_after(
+        &self,
+        migration: MigrationId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<godwit_state::LedgerObject>, StoreError> {
+        self.inner.objects_after(migration, after, limit).await
+    }
+    async fn pass_counts(
+        &self,
+        migration: MigrationId,
+        pass: u32,
+    ) -> Result<godwit_state::PassCounts, StoreError> {
+        self.inner.pass_counts(migration, pass).await
+    }
     async fn requeue_failed(
         &self,
         migration: MigrationId,

@@ -43,6 +43,7 @@ const PACKET: PacketLimits = PacketLimits {
     max_bytes: 200 << 20,
     lease: Duration::from_secs(600),
     whole_groups: false,
+    partitions: None,
 };
 
 /// Time one client spent in calls of one kind, and what they moved.

@@ -15,8 +15,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use serde::Serialize;
 
+mod partition;
 mod postgres;
 mod sqlite;
+pub use partition::{
+    Checkpoints, Cutover, LedgerObject, Notice, PartitionState, PartitionTally, PassCounts,
+};
 pub use postgres::{
     CLAIM as POSTGRES_CLAIM, FAILED_PAGE as POSTGRES_FAILED_PAGE, PgStore, without_password,
 };
@@ -504,7 +508,7 @@ pub struct ClaimedObject {
 }
 
 /// What a worker claims at once.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PacketLimits {
     /// At most this many objects.
     pub max_objects: u32,
@@ -517,6 +521,8 @@ pub struct PacketLimits {
     /// scan is complete (until then a group may have more objects to come). Objects in no group
     /// are claimed as ever.
     pub whole_groups: bool,
+    /// Only objects of these partitions (`""` for the objects in none); `None`: all.
+    pub partitions: Option<std::sync::Arc<[String]>>,
 }
 
 impl ClaimedObject {
@@ -561,15 +567,6 @@ pub struct Outcome {
     pub metadata: Option<String>,
 }
 
-/// One partition's objects by state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct PartitionTally {
-    /// The partition (`--partition-by`); `None`: the objects the rule names no partition for.
-    pub name: Option<String>,
-    /// Its objects and bytes by state.
-    pub tally: Tally,
-}
-
 /// Counts and bytes per state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Tally {
@@ -598,53 +595,6 @@ impl Tally {
     /// All bytes.
     pub fn bytes_total(&self) -> u64 {
         self.bytes.iter().sum()
-    }
-}
-
-/// Where a partition stands, as its objects say (validation and cutover will follow
-/// `Migrated`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PartitionState {
-    /// No object of it has started.
-    Pending,
-    /// Some objects have started or ended, some have not.
-    InProgress,
-    /// Every object ended well (copied, already present, gone from the source, or left out).
-    Migrated,
-    /// Every object ended, some as a conflict or failed (see `godwit failed`).
-    Failed,
-}
-
-impl PartitionState {
-    /// The name shown and written in JSON.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::InProgress => "in_progress",
-            Self::Migrated => "migrated",
-            Self::Failed => "failed",
-        }
-    }
-}
-
-impl PartitionTally {
-    /// Where the partition stands.
-    pub fn state(&self) -> PartitionState {
-        let tally = &self.tally;
-        let waiting = tally.n(ObjectState::Pending);
-        let open = waiting + tally.n(ObjectState::InProgress);
-        if open == 0 {
-            if tally.n(ObjectState::Failed) + tally.n(ObjectState::Conflict) > 0 {
-                PartitionState::Failed
-            } else {
-                PartitionState::Migrated
-            }
-        } else if waiting == tally.n_total() - tally.n(ObjectState::Excluded) {
-            PartitionState::Pending
-        } else {
-            PartitionState::InProgress
-        }
     }
 }
 
@@ -809,9 +759,48 @@ pub trait Store: Send + Sync {
     async fn stale_uploads(&self, migration: MigrationId) -> Result<Vec<StaleUpload>, StoreError>;
     /// Counts and bytes per state.
     async fn tally(&self, migration: MigrationId) -> Result<Tally, StoreError>;
-    /// Counts and bytes per state of each partition, in byte order of their names (the default
-    /// partition, `None`, first).
+    /// Counts and bytes per state of each partition, with its checkpoints, in byte order of their
+    /// names (the default partition, `None`, first).
     async fn partitions(&self, migration: MigrationId) -> Result<Vec<PartitionTally>, StoreError>;
+    /// Records a validation of `partition` that began at `started` (milliseconds since the Unix
+    /// epoch): whether it passed, and its report (JSON).
+    async fn record_validation(
+        &self,
+        migration: MigrationId,
+        partition: Option<&str>,
+        started: i64,
+        passed: bool,
+        report: &str,
+    ) -> Result<(), StoreError>;
+    /// Sets `partition`'s cutover flag at `at`, only if its latest validation passed and none
+    /// of its objects became work again since it began: one transaction, so a change recorded
+    /// meanwhile either comes before (and refuses) or after.
+    async fn cut_over(
+        &self,
+        migration: MigrationId,
+        partition: Option<&str>,
+        at: i64,
+    ) -> Result<Cutover, StoreError>;
+    /// Records how the notice of `partition`'s cutover went.
+    async fn record_notice(
+        &self,
+        migration: MigrationId,
+        partition: Option<&str>,
+        notice: &Notice,
+    ) -> Result<(), StoreError>;
+    /// Up to `limit` of the migration's objects in key order after `after`, for validation.
+    async fn objects_after(
+        &self,
+        migration: MigrationId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<LedgerObject>, StoreError>;
+    /// What pass `pass` found new, changed and (once its scan is complete) vanished.
+    async fn pass_counts(
+        &self,
+        migration: MigrationId,
+        pass: u32,
+    ) -> Result<PassCounts, StoreError>;
     /// Why group `group` cannot commit as the ledger stands: its first member (by key) in the
     /// fail queue or in conflict, as `KEY ended STATE: ERROR`; `None` when it has none.
     async fn group_problem(
@@ -896,50 +885,5 @@ pub(crate) fn scanned_columns(scanned: &Scanned) -> (ObjectState, Option<&str>, 
             Some(kind.as_str()),
             Some(message.as_str()),
         ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn partition(counts: &[(ObjectState, u64)]) -> PartitionTally {
-        let mut tally = Tally::default();
-        for (state, n) in counts {
-            tally.objects[*state as usize] = *n;
-        }
-        PartitionTally { name: None, tally }
-    }
-
-    #[test]
-    fn a_partition_stands_where_its_objects_say() {
-        use ObjectState::*;
-        let cases = [
-            (vec![(Pending, 3)], PartitionState::Pending),
-            (vec![(Pending, 3), (Excluded, 2)], PartitionState::Pending),
-            (
-                vec![(Pending, 2), (InProgress, 1)],
-                PartitionState::InProgress,
-            ),
-            (vec![(Pending, 2), (Copied, 1)], PartitionState::InProgress),
-            (
-                vec![(InProgress, 1), (Failed, 1)],
-                PartitionState::InProgress,
-            ),
-            (
-                vec![
-                    (Copied, 2),
-                    (AlreadyPresent, 1),
-                    (SourceVanished, 1),
-                    (Excluded, 4),
-                ],
-                PartitionState::Migrated,
-            ),
-            (vec![(Copied, 2), (Conflict, 1)], PartitionState::Failed),
-            (vec![(Failed, 1)], PartitionState::Failed),
-        ];
-        for (counts, expected) in cases {
-            assert_eq!(partition(&counts).state(), expected, "{counts:?}");
-        }
     }
 }

@@ -103,6 +103,8 @@ conformance!(
     partitions_count_their_objects_by_state,
     groups_are_claimed_whole_once_scanned_and_never_split,
     a_failed_group_says_why_and_is_requeued_whole,
+    partitions_are_validated_then_cut_over_and_left_alone,
+    claims_take_only_the_partitions_asked_for,
 );
 
 mod behaviour {
@@ -134,6 +136,7 @@ mod behaviour {
         max_bytes: 1000,
         lease: Duration::from_secs(60),
         whole_groups: false,
+        partitions: None,
     };
 
     /// Packets whose lease has run out as soon as they are claimed: every ledger hands them back.
@@ -142,6 +145,7 @@ mod behaviour {
         max_bytes: 1000,
         lease: Duration::ZERO,
         whole_groups: false,
+        partitions: None,
     };
 
     fn ms(at: SystemTime) -> u128 {
@@ -828,8 +832,14 @@ mod behaviour {
             max_objects: 2,
             ..LIMITS
         };
-        let quitting = store.claim(migration.id, "quitting", limits).await.unwrap();
-        let staying = store.claim(migration.id, "staying", limits).await.unwrap();
+        let quitting = store
+            .claim(migration.id, "quitting", limits.clone())
+            .await
+            .unwrap();
+        let staying = store
+            .claim(migration.id, "staying", limits.clone())
+            .await
+            .unwrap();
         assert_eq!((quitting.len(), staying.len()), (2, 1));
 
         assert_eq!(store.release_claims("quitting").await.unwrap(), 2);
@@ -1400,24 +1410,24 @@ mod behaviour {
             keys
         };
         // The scan is not complete: only the object in no group.
-        let first = store.claim(migration.id, "w", one).await.unwrap();
+        let first = store.claim(migration.id, "w", one.clone()).await.unwrap();
         assert_eq!(keys(&first), ["b"]);
         assert!(
             store
-                .claim(migration.id, "w", one)
+                .claim(migration.id, "w", one.clone())
                 .await
                 .unwrap()
                 .is_empty()
         );
         store.finish_scan(migration.id, 1).await.unwrap();
-        let g1 = store.claim(migration.id, "w", one).await.unwrap();
+        let g1 = store.claim(migration.id, "w", one.clone()).await.unwrap();
         assert_eq!(keys(&g1), ["a1", "a2", "a3"], "a group comes whole");
         assert!(g1.iter().all(|c| c.token == g1[0].token));
-        let g2 = store.claim(migration.id, "w", one).await.unwrap();
+        let g2 = store.claim(migration.id, "w", one.clone()).await.unwrap();
         assert_eq!(keys(&g2), ["c1", "c2"]);
         assert!(
             store
-                .claim(migration.id, "w", one)
+                .claim(migration.id, "w", one.clone())
                 .await
                 .unwrap()
                 .is_empty()
@@ -1453,7 +1463,7 @@ mod behaviour {
             };
             let mut taken = Vec::new();
             loop {
-                let packet = store.claim(other.id, name, limits).await.unwrap();
+                let packet = store.claim(other.id, name, limits.clone()).await.unwrap();
                 if packet.is_empty() {
                     return taken;
                 }
@@ -1527,7 +1537,7 @@ mod behaviour {
             whole_groups: true,
             ..LIMITS
         };
-        let claimed = store.claim(migration.id, "w", whole).await.unwrap();
+        let claimed = store.claim(migration.id, "w", whole.clone()).await.unwrap();
         assert_eq!(claimed.len(), 6);
         for c in &claimed {
             assert_eq!(
@@ -1566,7 +1576,7 @@ mod behaviour {
             .await
             .unwrap();
         assert_eq!(requeued, 4);
-        let again = store.claim(migration.id, "w", whole).await.unwrap();
+        let again = store.claim(migration.id, "w", whole.clone()).await.unwrap();
         let mut keys: Vec<&str> = again.iter().map(|c| c.key.as_str()).collect();
         keys.sort();
         assert_eq!(keys, ["a1", "a2", "a3", "c1"]);
@@ -1585,5 +1595,259 @@ mod behaviour {
             .unwrap();
         let loose = store.claim(other.id, "w", LIMITS).await.unwrap();
         assert_eq!(loose[0].group, None);
+    }
+
+    /// A partition's checkpoints: cutover is refused before a validation, after a failed one,
+    /// and after a change since the latest one began; accepted once, then said to be done; a
+    /// cut-over partition's objects are left alone by later passes (a new one left out), and
+    /// each pass counts what it found new, changed and vanished.
+    pub(super) async fn partitions_are_validated_then_cut_over_and_left_alone(store: &dyn Store) {
+        use godwit_state::{Cutover, PartitionState};
+        let migration = store.open_migration(&spec()).await.unwrap();
+        store.start_pass(migration.id, "").await.unwrap();
+        let placed = |key: &str, partition: Option<&str>, version: &str| ScannedObject {
+            partition: partition.map(str::to_owned),
+            ..object(key, 10, version)
+        };
+        store
+            .record_scanned(
+                migration.id,
+                1,
+                vec![
+                    placed("c1/a", Some("c1"), "1"),
+                    placed("c1/b", Some("c1"), "1"),
+                    placed("c2/a", Some("c2"), "1"),
+                    placed("top", None, "1"),
+                ],
+                None,
+            )
+            .await
+            .unwrap();
+        store.finish_scan(migration.id, 1).await.unwrap();
+        let counts = store.pass_counts(migration.id, 1).await.unwrap();
+        assert_eq!((counts.new, counts.changed, counts.vanished), (4, 0, 0));
+        let claimed = store.claim(migration.id, "w", LIMITS).await.unwrap();
+        store
+            .record_outcomes(
+                claimed
+                    .iter()
+                    .map(|c| done(c, ObjectState::Copied))
+                    .collect(),
+            )
+            .await
+            .unwrap();
+        let state_of = |partitions: &[godwit_state::PartitionTally], name: Option<&str>| {
+            partitions
+                .iter()
+                .find(|p| p.name.as_deref() == name)
+                .unwrap()
+                .state()
+        };
+        let now = || {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64
+        };
+        assert_eq!(
+            store
+                .cut_over(migration.id, Some("c1"), now())
+                .await
+                .unwrap(),
+            Cutover::NotValidated
+        );
+        assert_eq!(
+            store
+                .cut_over(migration.id, Some("nowhere"), now())
+                .await
+                .unwrap(),
+            Cutover::Unknown
+        );
+        store
+            .record_validation(migration.id, Some("c1"), now(), false, "{}")
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .cut_over(migration.id, Some("c1"), now())
+                .await
+                .unwrap(),
+            Cutover::ValidationFailed
+        );
+        let started = now();
+        store
+            .record_validation(migration.id, Some("c1"), started, true, "{\"passed\":true}")
+            .await
+            .unwrap();
+        store
+            .record_validation(migration.id, None, started, true, "{}")
+            .await
+            .unwrap();
+        let partitions = store.partitions(migration.id).await.unwrap();
+        assert_eq!(state_of(&partitions, Some("c1")), PartitionState::Validated);
+        assert_eq!(state_of(&partitions, Some("c2")), PartitionState::Migrated);
+        assert_eq!(state_of(&partitions, None), PartitionState::Validated);
+        let c1 = partitions
+            .iter()
+            .find(|p| p.name.as_deref() == Some("c1"))
+            .unwrap();
+        assert_eq!(
+            c1.checkpoints.validation.as_deref(),
+            Some("{\"passed\":true}")
+        );
+        assert_eq!(c1.checkpoints.validated_at, Some(started));
+
+        // The default partition changes after its validation (an object lost at the
+        // destination goes back to the queue): its cutover is refused.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let top = store
+            .done_objects(migration.id, Some("c2/a"), 10)
+            .await
+            .unwrap();
+        assert_eq!(top[0].key, "top");
+        store.requeue(&[top[0].id]).await.unwrap();
+        assert_eq!(
+            store.cut_over(migration.id, None, now()).await.unwrap(),
+            Cutover::ChangedSince
+        );
+        let at = now();
+        assert_eq!(
+            store.cut_over(migration.id, Some("c1"), at).await.unwrap(),
+            Cutover::Done
+        );
+        assert_eq!(
+            store
+                .cut_over(migration.id, Some("c1"), now())
+                .await
+                .unwrap(),
+            Cutover::AlreadyCutOver(at)
+        );
+        let partitions = store.partitions(migration.id).await.unwrap();
+        assert_eq!(state_of(&partitions, Some("c1")), PartitionState::CutOver);
+        assert_eq!(state_of(&partitions, None), PartitionState::Pending);
+        store
+            .record_notice(
+                migration.id,
+                Some("c1"),
+                &godwit_state::Notice {
+                    delivered_at: Some(at),
+                    attempts: 2,
+                    error: None,
+                },
+            )
+            .await
+            .unwrap();
+        let partitions = store.partitions(migration.id).await.unwrap();
+        let c1 = partitions
+            .iter()
+            .find(|p| p.name.as_deref() == Some("c1"))
+            .unwrap();
+        assert_eq!(c1.checkpoints.notice.as_ref().unwrap().attempts, 2);
+
+        // Pass 2: c1/a changed and c1/new is new in the cut-over c1; c2/a changed; c1/b and top
+        // vanished; c2/new is new.
+        store.start_pass(migration.id, "").await.unwrap();
+        store
+            .record_scanned(
+                migration.id,
+                2,
+                vec![
+                    placed("c1/a", Some("c1"), "2"),
+                    placed("c1/new", Some("c1"), "1"),
+                    placed("c2/a", Some("c2"), "2"),
+                    placed("c2/new", Some("c2"), "1"),
+                ],
+                None,
+            )
+            .await
+            .unwrap();
+        store.finish_scan(migration.id, 2).await.unwrap();
+        let counts = store.pass_counts(migration.id, 2).await.unwrap();
+        assert_eq!(
+            (
+                counts.new,
+                counts.changed,
+                counts.in_cut_over,
+                counts.vanished
+            ),
+            (2, 2, 2, 2),
+            "{counts:?}"
+        );
+        let known = store
+            .lookup(
+                migration.id,
+                vec!["c1/a".into(), "c1/new".into(), "c2/a".into()],
+            )
+            .await
+            .unwrap();
+        let state = |key: &str| known.iter().find(|k| k.key == key).unwrap().state;
+        let version = |key: &str| known.iter().find(|k| k.key == key).unwrap().version.clone();
+        assert_eq!(state("c1/a"), ObjectState::Copied, "left alone");
+        assert_eq!(version("c1/a"), "1", "left alone");
+        assert_eq!(state("c1/new"), ObjectState::Excluded);
+        assert_eq!(state("c2/a"), ObjectState::Pending, "queued again");
+        let ledger = store.objects_after(migration.id, None, 100).await.unwrap();
+        let keys: Vec<&str> = ledger.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(keys, ["c1/a", "c1/b", "c1/new", "c2/a", "c2/new", "top"]);
+        assert_eq!(ledger[0].partition.as_deref(), Some("c1"));
+        let after = store
+            .objects_after(migration.id, Some("c2/a"), 1)
+            .await
+            .unwrap();
+        assert_eq!(after[0].key, "c2/new");
+    }
+
+    /// A claim limited to some partitions takes only their objects (`""`: the objects in none).
+    pub(super) async fn claims_take_only_the_partitions_asked_for(store: &dyn Store) {
+        let migration = store.open_migration(&spec()).await.unwrap();
+        store.start_pass(migration.id, "").await.unwrap();
+        let placed = |key: &str, partition: Option<&str>| ScannedObject {
+            partition: partition.map(str::to_owned),
+            ..object(key, 10, "1")
+        };
+        store
+            .record_scanned(
+                migration.id,
+                1,
+                vec![
+                    placed("a", Some("p1")),
+                    placed("b", Some("p2")),
+                    placed("c", None),
+                    placed("d", Some("p\"3")),
+                ],
+                None,
+            )
+            .await
+            .unwrap();
+        let only = |names: &[&str]| PacketLimits {
+            partitions: Some(names.iter().map(|n| n.to_string()).collect()),
+            ..LIMITS
+        };
+        let keys =
+            |claimed: Vec<ClaimedObject>| claimed.into_iter().map(|c| c.key).collect::<Vec<_>>();
+        assert_eq!(
+            keys(
+                store
+                    .claim(migration.id, "w", only(&["p2", "p\"3"]))
+                    .await
+                    .unwrap()
+            ),
+            ["b", "d"]
+        );
+        assert_eq!(
+            keys(store.claim(migration.id, "w", only(&[""])).await.unwrap()),
+            ["c"]
+        );
+        assert!(
+            store
+                .claim(migration.id, "w", only(&["p9"]))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            keys(store.claim(migration.id, "w", LIMITS).await.unwrap()),
+            ["a"]
+        );
     }
 }

@@ -121,7 +121,7 @@ async fn a_claim_reads_no_finished_row_whatever_the_statistics() {
         &admin,
         "claim",
         godwit_state::POSTGRES_CLAIM,
-        &format!("{}, 64, 'w', 0, 0, 1099511627776", migration.0),
+        &format!("{}, 64, 'w', 0, 0, 1099511627776, NULL", migration.0),
     )
     .await;
     assert!(

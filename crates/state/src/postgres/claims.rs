@@ -22,7 +22,9 @@ use super::PgStore;
 #[doc(hidden)]
 pub const CLAIM: &str = "WITH locked AS (
            SELECT id, size, first_claimed_at FROM objects
-           WHERE migration_id = $1 AND state = 0 ORDER BY id + 0 LIMIT $2
+           WHERE migration_id = $1 AND state = 0
+             AND ($7::text[] IS NULL OR COALESCE(partition_key, '') = ANY($7))
+           ORDER BY id + 0 LIMIT $2
            FOR UPDATE SKIP LOCKED
          ), cut AS (
            SELECT id, first_claimed_at,
@@ -49,6 +51,7 @@ const CLAIM_GROUPED: &str = "WITH ready AS (
          ), heads AS (
            SELECT o.id, o.size, o.first_claimed_at, o.group_key FROM objects o
            WHERE o.migration_id = $1 AND o.state = 0
+             AND ($7::text[] IS NULL OR COALESCE(o.partition_key, '') = ANY($7))
              AND (o.group_key IS NULL OR ((SELECT done FROM ready)
                AND pg_try_advisory_xact_lock(hashtextextended(o.group_key, $1))))
            ORDER BY o.id + 0 LIMIT $2
@@ -118,6 +121,7 @@ impl PgStore {
                     &expires,
                     &at,
                     &(limits.max_bytes.min(i64::MAX as u64) as i64),
+                    &limits.partitions.as_deref().map(<[String]>::to_vec),
                 ],
             )
             .await

@@ -1,11 +1,12 @@
 //! What is read back: tallies, partitions, problems, the fail queue, objects done; requeues and
 //! lookups.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+use std::time::SystemTime;
 
 use crate::{
-    DoneObject, FailedObject, KnownObject, MigrationId, ObjectId, ObjectState, PartitionTally,
-    Problem, StoreError, Tally,
+    DoneObject, FailedObject, KnownObject, MigrationId, ObjectId, ObjectState, Problem, StoreError,
+    Tally, millis,
 };
 
 use super::PgStore;
@@ -43,39 +44,6 @@ impl PgStore {
             }
         }
         Ok(tally)
-    }
-
-    pub(super) async fn partitions(
-        &self,
-        migration: MigrationId,
-    ) -> Result<Vec<PartitionTally>, StoreError> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                &client
-                    .prepare_cached(
-                        "SELECT partition_key, state, COUNT(*), COALESCE(SUM(size), 0)::bigint
-                         FROM objects WHERE migration_id = $1 GROUP BY partition_key, state",
-                    )
-                    .await
-                    .map_err(|e| self.db(e))?,
-                &[&migration.0],
-            )
-            .await
-            .map_err(|e| self.db(e))?;
-        // Ordered here, in bytes, as the SQLite ledger orders them.
-        let mut partitions: BTreeMap<Option<String>, Tally> = BTreeMap::new();
-        for row in rows {
-            let tally = partitions.entry(row.get(0)).or_default();
-            if let Some(state) = ObjectState::from_code(row.get(1)) {
-                tally.objects[state as usize] = row.get::<_, i64>(2) as u64;
-                tally.bytes[state as usize] = row.get::<_, i64>(3) as u64;
-            }
-        }
-        Ok(partitions
-            .into_iter()
-            .map(|(name, tally)| PartitionTally { name, tally })
-            .collect())
     }
 
     pub(super) async fn group_problem(
@@ -144,14 +112,14 @@ impl PgStore {
             .execute(
                 &client
                     .prepare_cached(
-                        "UPDATE objects SET state = 0, attempts = 0
+                        "UPDATE objects SET state = 0, attempts = 0, changed_at = $3
                  WHERE migration_id = $1 AND state = 7 AND ($2::text IS NULL OR error_kind = $2
                    OR group_key IN (SELECT group_key FROM objects WHERE migration_id = $1
                      AND state = 7 AND error_kind = $2 AND group_key IS NOT NULL))",
                     )
                     .await
                     .map_err(|e| self.db(e))?,
-                &[&migration.0, &class],
+                &[&migration.0, &class, &millis(SystemTime::now())],
             )
             .await
             .map_err(|e| self.db(e))
@@ -230,8 +198,8 @@ impl PgStore {
         let client = self.client().await?;
         client
             .execute(
-                &client.prepare_cached("UPDATE objects SET state = 0, attempts = 0, verified_by = NULL WHERE id = ANY($1) AND state IN (2, 3)").await.map_err(|e| self.db(e))?,
-                &[&ids],
+                &client.prepare_cached("UPDATE objects SET state = 0, attempts = 0, verified_by = NULL, changed_at = $2 WHERE id = ANY($1) AND state IN (2, 3)").await.map_err(|e| self.db(e))?,
+                &[&ids, &millis(SystemTime::now())],
             )
             .await
             .map_err(|e| self.db(e))

@@ -1,9 +1,9 @@
 //! Passes and their scans: the objects a scan records, and the shards it lists in parts.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::{
-    LeaseToken, MigrationId, Pass, ScannedObject, ShardClaim, ShardMark, StoreError, now,
+    LeaseToken, MigrationId, Pass, ScannedObject, ShardClaim, ShardMark, StoreError, millis, now,
     scanned_columns,
 };
 
@@ -22,6 +22,22 @@ fn shard_held(changed: u64, token: LeaseToken) -> Result<(), StoreError> {
 /// Counts the shards of a pass: all of them, and those not listed to their end yet.
 const COUNT_SHARDS: &str = "SELECT COUNT(*), COUNT(*) FILTER (WHERE state != 2) FROM shards
      WHERE migration_id = $1 AND pass = $2";
+
+/// Records objects the scan found in partitions that were cut over: a new one is left out
+/// (`excluded`, saying why); one seen before keeps everything but the pass that saw it and, when
+/// its size or version changed, the pass that saw the change.
+const CUT_OVER_UPSERT: &str = "INSERT INTO objects (migration_id, key, size, version, state, pass,
+       error_kind, last_error, updated_at, group_key, partition_key, found_pass, version_pass, changed_at)
+     SELECT $1, k, s, v, 5, $2, 'cut_over',
+       'its partition was cut over: the application owns it now, and delta passes leave it alone',
+       $3, g, p, $2, $2, $9
+     FROM UNNEST($4::text[], $5::bigint[], $6::text[], $7::text[], $8::text[]) AS batch(k, s, v, g, p)
+     ON CONFLICT (migration_id, key) DO UPDATE SET
+       pass = excluded.pass,
+       version_pass = CASE WHEN objects.size != excluded.size OR objects.version != excluded.version
+         THEN excluded.version_pass ELSE objects.version_pass END
+     WHERE objects.pass != excluded.pass OR objects.size != excluded.size
+       OR objects.version != excluded.version";
 
 impl PgStore {
     pub(super) async fn start_pass(
@@ -109,6 +125,31 @@ impl PgStore {
         if batch.is_empty() && mark.is_none() {
             return Ok(());
         }
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await.map_err(|e| self.db(e))?;
+        // A partition that was cut over belongs to the application: its objects are recorded
+        // apart (`CUT_OVER_UPSERT`), left as they are.
+        let cut_over: Vec<String> = transaction
+            .query(
+                &transaction
+                    .prepare_cached(
+                        "SELECT name FROM partitions WHERE migration_id = $1 AND cut_over_at IS NOT NULL",
+                    )
+                    .await
+                    .map_err(|e| self.db(e))?,
+                &[&migration.0],
+            )
+            .await
+            .map_err(|e| self.db(e))?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let (batch, frozen): (Vec<ScannedObject>, Vec<ScannedObject>) =
+            batch.into_iter().partition(|object| {
+                let partition = object.partition.as_deref().unwrap_or("");
+                !cut_over.iter().any(|p| p == partition)
+            });
+        let changed_at = millis(SystemTime::now());
         let mut keys = Vec::with_capacity(batch.len());
         let mut sizes = Vec::with_capacity(batch.len());
         let mut versions = Vec::with_capacity(batch.len());
@@ -128,8 +169,6 @@ impl PgStore {
             kinds.push(kind.map(str::to_owned));
             messages.push(message.map(str::to_owned));
         }
-        let mut client = self.client().await?;
-        let transaction = client.transaction().await.map_err(|e| self.db(e))?;
         if let Some(mark) = &mark {
             // The shard's row stays locked until the batch is in: no claim comes in between.
             let n = transaction
@@ -161,8 +200,8 @@ impl PgStore {
         transaction
             .execute(
                 &transaction.prepare_cached("INSERT INTO objects (migration_id, key, size, version, state, pass, error_kind, last_error, updated_at,
-                   group_key, partition_key)
-                 SELECT $1, k, s, v, st, $2, ek, le, $3, g, p
+                   group_key, partition_key, found_pass, version_pass, changed_at)
+                 SELECT $1, k, s, v, st, $2, ek, le, $3, g, p, $2, $2, $12
                  FROM UNNEST($4::text[], $5::bigint[], $6::text[], $7::bigint[], $8::text[], $9::text[], $10::text[], $11::text[])
                    AS batch(k, s, v, st, ek, le, g, p)
                  ON CONFLICT (migration_id, key) DO UPDATE SET
@@ -190,7 +229,13 @@ impl PgStore {
                    version = CASE WHEN objects.state = 1 THEN objects.version ELSE excluded.version END,
                    group_key = CASE WHEN objects.state = 1 THEN objects.group_key ELSE excluded.group_key END,
                    partition_key = CASE WHEN objects.state = 1 THEN objects.partition_key ELSE excluded.partition_key END,
-                   updated_at = excluded.updated_at
+                   updated_at = excluded.updated_at,
+                   version_pass = CASE WHEN objects.size != excluded.size OR objects.version != excluded.version
+                     THEN excluded.version_pass ELSE objects.version_pass END,
+                   changed_at = CASE
+                     WHEN objects.state != 1 AND (objects.size != excluded.size OR objects.version != excluded.version
+                       OR (objects.state = 5 AND excluded.state = 0)) THEN excluded.changed_at
+                     ELSE objects.changed_at END
                  WHERE objects.size != excluded.size OR objects.version != excluded.version
                    OR objects.state IN (0, 5) OR objects.pass != excluded.pass
                    OR objects.group_key IS DISTINCT FROM excluded.group_key
@@ -207,10 +252,39 @@ impl PgStore {
                     &messages,
                     &groups,
                     &partitions,
+                    &changed_at,
                 ],
             )
             .await
             .map_err(|e| self.db(e))?;
+        if !frozen.is_empty() {
+            let keys: Vec<&str> = frozen.iter().map(|o| o.key.as_str()).collect();
+            let sizes: Vec<i64> = frozen.iter().map(|o| o.size as i64).collect();
+            let versions: Vec<&str> = frozen.iter().map(|o| o.version.as_str()).collect();
+            let groups: Vec<Option<&str>> = frozen.iter().map(|o| o.group.as_deref()).collect();
+            let partitions: Vec<Option<&str>> =
+                frozen.iter().map(|o| o.partition.as_deref()).collect();
+            transaction
+                .execute(
+                    &transaction
+                        .prepare_cached(CUT_OVER_UPSERT)
+                        .await
+                        .map_err(|e| self.db(e))?,
+                    &[
+                        &migration.0,
+                        &i64::from(pass),
+                        &now(),
+                        &keys,
+                        &sizes,
+                        &versions,
+                        &groups,
+                        &partitions,
+                        &changed_at,
+                    ],
+                )
+                .await
+                .map_err(|e| self.db(e))?;
+        }
         transaction.commit().await.map_err(|e| self.db(e))
     }
 

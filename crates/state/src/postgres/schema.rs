@@ -5,7 +5,7 @@ use crate::StoreError;
 use super::PgStore;
 
 /// The schema, one step a version: version N is `MIGRATIONS[N - 1]`.
-const MIGRATIONS: [&str; 8] = [
+const MIGRATIONS: [&str; 9] = [
     "
 CREATE TABLE migrations (
     id BIGSERIAL PRIMARY KEY,
@@ -123,6 +123,24 @@ CREATE INDEX objects_pending ON objects (migration_id, (id + 0)) WHERE state = 0
 CREATE INDEX objects_groups ON objects (migration_id, group_key) WHERE group_key IS NOT NULL;
 DROP INDEX objects_problems;
 CREATE INDEX objects_problems ON objects (migration_id, (id + 0)) WHERE state IN (4, 7);
+",
+    // Partitions' checkpoints; when each object was found, last became work, and the pass its
+    // version was first seen in (for delta passes' counts and cutover's "nothing changed").
+    "
+ALTER TABLE objects ADD COLUMN changed_at BIGINT, ADD COLUMN found_pass BIGINT,
+    ADD COLUMN version_pass BIGINT;
+CREATE TABLE partitions (
+    migration_id BIGINT NOT NULL REFERENCES migrations(id),
+    name TEXT COLLATE \"C\" NOT NULL,
+    validated_at BIGINT,
+    validation_passed BOOLEAN,
+    validation TEXT,
+    cut_over_at BIGINT,
+    notice_delivered_at BIGINT,
+    notice_attempts BIGINT,
+    notice_error TEXT,
+    PRIMARY KEY (migration_id, name)
+);
 ",
 ];
 

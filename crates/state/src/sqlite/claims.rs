@@ -44,6 +44,28 @@ struct Claimed {
     group_key: Option<String>,
 }
 
+/// `names` as a JSON array of strings, for `json_each`.
+fn json_strings(names: &[String]) -> String {
+    let mut json = String::from("[");
+    for (i, name) in names.iter().enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        json.push('"');
+        for c in name.chars() {
+            match c {
+                '"' => json.push_str("\\\""),
+                '\\' => json.push_str("\\\\"),
+                c if (c as u32) < 0x20 => json.push_str(&format!("\\u{:04x}", c as u32)),
+                c => json.push(c),
+            }
+        }
+        json.push('"');
+    }
+    json.push(']');
+    json
+}
+
 impl SqliteStore {
     pub(super) async fn claim(
         &self,
@@ -52,6 +74,7 @@ impl SqliteStore {
         limits: PacketLimits,
     ) -> Result<Vec<ClaimedObject>, StoreError> {
         let worker = worker.to_owned();
+        let only = limits.partitions.as_deref().map(json_strings);
         self.with(move |connection| {
             let transaction = connection.transaction()?;
             let mut claimed = Vec::new();
@@ -69,6 +92,7 @@ impl SqliteStore {
                 let mut candidates = transaction.prepare_cached(
                     "SELECT id, size, first_claimed_at, group_key FROM objects
                      WHERE migration_id = ?1 AND state = 0 AND (?3 OR group_key IS NULL)
+                       AND (?4 IS NULL OR COALESCE(partition_key, '') IN (SELECT value FROM json_each(?4)))
                      ORDER BY id LIMIT ?2",
                 )?;
                 let at = millis(SystemTime::now());
@@ -78,7 +102,7 @@ impl SqliteStore {
                 let mut bytes = 0u64;
                 let everything = !limits.whole_groups;
                 let mut rows =
-                    candidates.query(params![migration.0, limits.max_objects, everything || groups_ready])?;
+                    candidates.query(params![migration.0, limits.max_objects, everything || groups_ready, only])?;
                 while let Some(row) = rows.next()? {
                     let size = row.get::<_, i64>(1)? as u64;
                     if !ids.is_empty() && bytes + size > limits.max_bytes {

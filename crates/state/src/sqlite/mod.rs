@@ -9,14 +9,16 @@ use async_trait::async_trait;
 use rusqlite::Connection;
 
 use crate::{
-    Claim, ClaimedObject, ControlState, DoneObject, FailedObject, KnownObject, Migration,
-    MigrationId, MigrationSpec, MigrationStatus, ObjectId, Outcome, PacketLimits, PartRecord,
-    PartitionTally, Pass, Problem, ScannedObject, ShardClaim, ShardMark, SourceVersion,
-    StaleUpload, Store, StoreError, Tally, WorkerBeat, WorkerRecord,
+    Claim, ClaimedObject, ControlState, Cutover, DoneObject, FailedObject, KnownObject,
+    LedgerObject, Migration, MigrationId, MigrationSpec, MigrationStatus, Notice, ObjectId,
+    Outcome, PacketLimits, PartRecord, PartitionTally, Pass, PassCounts, Problem, ScannedObject,
+    ShardClaim, ShardMark, SourceVersion, StaleUpload, Store, StoreError, Tally, WorkerBeat,
+    WorkerRecord,
 };
 
 mod claims;
 mod migrations;
+mod partitions;
 mod reads;
 mod scan;
 mod schema;
@@ -372,6 +374,53 @@ impl Store for SqliteStore {
 
     async fn partitions(&self, migration: MigrationId) -> Result<Vec<PartitionTally>, StoreError> {
         self.partitions(migration).await
+    }
+
+    async fn record_validation(
+        &self,
+        migration: MigrationId,
+        partition: Option<&str>,
+        started: i64,
+        passed: bool,
+        report: &str,
+    ) -> Result<(), StoreError> {
+        self.record_validation(migration, partition, started, passed, report)
+            .await
+    }
+
+    async fn cut_over(
+        &self,
+        migration: MigrationId,
+        partition: Option<&str>,
+        at: i64,
+    ) -> Result<Cutover, StoreError> {
+        self.cut_over(migration, partition, at).await
+    }
+
+    async fn record_notice(
+        &self,
+        migration: MigrationId,
+        partition: Option<&str>,
+        notice: &Notice,
+    ) -> Result<(), StoreError> {
+        self.record_notice(migration, partition, notice).await
+    }
+
+    async fn objects_after(
+        &self,
+        migration: MigrationId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<LedgerObject>, StoreError> {
+        self.objects_after(migration, after, limit).await
+    }
+
+    async fn pass_counts(
+        &self,
+        migration: MigrationId,
+        pass: u32,
+    ) -> Result<PassCounts, StoreError> {
+        self.pass_counts(migration, pass).await
     }
 
     async fn problems(

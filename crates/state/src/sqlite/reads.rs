@@ -1,13 +1,13 @@
 //! What is read back: tallies, partitions, problems, the fail queue, objects done; requeues and
 //! lookups.
 
-use std::collections::BTreeMap;
+use std::time::SystemTime;
 
 use rusqlite::{OptionalExtension, params};
 
 use crate::{
-    DoneObject, FailedObject, KnownObject, MigrationId, ObjectId, ObjectState, PartitionTally,
-    Problem, StoreError, Tally,
+    DoneObject, FailedObject, KnownObject, MigrationId, ObjectId, ObjectState, Problem, StoreError,
+    Tally, millis,
 };
 
 use super::SqliteStore;
@@ -27,32 +27,6 @@ impl SqliteStore {
                 }
             }
             Ok(tally)
-        })
-        .await
-    }
-
-    pub(super) async fn partitions(
-        &self,
-        migration: MigrationId,
-    ) -> Result<Vec<PartitionTally>, StoreError> {
-        self.with(move |connection| {
-            let mut statement = connection.prepare_cached(
-                "SELECT partition_key, state, COUNT(*), COALESCE(SUM(size), 0) FROM objects
-                 WHERE migration_id = ?1 GROUP BY partition_key, state",
-            )?;
-            let mut rows = statement.query(params![migration.0])?;
-            let mut partitions: BTreeMap<Option<String>, Tally> = BTreeMap::new();
-            while let Some(row) = rows.next()? {
-                let tally = partitions.entry(row.get(0)?).or_default();
-                if let Some(state) = ObjectState::from_code(row.get(1)?) {
-                    tally.objects[state as usize] = row.get::<_, i64>(2)? as u64;
-                    tally.bytes[state as usize] = row.get::<_, i64>(3)? as u64;
-                }
-            }
-            Ok(partitions
-                .into_iter()
-                .map(|(name, tally)| PartitionTally { name, tally })
-                .collect())
         })
         .await
     }
@@ -135,10 +109,12 @@ impl SqliteStore {
             let mut n = 0;
             {
                 let mut update = transaction.prepare_cached(
-                    "UPDATE objects SET state = 0, attempts = 0, verified_by = NULL WHERE id = ?1 AND state IN (2, 3)",
+                    "UPDATE objects SET state = 0, attempts = 0, verified_by = NULL, changed_at = ?2
+                     WHERE id = ?1 AND state IN (2, 3)",
                 )?;
+                let at = millis(SystemTime::now());
                 for id in ids {
-                    n += update.execute(params![id])? as u64;
+                    n += update.execute(params![id, at])? as u64;
                 }
             }
             transaction.commit()?;
@@ -184,11 +160,11 @@ impl SqliteStore {
         let class = class.map(str::to_owned);
         self.with(move |connection| {
             let n = connection.execute(
-                "UPDATE objects SET state = 0, attempts = 0
+                "UPDATE objects SET state = 0, attempts = 0, changed_at = ?3
                  WHERE migration_id = ?1 AND state = 7 AND (?2 IS NULL OR error_kind = ?2
                    OR group_key IN (SELECT group_key FROM objects WHERE migration_id = ?1
                      AND state = 7 AND error_kind = ?2 AND group_key IS NOT NULL))",
-                params![migration.0, class],
+                params![migration.0, class, millis(SystemTime::now())],
             )?;
             Ok(n as u64)
         })

@@ -1,11 +1,11 @@
 //! Passes and their scans: the objects a scan records, and the shards it lists in parts.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{
-    LeaseToken, MigrationId, Pass, ScannedObject, ShardClaim, ShardMark, StoreError, now,
+    LeaseToken, MigrationId, Pass, ScannedObject, ShardClaim, ShardMark, StoreError, millis, now,
     scanned_columns,
 };
 
@@ -36,6 +36,34 @@ fn count_shards(
         .query_row(params![migration.0, pass], |row| {
             Ok((row.get::<_, i64>(0)? as u64, row.get::<_, i64>(1)? as u64))
         })
+}
+
+/// Records an object the scan found in a partition that was cut over: a new one is left out
+/// (`excluded`, saying why); one seen before keeps everything but the pass that saw it and, when
+/// its size or version changed, the pass that saw the change.
+const CUT_OVER_UPSERT: &str = "INSERT INTO objects (migration_id, key, size, version, state, pass,
+       error_kind, last_error, updated_at, group_key, partition_key, found_pass, version_pass, changed_at)
+     VALUES (?1, ?2, ?3, ?4, 5, ?5, 'cut_over',
+       'its partition was cut over: the application owns it now, and delta passes leave it alone',
+       ?6, ?7, ?8, ?5, ?5, ?9)
+     ON CONFLICT (migration_id, key) DO UPDATE SET
+       pass = excluded.pass,
+       version_pass = CASE WHEN objects.size != excluded.size OR objects.version != excluded.version
+         THEN excluded.version_pass ELSE objects.version_pass END
+     WHERE objects.pass != excluded.pass OR objects.size != excluded.size
+       OR objects.version != excluded.version";
+
+/// The migration's partitions that were cut over (`""` for the objects in none).
+fn cut_over_partitions(
+    connection: &Connection,
+    migration: MigrationId,
+) -> rusqlite::Result<Vec<String>> {
+    connection
+        .prepare_cached(
+            "SELECT name FROM partitions WHERE migration_id = ?1 AND cut_over_at IS NOT NULL",
+        )?
+        .query_map(params![migration.0], |row| row.get(0))?
+        .collect()
 }
 
 impl SqliteStore {
@@ -124,8 +152,8 @@ impl SqliteStore {
                 // from scratch; one that never started takes the current filters' verdict.
                 let mut upsert = transaction.prepare_cached(
                     "INSERT INTO objects (migration_id, key, size, version, state, pass, error_kind, last_error, updated_at,
-                       group_key, partition_key)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                       group_key, partition_key, found_pass, version_pass, changed_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?6, ?6, ?12)
                      ON CONFLICT (migration_id, key) DO UPDATE SET
                        pass = excluded.pass,
                        state = CASE
@@ -151,15 +179,42 @@ impl SqliteStore {
                        version = CASE WHEN objects.state = 1 THEN objects.version ELSE excluded.version END,
                        group_key = CASE WHEN objects.state = 1 THEN objects.group_key ELSE excluded.group_key END,
                        partition_key = CASE WHEN objects.state = 1 THEN objects.partition_key ELSE excluded.partition_key END,
-                       updated_at = excluded.updated_at
+                       updated_at = excluded.updated_at,
+                       version_pass = CASE WHEN objects.size != excluded.size OR objects.version != excluded.version
+                         THEN excluded.version_pass ELSE objects.version_pass END,
+                       changed_at = CASE
+                         WHEN objects.state != 1 AND (objects.size != excluded.size OR objects.version != excluded.version
+                           OR (objects.state = 5 AND excluded.state = 0)) THEN excluded.changed_at
+                         ELSE objects.changed_at END
                      WHERE objects.size != excluded.size OR objects.version != excluded.version
                        OR objects.state IN (0, 5) OR objects.pass != excluded.pass
                        OR objects.group_key IS NOT excluded.group_key
                        OR objects.partition_key IS NOT excluded.partition_key",
                 )?;
+                // A partition that was cut over belongs to the application: its objects are
+                // left as they are (a new one is recorded as left out), and only the pass that saw
+                // a change is noted, for the pass's counts.
+                let mut frozen = transaction.prepare_cached(CUT_OVER_UPSERT)?;
+                let cut_over = cut_over_partitions(&transaction, migration)?;
                 let at = now();
+                let changed_at = millis(SystemTime::now());
                 for object in &batch {
                     let (state, kind, message) = scanned_columns(&object.scanned);
+                    let partition = object.partition.as_deref().unwrap_or("");
+                    if cut_over.iter().any(|p| p == partition) {
+                        frozen.execute(params![
+                            migration.0,
+                            object.key,
+                            object.size as i64,
+                            object.version,
+                            pass,
+                            at,
+                            object.group,
+                            object.partition,
+                            changed_at
+                        ])?;
+                        continue;
+                    }
                     upsert.execute(params![
                         migration.0,
                         object.key,
@@ -171,7 +226,8 @@ impl SqliteStore {
                         message,
                         at,
                         object.group,
-                        object.partition
+                        object.partition,
+                        changed_at
                     ])?;
                 }
             }

@@ -5,8 +5,9 @@ use rusqlite::{Connection, params};
 
 /// 2: uploads bound to a source version and begun before their id is known, godwit's own
 /// writes, first claims, the filter of each pass, the endpoints of each migration, the metadata
-/// sent with each object.
-pub(super) const SCHEMA_VERSION: i64 = 2;
+/// sent with each object. 3: partitions' checkpoints (validation, cutover, notice), and when each
+/// object was found, last changed, and its version seen.
+pub(super) const SCHEMA_VERSION: i64 = 3;
 
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS migrations (
@@ -70,7 +71,22 @@ CREATE TABLE IF NOT EXISTS objects (
     first_claimed_at INTEGER,
     metadata TEXT,
     lease_token INTEGER,
+    changed_at INTEGER,
+    found_pass INTEGER,
+    version_pass INTEGER,
     UNIQUE (migration_id, key)
+);
+CREATE TABLE IF NOT EXISTS partitions (
+    migration_id INTEGER NOT NULL REFERENCES migrations(id),
+    name TEXT NOT NULL,
+    validated_at INTEGER,
+    validation_passed INTEGER,
+    validation TEXT,
+    cut_over_at INTEGER,
+    notice_delivered_at INTEGER,
+    notice_attempts INTEGER,
+    notice_error TEXT,
+    PRIMARY KEY (migration_id, name)
 );
 CREATE TABLE IF NOT EXISTS parts (
     object_id INTEGER NOT NULL REFERENCES objects(id),
@@ -103,7 +119,7 @@ CREATE INDEX IF NOT EXISTS shards_leases ON shards (lease_owner) WHERE state = 1
 
 /// Columns added since schema 1, added to older ledgers as they are opened (times are
 /// milliseconds since the Unix epoch).
-const ADDED_COLUMNS: [(&str, &str, &str); 14] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 17] = [
     ("migrations", "throttled_at", "INTEGER"),
     ("migrations", "status", "TEXT"),
     ("migrations", "options", "TEXT"),
@@ -118,6 +134,9 @@ const ADDED_COLUMNS: [(&str, &str, &str); 14] = [
     ("objects", "written_etag", "TEXT"),
     ("objects", "written_version", "TEXT"),
     ("objects", "first_claimed_at", "INTEGER"),
+    ("objects", "changed_at", "INTEGER"),
+    ("objects", "found_pass", "INTEGER"),
+    ("objects", "version_pass", "INTEGER"),
 ];
 
 /// Brings a ledger of an older schema up to date: adds the columns it lacks. New ledgers get

@@ -34,6 +34,7 @@ const LIMITS: PacketLimits = PacketLimits {
     max_bytes: 1000,
     lease: Duration::from_secs(60),
     whole_groups: false,
+    partitions: None,
 };
 
 fn done(claimed: &ClaimedObject, state: ObjectState) -> Outcome {
