@@ -11,6 +11,7 @@
 
 pub mod checksum;
 mod control;
+mod cutover;
 mod dispatch;
 mod filter;
 mod group;
@@ -24,8 +25,11 @@ mod scan;
 mod throttle;
 mod transfer;
 mod units;
+mod validate;
+mod walk;
 
 pub use control::{worker_beat, worker_name};
+pub use cutover::{CutoverDone, CutoverNotice, Notify, cut_over};
 pub use filter::{BadPattern, Filter};
 pub use migrate::{MigrateOptions, Migrator, PartitionChoice, Summary};
 pub use plan::{Ledger, PartitionPlan, Plan, plan};
@@ -33,6 +37,7 @@ pub use progress::Progress;
 pub use recheck::Recheck;
 pub use transfer::{ConditionsFound, Guarantees, MetadataOptions, TransferOptions};
 pub use units::{BadRule, KeyRule, Units};
+pub use validate::{Difference, PartitionReport, Validation, validate};
 
 use godwit_state::StoreError;
 use godwit_storage::StorageError;

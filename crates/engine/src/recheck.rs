@@ -5,13 +5,12 @@
 //! different there goes back to the queue, so the run copies it again (or finds someone else's
 //! object at the key: a conflict).
 
-use std::collections::VecDeque;
-
 use godwit_state::{MigrationId, ObjectId, Store};
-use godwit_storage::{Destination, Listed, ObjectMeta};
+use godwit_storage::Destination;
 use serde::Serialize;
 
 use crate::EngineError;
+use crate::walk::{DestinationWalk, etags_differ};
 
 /// What the destination lacked of what the ledger counts as done.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -33,9 +32,7 @@ pub(crate) async fn recheck(
     migration: MigrationId,
     requeue: bool,
 ) -> Result<Recheck, EngineError> {
-    let mut listing = dest.list();
-    let mut listed: VecDeque<ObjectMeta> = VecDeque::new();
-    let mut listing_over = false;
+    let mut walk = DestinationWalk::new(dest);
     let mut found = Recheck::default();
     let mut lost: Vec<ObjectId> = Vec::new();
     let mut after: Option<String> = None;
@@ -46,42 +43,16 @@ pub(crate) async fn recheck(
         let Some(last) = page.last() else { break };
         after = Some(last.key.clone());
         for done in page {
-            // Skip what the destination holds before this key (objects godwit did not write).
-            loop {
-                if listed.is_empty() && !listing_over {
-                    match listing.recv().await {
-                        Some(Ok(entries)) => {
-                            listed.extend(entries.into_iter().filter_map(|e| match e {
-                                Listed::Object(meta) => Some(meta),
-                                Listed::Unreadable { .. } => None,
-                            }))
-                        }
-                        Some(Err(error)) => return Err(EngineError::Destination(error)),
-                        None => listing_over = true,
-                    }
-                    continue;
-                }
-                match listed.front() {
-                    Some(front) if front.key < done.key => {
-                        listed.pop_front();
-                    }
-                    _ => break,
-                }
-            }
-            match listed.front() {
-                Some(front) if front.key == done.key => {
-                    let etags_differ = match (front.version.as_str(), done.dest_etag.as_deref()) {
-                        ("", _) | (_, None) => false,
-                        (listed, Some(recorded)) => !listed
-                            .trim_matches('"')
-                            .eq_ignore_ascii_case(recorded.trim_matches('"')),
-                    };
-                    if front.size != done.size || etags_differ {
+            match walk.find(&done.key).await? {
+                Some(there) => {
+                    if there.size != done.size
+                        || etags_differ(&there.version, done.dest_etag.as_deref())
+                    {
                         found.changed += 1;
                         lost.push(done.id);
                     }
                 }
-                _ => {
+                None => {
                     found.missing += 1;
                     lost.push(done.id);
                 }
