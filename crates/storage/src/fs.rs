@@ -59,6 +59,8 @@ fn meta_of(key: String, metadata: &Metadata) -> ObjectMeta {
         key,
         size: metadata.len(),
         version: version_of(metadata),
+        group: None,
+        partition: None,
     }
 }
 

@@ -98,6 +98,8 @@ impl Bucket {
                             key,
                             size,
                             version: object.e_tag().unwrap_or("").to_owned(),
+                            group: None,
+                            partition: None,
                         }))
                     })
                     .collect();
@@ -141,6 +143,8 @@ impl Source for S3Source {
             key: key.to_owned(),
             size: object.size,
             version: object.etag.unwrap_or_default(),
+            group: None,
+            partition: None,
         }))
     }
 
