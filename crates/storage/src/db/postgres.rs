@@ -111,7 +111,7 @@ impl PgTable {
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StorageError> {
         self.pool.get().await.map_err(|error| match error {
-            PoolError::Backend(error) => self.error("connecting", &error),
+            PoolError::Backend(error) => self.error("connecting to", &error),
             other => StorageError::new(
                 ErrorKind::Unreachable,
                 format!("connecting to {}: {other}", self.table.describe()),
