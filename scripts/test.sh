@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: unit tests, the ledger's conformance suite against SQLite and PostgreSQL
-# (started here if it is down), then the end-to-end suite against independent S3 servers —
+# (started here if it is down), database tables as sources (PostgreSQL, and MariaDB, also
+# started here if it is down), then the end-to-end suite against independent S3 servers —
 # s3s-fs in process, and a moto server this script installs (if needed) and starts — then the
 # format and lint gates. Extra arguments go to `cargo test`.
 set -euo pipefail
@@ -42,6 +43,24 @@ if ! pg_up; then
   exit 1
 fi
 export GODWIT_TEST_POSTGRES="postgres://${GODWIT_TEST_POSTGRES_USER:-$(id -un)}@127.0.0.1:5432/test"
+# MariaDB, for content-store tables as a source: the machine runs one (127.0.0.1:3306, user root
+# without a password, database test). Start it if it is down; say plainly why not if it cannot be.
+mysql_up() { mariadb-admin ping -h 127.0.0.1 -P 3306 -u root --silent >/dev/null 2>&1; }
+if ! mysql_up; then
+  echo "MariaDB is not answering on 127.0.0.1:3306; starting it"
+  if [ -x /etc/init.d/mariadb ]; then
+    /etc/init.d/mariadb start >/dev/null 2>&1 || true
+  elif command -v mysqld_safe >/dev/null 2>&1; then
+    (mysqld_safe >/dev/null 2>&1 &)
+  fi
+  for _ in $(seq 1 100); do mysql_up && break; sleep 0.2; done
+fi
+if ! mysql_up; then
+  echo "MariaDB cannot be reached on 127.0.0.1:3306 and could not be started (/etc/init.d/mariadb: $( [ -x /etc/init.d/mariadb ] && echo present || echo missing), mariadb-admin: $(command -v mariadb-admin || echo missing)); the database-source tests need it"
+  exit 1
+fi
+mysql -h 127.0.0.1 -P 3306 -u root -e 'CREATE DATABASE IF NOT EXISTS test' >/dev/null
+export GODWIT_TEST_MYSQL="mysql://root@127.0.0.1:3306/test"
 # Never let an SDK look for instance metadata: this machine has no network beyond loopback.
 export AWS_EC2_METADATA_DISABLED=true
 

@@ -60,7 +60,8 @@ impl Migrator {
         // Packets of twice the objects in flight: enough to keep every slot busy between claims,
         // few enough not to hoard work other workers could take.
         let lease = self.options.lease;
-        let whole_groups = self.options.filter.units().group.is_some();
+        let whole_groups =
+            self.options.filter.units().group.is_some() || self.source.capabilities().places_groups;
         let packet = |in_flight: usize| PacketLimits {
             max_objects: (in_flight * 2).clamp(16, 512) as u32,
             max_bytes: 200 << 20,

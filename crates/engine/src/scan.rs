@@ -26,10 +26,20 @@ pub(crate) fn classify(listed: Listed, filter: &Filter) -> ScannedObject {
             } else {
                 Scanned::Excluded
             };
+            // A rule given places the object; without one, the source's own placement (a
+            // table's columns) does.
             let units = filter.units();
+            let group = match units.group {
+                Some(_) => units.group_of(&meta.key),
+                None => meta.group,
+            };
+            let partition = match units.partition {
+                Some(_) => units.partition_of(&meta.key),
+                None => meta.partition,
+            };
             ScannedObject {
-                group: units.group_of(&meta.key),
-                partition: units.partition_of(&meta.key),
+                group,
+                partition,
                 key: meta.key,
                 size: meta.size,
                 version: meta.version,
@@ -294,4 +304,41 @@ pub(crate) async fn mark_work_known(
     );
     progress.scan_complete.store(true, Ordering::Relaxed);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Units;
+    use godwit_storage::ObjectMeta;
+
+    fn placed(units: Units) -> (Option<String>, Option<String>) {
+        let filter = Filter::new(&[], &[]).unwrap().with_units(units);
+        let listed = Listed::Object(ObjectMeta {
+            key: "course-1/video-2/a.mp4".into(),
+            size: 1,
+            version: "v".into(),
+            group: Some("video-9".into()),
+            partition: Some("course-9".into()),
+        });
+        let scanned = classify(listed, &filter);
+        (scanned.group, scanned.partition)
+    }
+
+    #[test]
+    fn a_rule_places_objects_else_the_source_does() {
+        let some = |text: &str| Some(text.to_owned());
+        assert_eq!(
+            placed(Units::parse(None, None).unwrap()),
+            (some("video-9"), some("course-9"))
+        );
+        assert_eq!(
+            placed(Units::parse(Some("prefix:2"), None).unwrap()),
+            (some("course-1/video-2"), some("course-9"))
+        );
+        assert_eq!(
+            placed(Units::parse(None, Some("prefix:1")).unwrap()),
+            (some("video-9"), some("course-1"))
+        );
+    }
 }

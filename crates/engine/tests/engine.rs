@@ -555,6 +555,8 @@ async fn a_source_tells_how_an_object_was_cut_or_nothing() {
             key: "cut.bin".into(),
             size: content.len() as u64,
             version: etag,
+            group: None,
+            partition: None,
         };
         let layout = source.part_layout(&cut).await.unwrap();
         let expected = godwit_storage::PartLayout {

@@ -63,7 +63,10 @@ pub struct LedgerArgs {
 /// destination with its own credentials.
 #[derive(Debug, Args, serde::Serialize, serde::Deserialize)]
 pub struct MigrateArgs {
-    /// A directory (or file://PATH) or s3://BUCKET[/PREFIX].
+    /// A directory (or file://PATH), s3://BUCKET[/PREFIX], or a database table:
+    /// postgres://USER@HOST/DB?table=T&key=K&blob=B (also mysql://, sqlite://PATH; see the
+    /// README). A password in the URL is used, never recorded: a worker reads it from
+    /// PGPASSWORD or MYSQL_PWD.
     pub source: String,
     /// s3://BUCKET[/PREFIX]. A key is PREFIX plus the object's path below SOURCE.
     pub dest: String,

@@ -38,13 +38,24 @@ fn canonical(location: &Location) -> String {
             .unwrap_or_else(|_| path.clone())
             .display()
             .to_string(),
+        Location::Table(table) => {
+            let mut table = table.clone();
+            table.path = table
+                .path
+                .map(|path| std::path::absolute(&path).unwrap_or(path));
+            // Shown without its password, as every location is.
+            table.to_string()
+        }
         Location::S3 { .. } => location.to_string(),
     }
 }
 
 /// A location argument as workers elsewhere must read it (a local path made absolute).
 fn canonical_text(text: &str) -> String {
-    Location::parse(text).map_or_else(|_| text.to_owned(), |location| canonical(&location))
+    Location::parse(text).map_or_else(
+        |_| godwit_state::without_password(text),
+        |location| canonical(&location),
+    )
 }
 
 /// What identifies the migration: where it moves objects from and to, the endpoints included

@@ -59,6 +59,8 @@ fn meta_of(key: String, metadata: &Metadata) -> ObjectMeta {
         key,
         size: metadata.len(),
         version: version_of(metadata),
+        group: None,
+        partition: None,
     }
 }
 
@@ -309,7 +311,10 @@ impl Source for LocalSource {
     }
 
     fn capabilities(&self) -> SourceCapabilities {
-        SourceCapabilities { ranged_reads: true }
+        SourceCapabilities {
+            ranged_reads: true,
+            places_groups: false,
+        }
     }
 
     async fn check(&self) -> Result<(), StorageError> {

@@ -5,7 +5,8 @@
 //! the location's root (a directory, or a bucket plus prefix), always `/`-separated. Backends know
 //! nothing of the ledger.
 //!
-//! Backends: the local filesystem ([`fs`]) and S3 through the AWS SDK ([`s3`]). [`open_source`] and
+//! Backends: the local filesystem ([`fs`]), S3 through the AWS SDK ([`s3`]), and a table of a
+//! PostgreSQL, MariaDB/MySQL or SQLite database ([`db`], a source only). [`open_source`] and
 //! [`open_destination`] turn a [`Location`] into a trait object.
 
 #![deny(missing_docs)]
@@ -20,6 +21,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+pub mod db;
 pub mod endpoint;
 pub mod fs;
 pub mod s3;
@@ -28,7 +30,8 @@ pub mod shard;
 mod error;
 pub use error::{ErrorKind, StorageError};
 
-/// A place objects live: a local directory or an S3 bucket with an optional prefix.
+/// A place objects live: a local directory, an S3 bucket with an optional prefix, or a database
+/// table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
     /// A directory on a local or network filesystem.
@@ -40,11 +43,17 @@ pub enum Location {
         /// Key prefix: empty, or ending in `/`.
         prefix: String,
     },
+    /// A table of objects in a database (a source only). Shown without its password.
+    Table(Box<db::TableLocation>),
 }
 
 impl Location {
-    /// Parses `s3://bucket[/prefix]`, `file:///path` or a plain path.
+    /// Parses `s3://bucket[/prefix]`, `file:///path`, a plain path, or a database URL naming a
+    /// table (`postgres://`, `mysql://`, `sqlite://`: see [`db::TableLocation`]).
     pub fn parse(text: &str) -> Result<Self, StorageError> {
+        if db::TableLocation::is_database_url(text) {
+            return Ok(Location::Table(Box::new(db::TableLocation::parse(text)?)));
+        }
         if let Some(rest) = text.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
@@ -75,7 +84,7 @@ impl Location {
             return Err(StorageError::new(
                 ErrorKind::InvalidInput,
                 format!(
-                    "'{text}': unsupported scheme; use a directory path, file://PATH or s3://BUCKET/PREFIX"
+                    "'{text}': unsupported scheme; use a directory path, file://PATH, s3://BUCKET/PREFIX or a database URL (postgres://, mysql://, sqlite://)"
                 ),
             ));
         }
@@ -94,6 +103,7 @@ impl fmt::Display for Location {
         match self {
             Location::Local(path) => write!(f, "{}", path.display()),
             Location::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+            Location::Table(table) => write!(f, "{table}"),
         }
     }
 }
@@ -105,8 +115,15 @@ pub struct ObjectMeta {
     pub key: String,
     /// Size in bytes.
     pub size: u64,
-    /// What changes when the object changes: an S3 ETag, or a file's modification time in nanoseconds.
+    /// What changes when the object changes: an S3 ETag, a file's modification time in
+    /// nanoseconds, a row's updated-at or blob hash (see [`db`]).
     pub version: String,
+    /// The group the source itself places the object in (a table's group column); `None` where
+    /// the source knows none.
+    pub group: Option<String>,
+    /// The partition the source itself places the object in (a table's partition column);
+    /// `None` where the source knows none.
+    pub partition: Option<String>,
 }
 
 /// One entry of a listing.
@@ -133,6 +150,9 @@ pub type Listing = mpsc::Receiver<Result<Vec<Listed>, StorageError>>;
 pub struct SourceCapabilities {
     /// Byte ranges can be read independently, in parallel (needed for parallel multipart reads).
     pub ranged_reads: bool,
+    /// The source places objects in groups itself (a table's group column): their groups are
+    /// all-or-nothing units as those of a `--group-by` rule are.
+    pub places_groups: bool,
 }
 
 /// Where a destination could copy a source's objects from without the bytes passing through
@@ -688,6 +708,7 @@ pub async fn open_source(
             let client = s3::S3Client::connect(s3).await?;
             Arc::new(client.source(bucket, prefix))
         }
+        Location::Table(table) => Arc::new(db::TableSource::open(table)?),
     })
 }
 
@@ -709,6 +730,12 @@ pub async fn open_destination(
             let client = s3::S3Client::connect(s3).await?;
             Ok(Arc::new(client.destination(bucket, prefix, write.clone())))
         }
+        Location::Table(table) => Err(StorageError::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "the destination {table} is a database table; godwit reads tables and writes to S3: use s3://BUCKET/PREFIX"
+            ),
+        )),
     }
 }
 

@@ -316,6 +316,8 @@ impl Transfers {
                 key: claimed.key.clone(),
                 size: claimed.size,
                 version: claimed.version.clone(),
+                group: None,
+                partition: None,
             },
             upload: claimed.upload.clone(),
             own: Own::new(claimed),

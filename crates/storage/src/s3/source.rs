@@ -98,6 +98,8 @@ impl Bucket {
                             key,
                             size,
                             version: object.e_tag().unwrap_or("").to_owned(),
+                            group: None,
+                            partition: None,
                         }))
                     })
                     .collect();
@@ -117,7 +119,10 @@ impl Source for S3Source {
     }
 
     fn capabilities(&self) -> SourceCapabilities {
-        SourceCapabilities { ranged_reads: true }
+        SourceCapabilities {
+            ranged_reads: true,
+            places_groups: false,
+        }
     }
 
     async fn check(&self) -> Result<(), StorageError> {
@@ -141,6 +146,8 @@ impl Source for S3Source {
             key: key.to_owned(),
             size: object.size,
             version: object.etag.unwrap_or_default(),
+            group: None,
+            partition: None,
         }))
     }
 
