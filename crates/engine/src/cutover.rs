@@ -6,11 +6,13 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use godwit_state::{Cutover, Migration, Notice, Store};
+use godwit_state::{Cutover, Migration, Notice, PartitionState, Store};
+use godwit_storage::Destination;
 use http_body_util::Full;
 use serde::Serialize;
 
 use crate::EngineError;
+use crate::validate::validate;
 
 /// Who hears of a cutover.
 #[derive(Debug, Clone, Default)]
@@ -76,6 +78,41 @@ pub async fn cut_over(
         cutover,
         notice: Some(notice),
     })
+}
+
+/// After a pass (`--auto-cutover`): validates the destination once for every partition, and cuts
+/// over each partition whose objects all ended well, not cut over yet, whose validation passed.
+/// Returns what each such partition's cutover did.
+pub async fn auto_cutover(
+    dest: &dyn Destination,
+    store: &dyn Store,
+    migration: &Migration,
+    notify: &Notify,
+) -> Result<Vec<(Option<String>, CutoverDone)>, EngineError> {
+    let ready: Vec<Option<String>> = store
+        .partitions(migration.id)
+        .await?
+        .into_iter()
+        .filter(|p| {
+            matches!(
+                p.state(),
+                PartitionState::Migrated | PartitionState::Validated
+            )
+        })
+        .map(|p| p.name)
+        .collect();
+    if ready.is_empty() {
+        return Ok(Vec::new());
+    }
+    let validation = validate(dest, store, migration, None).await?;
+    let mut done = Vec::new();
+    for report in validation.partitions {
+        if report.passed && ready.contains(&report.partition) {
+            let cutover = cut_over(store, migration, report.partition.as_deref(), notify).await?;
+            done.push((report.partition, cutover));
+        }
+    }
+    Ok(done)
 }
 
 fn millis_now() -> i64 {

@@ -29,7 +29,7 @@ mod validate;
 mod walk;
 
 pub use control::{worker_beat, worker_name};
-pub use cutover::{CutoverDone, CutoverNotice, Notify, cut_over};
+pub use cutover::{CutoverDone, CutoverNotice, Notify, auto_cutover, cut_over};
 pub use filter::{BadPattern, Filter};
 pub use migrate::{MigrateOptions, Migrator, PartitionChoice, Summary};
 pub use plan::{Ledger, PartitionPlan, Plan, plan};

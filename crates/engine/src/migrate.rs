@@ -155,6 +155,9 @@ pub struct Summary {
     pub pending_elsewhere: u64,
     /// What this run's pass found new, changed and vanished at the source.
     pub this_pass: PassCounts,
+    /// Partitions cut over after this run (`--auto-cutover`; `null`: the objects no rule
+    /// places).
+    pub cut_over_this_run: Vec<Option<String>>,
     /// The first conflicts and failures.
     pub problems: Vec<Problem>,
 }
@@ -228,7 +231,8 @@ impl Migrator {
             );
         }
         let (pass, finished_before) = self.choose_pass(&migration, &filter).await?;
-        let rechecked = if finished_before && !self.options.trust_ledger {
+        let recheck_first = finished_before || self.chosen_partitions_done(migration.id).await?;
+        let rechecked = if recheck_first && !self.options.trust_ledger {
             let found =
                 recheck(self.dest.as_ref(), self.store.as_ref(), migration.id, true).await?;
             if found.missing + found.changed > 0 {
@@ -369,6 +373,23 @@ impl Migrator {
         self.count_elsewhere(&mut summary, migration.id, only)
             .await?;
         Ok(summary)
+    }
+
+    /// Whether the partitions named for this run (`--partition`) have no work left, so the run
+    /// checks the destination against the ledger first, as a re-run of a finished migration does.
+    async fn chosen_partitions_done(&self, migration: MigrationId) -> Result<bool, EngineError> {
+        let PartitionChoice::Named(names) = &self.options.partitions else {
+            return Ok(false);
+        };
+        let partitions = self.store.partitions(migration).await?;
+        let chosen: Vec<&PartitionTally> = partitions
+            .iter()
+            .filter(|p| names.iter().any(|n| n == p.row_name()))
+            .collect();
+        Ok(!chosen.is_empty()
+            && chosen
+                .iter()
+                .all(|p| p.tally.n(ObjectState::Pending) + p.tally.n(ObjectState::InProgress) == 0))
     }
 
     /// The partitions this run takes (see [`PartitionChoice`]); `None`: all.
@@ -546,6 +567,7 @@ impl Migrator {
             partitions_taken: None,
             pending_elsewhere: 0,
             this_pass: PassCounts::default(),
+            cut_over_this_run: Vec::new(),
             problems,
         }
     }

@@ -42,6 +42,15 @@ pub enum Command {
     /// Stop a migration on every worker within seconds: objects in flight finish, a running
     /// `migrate` ends (exit 130), and nothing more is taken until `resume`.
     Cancel(ControlArgs),
+    /// Check the destination itself against the ledger, partition by partition: every object
+    /// there with the size and ETag (or checksum) godwit verified, every group whole (the
+    /// destination may hold more). Records each partition's result; exit 0 when all passed, 1
+    /// otherwise.
+    Validate(ValidateArgs),
+    /// Set a partition's cutover flag (the application may read it from the destination now),
+    /// only if its latest validation passed and nothing changed in it since; then notify the
+    /// webhook and/or run the command. Exit 0 when set (or set before), 1 when refused.
+    Cutover(CutoverArgs),
     /// Serve a directory as a local S3 endpoint (each sub-directory is a bucket).
     ServeS3(ServeS3Args),
     /// Run a self-contained demonstration: sample data, a local S3 endpoint, a migration, a re-run.
@@ -102,6 +111,39 @@ pub struct MigrateArgs {
     /// rules as --group-by. Default: the migration is one partition.
     #[arg(long, value_name = "RULE")]
     pub partition_by: Option<String>,
+    /// Take only this partition's objects (repeatable; `-` for the objects no rule places).
+    /// The scan still lists the whole source.
+    #[arg(long = "partition", value_name = "PARTITION", conflicts_with_all = ["all", "max_partitions"])]
+    #[serde(default)]
+    pub partitions: Vec<String>,
+    /// Take every partition with work left (the default; validated and cut-over partitions
+    /// have none).
+    #[arg(long)]
+    #[serde(default)]
+    pub all: bool,
+    /// Take only the first N partitions (by name) with work left, once the scan is complete.
+    #[arg(long, value_name = "N", conflicts_with = "all", value_parser = clap::value_parser!(u32).range(1..))]
+    #[serde(default)]
+    pub max_partitions: Option<u32>,
+    /// After each pass, validate every partition whose objects all ended well and cut it over
+    /// when it passes (see `godwit validate`, `godwit cutover`).
+    #[arg(long)]
+    #[serde(default)]
+    pub auto_cutover: bool,
+    /// POST each cutover as JSON to this URL (retried with backoff; its delivery recorded).
+    #[arg(long, value_name = "URL")]
+    #[serde(default)]
+    pub cutover_webhook: Option<String>,
+    /// Run this command (`sh -c`, with GODWIT_MIGRATION, GODWIT_PARTITION, GODWIT_CUT_OVER_AT)
+    /// after each cutover.
+    #[arg(long, value_name = "COMMAND")]
+    #[serde(default)]
+    pub cutover_command: Option<String>,
+    /// Keep going: after each pass, wait this long, then scan the source again for new and
+    /// changed objects (a delta pass), until stopped (`10s`, `5m`).
+    #[arg(long, value_name = "INTERVAL", value_parser = parse_seconds)]
+    #[serde(skip)]
+    pub watch: Option<u64>,
     /// The most objects in flight at once. A run starts with 16 and moves the number with the
     /// throughput it measures, up to this.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=4096))]
@@ -216,6 +258,40 @@ pub struct StatusArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The migration's name (see `godwit status`); may be left out when the ledger holds one.
+    pub name: Option<String>,
+    /// Only this partition (`-` for the objects no rule places); default: every partition.
+    #[arg(long, value_name = "PARTITION")]
+    pub partition: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CutoverArgs {
+    /// `[NAME] PARTITION`: the migration (may be left out when the ledger holds one) and the
+    /// partition (`-` for the objects no rule places).
+    #[arg(num_args = 1..=2, required = true, value_names = ["NAME", "PARTITION"])]
+    pub names: Vec<String>,
+    /// POST the cutover as JSON to this URL (default: the migration's --cutover-webhook).
+    #[arg(long, value_name = "URL")]
+    pub webhook: Option<String>,
+    /// Run this command (`sh -c`) after the cutover (default: the migration's
+    /// --cutover-command).
+    #[arg(long, value_name = "COMMAND")]
+    pub command: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct RetryArgs {
     /// The migration's name (see `godwit status`); may be left out when the ledger holds one.
     pub name: Option<String>,
@@ -318,7 +394,7 @@ fn parse_seconds(text: &str) -> Result<u64, String> {
         .and_then(|n| n.checked_mul(scale))
         .filter(|&s| s >= 1)
         .ok_or_else(|| {
-            format!("'{text}' is not a lease: write whole seconds (90, 90s) or minutes (2m)")
+            format!("'{text}' is not a duration: write whole seconds (90, 90s) or minutes (2m)")
         })?;
     Ok(seconds)
 }

@@ -10,6 +10,7 @@ use godwit_state::MigrationStatus;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod checkpoints;
 mod cli;
 mod demo;
 mod ledger;
@@ -64,6 +65,8 @@ async fn run(args: cli::Cli) -> anyhow::Result<u8> {
         cli::Command::Pause(args) => status::control(args, MigrationStatus::Paused).await,
         cli::Command::Resume(args) => status::control(args, MigrationStatus::Running).await,
         cli::Command::Cancel(args) => status::control(args, MigrationStatus::Cancelled).await,
+        cli::Command::Validate(args) => checkpoints::validate(args).await,
+        cli::Command::Cutover(args) => checkpoints::cutover(args).await,
         cli::Command::ServeS3(args) => serve_s3::run(args).await,
         cli::Command::Demo(args) => demo::run(args).await,
     }

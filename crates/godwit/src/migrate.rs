@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use godwit_engine::{
-    EngineError, Filter, MetadataOptions, MigrateOptions, Migrator, Progress, TransferOptions,
-    Units,
+    EngineError, Filter, MetadataOptions, MigrateOptions, Migrator, Notify, PartitionChoice,
+    Progress, TransferOptions, Units,
 };
 use godwit_state::MigrationSpec;
 use godwit_storage::{Encryption, Location, S3Settings, WriteSettings};
@@ -103,6 +103,27 @@ fn write_settings(args: &MigrateArgs) -> WriteSettings {
     }
 }
 
+/// Which partitions the run takes, as `--partition`, `--max-partitions` and `--all` say.
+fn partition_choice(args: &MigrateArgs) -> PartitionChoice {
+    if !args.partitions.is_empty() {
+        PartitionChoice::Named(args.partitions.iter().map(|p| partition_name(p)).collect())
+    } else if let Some(n) = args.max_partitions {
+        PartitionChoice::First(n)
+    } else {
+        PartitionChoice::All
+    }
+}
+
+/// A partition as the command line names it: `-` for the objects no rule places (`""` in the
+/// ledger).
+pub fn partition_name(given: &str) -> String {
+    if given == "-" {
+        String::new()
+    } else {
+        given.to_owned()
+    }
+}
+
 /// Prints a configuration error and returns the exit code for it.
 fn config_error(message: impl std::fmt::Display) -> u8 {
     eprintln!("godwit: {message}");
@@ -190,6 +211,7 @@ pub async fn prepare(args: &MigrateArgs) -> Result<Prepared, u8> {
                 preserve_tags: args.preserve_tags,
             },
         },
+        partitions: partition_choice(args),
         server_side_copy: !args.no_server_side_copy,
         trust_ledger: args.trust_ledger,
         lease: std::time::Duration::from_secs(args.lease),
@@ -286,26 +308,69 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<u8> {
         .save_options(migration.id, &recorded.to_string())
         .await?;
     shutdown.holds_claims_in(Arc::clone(&store), options.worker.clone());
-    let migrator = Migrator::new(source, dest, store, options, stop.clone());
-    let bar = render::ProgressBar::start(migrator.progress(), !args.no_progress);
-    let summary = migrator.run(&spec).await;
-    bar.finish();
-    let summary = match summary {
-        Ok(summary) => summary,
-        Err(error) => return Ok(engine_error(error)),
+    let notify = Notify {
+        webhook: args.cutover_webhook.clone(),
+        command: args.cutover_command.clone(),
+        attempts: NOTICE_ATTEMPTS,
     };
-    render::summary(&summary, &place.to_string(), args.json).context("writing the summary")?;
-    let cancelled = summary.status == godwit_state::MigrationStatus::Cancelled;
-    Ok(
-        if (summary.interrupted || cancelled) && summary.pending > 0 {
+    // One pass, or (`--watch`) a pass after each interval until stopped: each a run of its own.
+    loop {
+        let migrator = Migrator::new(
+            Arc::clone(&source),
+            Arc::clone(&dest),
+            Arc::clone(&store),
+            options.clone(),
+            stop.clone(),
+        );
+        let bar = render::ProgressBar::start(migrator.progress(), !args.no_progress);
+        let summary = migrator.run(&spec).await;
+        bar.finish();
+        let mut summary = match summary {
+            Ok(summary) => summary,
+            Err(error) => return Ok(engine_error(error)),
+        };
+        if args.auto_cutover && !summary.interrupted {
+            let cutovers = match store.find_migration(&spec.name).await? {
+                Some(found) => {
+                    godwit_engine::auto_cutover(dest.as_ref(), store.as_ref(), &found, &notify)
+                        .await
+                }
+                None => Ok(Vec::new()),
+            };
+            match cutovers {
+                Ok(cutovers) => {
+                    for (partition, done) in cutovers {
+                        render::cutover(&spec.name, partition.as_deref(), &done);
+                        summary.cut_over_this_run.push(partition);
+                    }
+                }
+                Err(error) => return Ok(engine_error(error)),
+            }
+        }
+        render::summary(&summary, &place.to_string(), args.json).context("writing the summary")?;
+        let cancelled = summary.status == godwit_state::MigrationStatus::Cancelled;
+        let code = if (summary.interrupted || cancelled) && summary.pending > 0 {
             exit::INTERRUPTED
         } else if summary.all_good() {
             exit::OK
         } else {
             exit::PROBLEMS
-        },
-    )
+        };
+        let Some(interval) = args.watch else {
+            return Ok(code);
+        };
+        if summary.interrupted || cancelled {
+            return Ok(code);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_secs(interval)) => {}
+            () = stop.cancelled() => return Ok(code),
+        }
+    }
 }
+
+/// Attempts at a cutover's notice (pauses of 0.5 s, 1 s, 2 s, 4 s between them).
+pub const NOTICE_ATTEMPTS: u32 = 5;
 
 fn engine_error(error: EngineError) -> u8 {
     config_error(error)

@@ -295,6 +295,43 @@ pub fn plan(plan: &Plan, json: bool) -> u8 {
     }
 }
 
+/// Says what a cutover did, on stderr (stdout keeps the summary).
+pub fn cutover(migration: &str, partition: Option<&str>, done: &godwit_engine::CutoverDone) {
+    use godwit_state::Cutover;
+    let shown = partition.unwrap_or("-");
+    match done.cutover {
+        Cutover::Done => eprintln!("godwit: '{migration}' partition {shown}: cut over"),
+        Cutover::AlreadyCutOver(_) => {
+            eprintln!("godwit: '{migration}' partition {shown}: was cut over before")
+        }
+        Cutover::NotValidated => eprintln!(
+            "godwit: '{migration}' partition {shown}: not cut over: it was never validated; run `godwit validate '{migration}' --partition {shown}` first"
+        ),
+        Cutover::ValidationFailed => eprintln!(
+            "godwit: '{migration}' partition {shown}: not cut over: its latest validation failed (`godwit validate` says why); migrate again, then validate"
+        ),
+        Cutover::ChangedSince => eprintln!(
+            "godwit: '{migration}' partition {shown}: not cut over: objects of it changed since its latest validation began; migrate again, then validate"
+        ),
+        Cutover::Unknown => eprintln!(
+            "godwit: '{migration}' has no objects in partition {shown}; `godwit status` lists its partitions"
+        ),
+    }
+    if let Some(notice) = &done.notice {
+        match (&notice.delivered_at, &notice.error) {
+            (Some(_), _) => eprintln!(
+                "godwit: the cutover's notice was delivered (attempt {})",
+                notice.attempts
+            ),
+            (None, error) => eprintln!(
+                "godwit: the cutover's notice was not delivered after {} attempts: {}; the flag is set all the same (`godwit status --json` shows it)",
+                notice.attempts,
+                error.as_deref().unwrap_or("unknown error")
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,7 @@ const GONE_AFTER: i64 = 30;
 
 /// How a command uses the ledger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Access {
+pub(crate) enum Access {
     /// Reads it (no lock, so it works while a migration runs).
     Read,
     /// Sets a migration's status (no lock either: the running migration obeys it).
@@ -26,7 +26,10 @@ enum Access {
 }
 
 /// Opens the ledger for `access`.
-async fn open(state: Option<String>, access: Access) -> Result<(Arc<dyn Store>, Place), u8> {
+pub(crate) async fn open(
+    state: Option<String>,
+    access: Access,
+) -> Result<(Arc<dyn Store>, Place), u8> {
     let place = Place::from_args(state);
     if !place.exists() {
         eprintln!("godwit: no ledger at {place}; run `godwit migrate` first, or pass --state");
@@ -79,14 +82,18 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<u8> {
             println!("  {}", line.join(", "));
         }
         let partitions = store.partitions(migration.id).await?;
-        if !args.json && partitions.iter().any(|p| p.name.is_some()) {
+        if !args.json
+            && partitions
+                .iter()
+                .any(|p| p.name.is_some() || p.checkpoints.validated_at.is_some())
+        {
             for partition in &partitions {
                 let done = partition.tally.n_total()
                     - partition.tally.n(ObjectState::Pending)
                     - partition.tally.n(ObjectState::InProgress);
                 println!(
                     "  partition {} [{}]: {done} of {} objects ended ({} copied), {}",
-                    partition.name.as_deref().unwrap_or("(none)"),
+                    partition.name.as_deref().unwrap_or("-"),
                     partition.state().as_str(),
                     partition.tally.n_total(),
                     partition.tally.n(ObjectState::Copied),
@@ -106,6 +113,8 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<u8> {
                     "state": partition.state(),
                     "objects": counts,
                     "bytes": partition.tally.bytes_total(),
+                    "cut_over": partition.checkpoints.cut_over_at.is_some(),
+                    "checkpoints": partition.checkpoints,
                 })
             })
             .collect();
@@ -219,7 +228,10 @@ pub async fn control(args: ControlArgs, status: MigrationStatus) -> anyhow::Resu
 
 /// The migration named `name`, or the ledger's only one when no name is given; a message and
 /// the exit code otherwise.
-async fn pick(store: &dyn Store, name: Option<&str>) -> anyhow::Result<Result<Migration, u8>> {
+pub(crate) async fn pick(
+    store: &dyn Store,
+    name: Option<&str>,
+) -> anyhow::Result<Result<Migration, u8>> {
     let migrations: Vec<Migration> = store.migrations().await?;
     Ok(match name {
         Some(name) => match migrations.into_iter().find(|m| m.spec.name == name) {

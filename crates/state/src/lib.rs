@@ -840,7 +840,7 @@ pub trait Store: Send + Sync {
     ) -> Result<Vec<DoneObject>, StoreError>;
     /// Puts these objects back in the queue with fresh attempts (the destination lost them);
     /// returns how many. Only done ones (`copied`, `already_present`): one a worker claimed
-    /// since it was read stays that worker's.
+    /// since it was read stays that worker's; one of a partition cut over is the application's.
     async fn requeue(&self, objects: &[ObjectId]) -> Result<u64, StoreError>;
     /// What the ledger knows of these keys (those it has).
     async fn lookup(

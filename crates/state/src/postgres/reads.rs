@@ -198,7 +198,7 @@ impl PgStore {
         let client = self.client().await?;
         client
             .execute(
-                &client.prepare_cached("UPDATE objects SET state = 0, attempts = 0, verified_by = NULL, changed_at = $2 WHERE id = ANY($1) AND state IN (2, 3)").await.map_err(|e| self.db(e))?,
+                &client.prepare_cached("UPDATE objects SET state = 0, attempts = 0, verified_by = NULL, changed_at = $2 WHERE id = ANY($1) AND state IN (2, 3) AND COALESCE(partition_key, '') NOT IN (SELECT name FROM partitions WHERE migration_id = objects.migration_id AND cut_over_at IS NOT NULL)").await.map_err(|e| self.db(e))?,
                 &[&ids, &millis(SystemTime::now())],
             )
             .await

@@ -110,7 +110,9 @@ impl SqliteStore {
             {
                 let mut update = transaction.prepare_cached(
                     "UPDATE objects SET state = 0, attempts = 0, verified_by = NULL, changed_at = ?2
-                     WHERE id = ?1 AND state IN (2, 3)",
+                     WHERE id = ?1 AND state IN (2, 3)
+                       AND COALESCE(partition_key, '') NOT IN (SELECT name FROM partitions
+                         WHERE migration_id = objects.migration_id AND cut_over_at IS NOT NULL)",
                 )?;
                 let at = millis(SystemTime::now());
                 for id in ids {
