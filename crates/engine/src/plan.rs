@@ -20,6 +20,7 @@ use crate::migrate::PROBLEMS_LISTED;
 use crate::progress::Progress;
 use crate::recheck::recheck;
 use crate::scan::{check, classify};
+use crate::walk::DestinationWalk;
 
 /// What a dry run found.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -41,6 +42,12 @@ pub struct Plan {
     /// Objects the ledger holds as a conflict or failed at this version: a run leaves them too
     /// (`godwit retry-failed` queues failed ones again).
     pub left_as_recorded: u64,
+    /// Of `to_copy`, objects whose key the destination already holds with another size: a run
+    /// would leave them as `conflict` (listed in `problems`).
+    pub conflicts: u64,
+    /// Of `to_copy`, objects whose key the destination already holds with the same size: a run
+    /// compares checksums (`already_present`, or `conflict`).
+    pub at_destination: u64,
     /// Objects the filters leave out.
     pub excluded: u64,
     /// Objects found that cannot be read.
@@ -71,6 +78,10 @@ pub struct PartitionPlan {
     /// Groups (`--group-by`) its objects make, counted as runs of listed keys in one group (exact
     /// for `prefix:` rules, whose groups list together); 0 without a group rule.
     pub groups: u64,
+    /// Objects a run would leave as a conflict (see [`Plan::conflicts`]).
+    pub conflicts: u64,
+    /// Objects already at the destination with the same size (see [`Plan::at_destination`]).
+    pub at_destination: u64,
 }
 
 /// The ledger a dry run consults: the store and the migration (when it has one of that name).
@@ -91,6 +102,9 @@ pub async fn plan(
     let mut plan = Plan::default();
     let mut partitions: BTreeMap<Option<String>, PartitionPlan> = BTreeMap::new();
     let mut last_group: Option<String> = None;
+    // What a run would copy, to look for at the destination once the listing is over (key,
+    // size, partition): one entry an object to copy.
+    let mut wanted: Vec<(String, u64, Option<String>)> = Vec::new();
     let mut listing = source.list();
     loop {
         let page = tokio::select! {
@@ -159,6 +173,7 @@ pub async fn plan(
                                 partition.to_copy += 1;
                                 partition.bytes_to_copy += object.size;
                             }
+                            wanted.push((object.key, object.size, object.partition));
                         }
                     }
                 }
@@ -185,6 +200,39 @@ pub async fn plan(
         plan.missing_at_destination = lost;
         plan.to_copy += lost;
         plan.up_to_date = plan.up_to_date.saturating_sub(lost);
+    }
+    if !stop.is_cancelled() {
+        // The conflicts a run would meet: keys the destination holds already.
+        wanted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut walk = DestinationWalk::new(dest);
+        for (key, size, partition) in wanted {
+            let Some(there) = walk.find(&key).await? else {
+                continue;
+            };
+            let counts = partitions.get_mut(&partition);
+            if there.size == size {
+                plan.at_destination += 1;
+                if let Some(counts) = counts {
+                    counts.at_destination += 1;
+                }
+                continue;
+            }
+            plan.conflicts += 1;
+            if let Some(counts) = counts {
+                counts.conflicts += 1;
+            }
+            if plan.problems.len() < PROBLEMS_LISTED as usize {
+                plan.problems.push(Problem {
+                    message: Some(format!(
+                        "the destination holds {} bytes at this key, the source {size}: a run would leave it as a conflict",
+                        there.size
+                    )),
+                    key,
+                    state: ObjectState::Conflict,
+                    kind: Some("conflict".to_owned()),
+                });
+            }
+        }
     }
     plan.partitions = partitions.into_values().collect();
     progress.scan_complete.store(true, Ordering::Relaxed);

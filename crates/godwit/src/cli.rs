@@ -24,6 +24,11 @@ pub enum Command {
     /// 2 usage or configuration error (a paused or cancelled migration among them); 130 stopped
     /// by Ctrl-C, SIGTERM or `godwit cancel` (re-run to resume).
     Migrate(Box<MigrateArgs>),
+    /// The dry run (`migrate --dry-run`): lists the source, reads the ledger and the
+    /// destination, and prints per partition what would move, its groups, and the conflicts it
+    /// can already see; writes nothing anywhere. Exit 1 when some object cannot be read or would
+    /// conflict.
+    Plan(Box<MigrateArgs>),
     /// Join a fleet on a shared PostgreSQL ledger: work on every migration there with objects
     /// waiting, until stopped (Ctrl-C or SIGTERM: objects in flight finish).
     Worker(WorkerArgs),

@@ -58,6 +58,10 @@ fn main() -> ExitCode {
 async fn run(args: cli::Cli) -> anyhow::Result<u8> {
     match args.command {
         cli::Command::Migrate(args) => migrate::run(*args).await,
+        cli::Command::Plan(mut args) => {
+            args.dry_run = true;
+            migrate::run(*args).await
+        }
         cli::Command::Worker(args) => worker::run(args).await,
         cli::Command::Status(args) => status::run(args).await,
         cli::Command::RetryFailed(args) => status::retry_failed(args).await,

@@ -247,8 +247,11 @@ pub fn summary(summary: &Summary, ledger: &str, json: bool) -> anyhow::Result<()
 /// Prints a dry run's findings; returns the exit code.
 pub fn plan(plan: &Plan, json: bool) -> u8 {
     if !plan.problems.is_empty() {
-        eprintln!("godwit: {} objects cannot be read:", plan.unreadable);
-        list_problems(&plan.problems, plan.unreadable);
+        eprintln!(
+            "godwit: {} objects cannot be read, {} would be left as a conflict (the destination holds something else at the key):",
+            plan.unreadable, plan.conflicts
+        );
+        list_problems(&plan.problems, plan.unreadable + plan.conflicts);
     }
     if json {
         let mut value = serde_json::to_value(plan).unwrap_or_default();
@@ -256,14 +259,15 @@ pub fn plan(plan: &Plan, json: bool) -> u8 {
         println!("{value}");
     } else {
         println!(
-            "dry run: {} objects ({}) found; {} ({}) would be copied, {} up to date, {} excluded, {} unreadable; nothing was written",
+            "dry run: {} objects ({}) found; {} ({}) would be copied, {} up to date, {} excluded, {} unreadable, {} conflicts seen at the destination; nothing was written",
             plan.scanned,
             bytes(plan.bytes_scanned),
             plan.to_copy,
             bytes(plan.bytes_to_copy),
             plan.up_to_date,
             plan.excluded,
-            plan.unreadable
+            plan.unreadable,
+            plan.conflicts
         );
         if plan.missing_at_destination > 0 {
             println!(
@@ -278,17 +282,18 @@ pub fn plan(plan: &Plan, json: bool) -> u8 {
                     n => format!(" in {n} groups"),
                 };
                 println!(
-                    "  partition {}: {} objects ({}){groups}; {} ({}) would be copied",
-                    partition.name.as_deref().unwrap_or("(none)"),
+                    "  partition {}: {} objects ({}){groups}; {} ({}) would be copied; {} conflicts seen",
+                    partition.name.as_deref().unwrap_or("-"),
                     partition.scanned,
                     bytes(partition.bytes_scanned),
                     partition.to_copy,
-                    bytes(partition.bytes_to_copy)
+                    bytes(partition.bytes_to_copy),
+                    partition.conflicts
                 );
             }
         }
     }
-    if plan.unreadable > 0 {
+    if plan.unreadable + plan.conflicts > 0 {
         exit::PROBLEMS
     } else {
         exit::OK

@@ -334,3 +334,68 @@ async fn delta_passes_pick_up_changes_and_leave_cut_over_partitions_alone() {
     );
     assert_eq!(other.target.get(&other.bucket, "c2/v3.ts").await, b"added");
 }
+
+/// `--watch`: a pass, then after each interval a delta pass that picks up what was added, one
+/// summary a pass, until Ctrl-C (exit 0: nothing left to do).
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_makes_a_delta_pass_after_each_interval_until_stopped() {
+    use tokio::io::AsyncBufReadExt;
+
+    let setup = Setup::new().await;
+    let mut command = support::godwit();
+    command
+        .args([
+            "migrate",
+            &path_str(&setup.source),
+            &format!("s3://{}", setup.bucket),
+        ])
+        .args([
+            "--json",
+            "--no-progress",
+            "--state",
+            &path_str(&setup.state),
+        ])
+        .args(["--watch", "1s", "--dest-endpoint", &setup.target.endpoint]);
+    let mut child = command.spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    async fn next(
+        lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    ) -> serde_json::Value {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("a summary within a minute")
+            .unwrap()
+            .expect("a summary line");
+        serde_json::from_str(&line).unwrap()
+    }
+    let first = next(&mut lines).await;
+    assert_eq!(first["copied_this_run"], 12, "{first}");
+    std::fs::write(setup.source.join("c3/late.ts"), b"late").unwrap();
+    // The pass after the file appeared copies it (a pass may have begun before it did).
+    let mut found = false;
+    for _ in 0..3 {
+        let pass = next(&mut lines).await;
+        if pass["copied_this_run"] == 1 {
+            assert_eq!(pass["this_pass"]["new"], 1, "{pass}");
+            found = true;
+            break;
+        }
+        assert_eq!(pass["copied_this_run"], 0, "{pass}");
+    }
+    assert!(found, "no delta pass copied the new file");
+    assert_eq!(setup.target.get(&setup.bucket, "c3/late.ts").await, b"late");
+    let pid = child.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "stopped between passes with nothing left"
+    );
+}

@@ -219,3 +219,45 @@ async fn the_dry_run_counts_each_partition_and_its_groups() {
     assert!(target.keys(&bucket).await.is_empty());
     assert!(!state.exists(), "a dry run made a ledger");
 }
+
+/// `godwit plan` (the dry run) sees the conflicts a run would meet: a key the destination holds
+/// with another size is counted in its partition and listed, one with the same size is counted
+/// as already there; exit 1, and nothing is written.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_plan_shows_the_conflicts_it_can_already_see() {
+    let target = support::Target::s3s_fs().await;
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("src");
+    write_tree(
+        &source,
+        &[
+            ("c1/v1/a.ts", bytes(1, 10)),
+            ("c1/v1/b.ts", bytes(2, 20)),
+            ("c2/v1/a.ts", bytes(3, 30)),
+        ],
+    );
+    let bucket = target.bucket("plan-conflicts").await;
+    target.put(&bucket, "c1/v1/b.ts", b"someone else's").await;
+    target.put(&bucket, "c2/v1/a.ts", &bytes(3, 30)).await;
+    let state = ledger(&work);
+    let mut command = support::godwit();
+    command
+        .args(["plan", &path_str(&source), &format!("s3://{bucket}")])
+        .args(["--json", "--no-progress", "--state", &path_str(&state)])
+        .args(["--group-by", "prefix:2", "--partition-by", "prefix:1"])
+        .args(["--dest-endpoint", &target.endpoint]);
+    let run = support::run(command).await;
+    assert_eq!(run.code, Some(1), "{run:?}");
+    let plan = run.json();
+    assert_eq!(plan["conflicts"], 1, "{plan}");
+    assert_eq!(plan["at_destination"], 1, "{plan}");
+    assert_eq!(plan["problems"][0]["key"], "c1/v1/b.ts", "{plan}");
+    assert_eq!(plan["partitions"][0]["conflicts"], 1, "{plan}");
+    assert_eq!(plan["partitions"][1]["at_destination"], 1, "{plan}");
+    assert!(
+        run.stderr.contains("would be left as a conflict"),
+        "{run:?}"
+    );
+    assert_eq!(target.keys(&bucket).await.len(), 2);
+    assert!(!state.exists(), "a dry run made a ledger");
+}
