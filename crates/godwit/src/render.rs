@@ -193,6 +193,44 @@ pub fn summary(summary: &Summary, ledger: &str, json: bool) -> anyhow::Result<()
         bytes(rate as u64),
         ledger
     )?;
+    let found = &summary.this_pass;
+    if summary.pass > 1 && found.new + found.changed + found.vanished > 0 {
+        writeln!(
+            out,
+            "pass {} found {} new, {} changed and {} vanished objects at the source{}",
+            summary.pass,
+            found.new,
+            found.changed,
+            found.vanished,
+            if found.in_cut_over > 0 {
+                format!(
+                    "; {} of the new and changed are in partitions cut over: left alone",
+                    found.in_cut_over
+                )
+            } else {
+                String::new()
+            }
+        )?;
+    }
+    if let Some(taken) = &summary.partitions_taken {
+        let names: Vec<&str> = taken
+            .iter()
+            .map(|p| if p.is_empty() { "-" } else { p.as_str() })
+            .collect();
+        writeln!(
+            out,
+            "partitions taken: {}; {} objects left in the others",
+            names.join(", "),
+            summary.pending_elsewhere
+        )?;
+    }
+    if summary.groups_rolled_back_this_run > 0 {
+        writeln!(
+            out,
+            "{} groups rolled back (a member failed: see `godwit failed`), {} committed",
+            summary.groups_rolled_back_this_run, summary.groups_committed_this_run
+        )?;
+    }
     if summary.replaced_this_run > 0 {
         writeln!(
             out,
