@@ -142,6 +142,22 @@ async fn migrate_and_check(url: &str, password: Option<&str>, rows: &[Row]) {
     assert_eq!(again.code, Some(0), "{again:?}");
     assert_eq!(again.n("copied_this_run"), 0, "{again:?}");
 
+    // Validation reads the destination back against the ledger: every partition passes.
+    let mut validate = support::godwit();
+    validate.args(["validate", "--json", "--state", &path_str(&state)]);
+    let validated = support::run(validate).await;
+    assert_eq!(validated.code, Some(0), "{validated:?}");
+    let reports = validated.json()["partitions"].as_array().unwrap().clone();
+    assert!(reports.iter().all(|r| r["passed"] == true), "{reports:?}");
+    let verified: u64 = reports
+        .iter()
+        .map(|r| r["verified"].as_u64().unwrap())
+        .sum();
+    assert_eq!(verified, rows.len() as u64, "{reports:?}");
+    if let Some(password) = password {
+        assert!(!validated.stdout.contains(password) && !validated.stderr.contains(password));
+    }
+
     let mut status = support::godwit();
     status.args(["status", "--json", "--state", &path_str(&state)]);
     let status = support::run(status).await;
