@@ -135,7 +135,10 @@ mod tests {
         let other = plain.clone().with_manifest("/m.jsonl", "bb");
         assert_ne!(plain.describe(), one.describe());
         assert_ne!(one.describe(), other.describe());
-        assert_eq!(one.describe(), plain.with_manifest("/m.jsonl", "aa").describe());
+        assert_eq!(
+            one.describe(),
+            plain.with_manifest("/m.jsonl", "aa").describe()
+        );
     }
 
     #[test]
