@@ -146,8 +146,17 @@ async fn a_csv_manifest_takes_only_its_objects() {
     )
     .unwrap();
     let bucket = target.bucket("manifest-csv").await;
+    let state = ledger(&work);
 
-    let run = migrate(&target, &source, &bucket, &ledger(&work), &manifest).await;
+    // Named relative to the working directory, recorded absolute for workers elsewhere.
+    let mut command = support::godwit();
+    command
+        .current_dir(work.path())
+        .args(["migrate", &path_str(&source), &format!("s3://{bucket}")])
+        .args(["--json", "--no-progress", "--state", &path_str(&state)])
+        .args(["--manifest", "objects.csv"])
+        .args(["--dest-endpoint", &target.endpoint]);
+    let run = support::run(command).await;
     assert_eq!(run.code, Some(0), "{run:?}");
     assert_eq!((run.n("scanned"), run.n("copied")), (2, 2), "{run:?}");
     assert_eq!(target.keys(&bucket).await, ["c2/b.bin", "other/x.bin"]);
@@ -157,6 +166,12 @@ async fn a_csv_manifest_takes_only_its_objects() {
             .as_deref(),
         Some("text/plain")
     );
+    let options: String = rusqlite::Connection::open(&state)
+        .unwrap()
+        .query_row("SELECT options FROM migrations", [], |row| row.get(0))
+        .unwrap();
+    let options: serde_json::Value = serde_json::from_str(&options).unwrap();
+    assert_eq!(options["manifest"], path_str(&manifest), "{options}");
 }
 
 /// A manifest with a bad line is refused before anything is opened: exit 2, the line named, no
