@@ -17,6 +17,8 @@ pub struct Filter {
     excluded_prefixes: Vec<String>,
     /// The group and partition each taken key is scanned into.
     units: Units,
+    /// The manifest the source lists, if any: its path and the digest of its bytes.
+    manifest: Option<String>,
 }
 
 /// A glob that does not parse.
@@ -54,7 +56,15 @@ impl Filter {
             excluded_prefixes: Vec::new(),
             patterns: (include.to_vec(), exclude.to_vec()),
             units: Units::default(),
+            manifest: None,
         })
+    }
+
+    /// The same filter, over a source that lists only the manifest at `path` whose bytes have
+    /// `digest`: a changed manifest is a changed filter, so the next run lists again.
+    pub fn with_manifest(mut self, path: &str, digest: &str) -> Self {
+        self.manifest = Some(format!(" manifest {path:?} md5 {digest}"));
+        self
     }
 
     /// The same filter, scanning keys into the groups and partitions of `units`.
@@ -73,10 +83,11 @@ impl Filter {
     pub(crate) fn describe(&self) -> String {
         let (include, exclude) = &self.patterns;
         format!(
-            "include {include:?} exclude {exclude:?} below {:?}{}",
+            "include {include:?} exclude {exclude:?} below {:?}{}{}",
             self.excluded_prefixes,
             // (Said only when set: ledgers from before the rules keep their scans.)
-            self.units.describe()
+            self.units.describe(),
+            self.manifest.as_deref().unwrap_or_default()
         )
     }
 
@@ -115,6 +126,19 @@ mod tests {
         check(&[], &["*.tmp"], "deep/x.tmp", false);
         check(&["logs/**"], &["**/*.gz"], "logs/a/b.log", true);
         check(&["logs/**"], &["**/*.gz"], "logs/a/b.gz", false);
+    }
+
+    #[test]
+    fn a_changed_manifest_is_a_changed_filter() {
+        let plain = Filter::new(&[], &[]).unwrap();
+        let one = plain.clone().with_manifest("/m.jsonl", "aa");
+        let other = plain.clone().with_manifest("/m.jsonl", "bb");
+        assert_ne!(plain.describe(), one.describe());
+        assert_ne!(one.describe(), other.describe());
+        assert_eq!(
+            one.describe(),
+            plain.with_manifest("/m.jsonl", "aa").describe()
+        );
     }
 
     #[test]

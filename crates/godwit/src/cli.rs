@@ -108,6 +108,12 @@ pub struct MigrateArgs {
     /// Leave out keys matching this glob (repeatable; applied after --include).
     #[arg(long, value_name = "GLOB")]
     pub exclude: Vec<String>,
+    /// Take only the objects this file names: JSON Lines (`.jsonl`, `.ndjson`) or CSV (`.csv`)
+    /// with a header, each entry a `source` key relative to SOURCE and optionally its `group`,
+    /// `partition`, `size`, `checksum` and `content_type` (see the README).
+    #[arg(long, value_name = "FILE")]
+    #[serde(default)]
+    pub manifest: Option<std::path::PathBuf>,
     /// The all-or-nothing unit an object belongs to: `prefix:N` (the key's first N directories)
     /// or `regex:PATTERN` (its first capture group). Default: each object a group of its own.
     #[arg(long, value_name = "RULE")]

@@ -8,6 +8,7 @@ use godwit_engine::{
     Progress, TransferOptions, Units,
 };
 use godwit_state::MigrationSpec;
+use godwit_storage::manifest::{Manifest, ManifestSource};
 use godwit_storage::{Encryption, Location, S3Settings, WriteSettings};
 
 use crate::cli::{MigrateArgs, SideArgs};
@@ -48,6 +49,11 @@ fn canonical(location: &Location) -> String {
         }
         Location::S3 { .. } => location.to_string(),
     }
+}
+
+/// A path as workers elsewhere must read it.
+fn absolute(path: &std::path::Path) -> std::path::PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
 }
 
 /// A location argument as workers elsewhere must read it (a local path made absolute).
@@ -163,6 +169,25 @@ pub async fn prepare(args: &MigrateArgs) -> Result<Prepared, u8> {
         Ok(units) => filter.with_units(units),
         Err(error) => return Err(config_error(error)),
     };
+    // The whole manifest is read and checked before anything is opened, listed or written.
+    let manifest = match &args.manifest {
+        Some(path) => match Manifest::read(path) {
+            Ok(manifest) => Some(manifest),
+            Err(error) => {
+                return Err(config_error(format_args!(
+                    "--manifest {} {error}",
+                    path.display()
+                )));
+            }
+        },
+        None => None,
+    };
+    let filter = match (&args.manifest, &manifest) {
+        (Some(path), Some(manifest)) => {
+            filter.with_manifest(&absolute(path).display().to_string(), &manifest.digest)
+        }
+        _ => filter,
+    };
     if args.multipart_threshold.0 > 5 << 30 {
         return Err(config_error(
             "--multipart-threshold: S3 takes at most 5 GiB in one PUT; choose 5GiB or less",
@@ -184,6 +209,10 @@ pub async fn prepare(args: &MigrateArgs) -> Result<Prepared, u8> {
     let source = match godwit_storage::open_source(&source_location, &source_settings).await {
         Ok(source) => source,
         Err(error) => return Err(config_error(format_args!("source: {error}"))),
+    };
+    let source: Arc<dyn godwit_storage::Source> = match manifest {
+        Some(manifest) => Arc::new(ManifestSource::new(source, manifest)),
+        None => source,
     };
     let dest = match godwit_storage::open_destination(
         &dest_location,
@@ -304,6 +333,9 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<u8> {
     };
     let mut recorded = serde_json::to_value(&args)?;
     recorded["source"] = canonical_text(&args.source).into();
+    if let Some(path) = &args.manifest {
+        recorded["manifest"] = absolute(path).display().to_string().into();
+    }
     store
         .save_options(migration.id, &recorded.to_string())
         .await?;

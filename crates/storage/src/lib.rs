@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 pub mod db;
 pub mod endpoint;
 pub mod fs;
+pub mod manifest;
 pub mod s3;
 pub mod shard;
 
