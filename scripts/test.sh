@@ -61,6 +61,18 @@ if ! mysql_up; then
 fi
 mysql -h 127.0.0.1 -P 3306 -u root -e 'CREATE DATABASE IF NOT EXISTS test' >/dev/null
 export GODWIT_TEST_MYSQL="mysql://root@127.0.0.1:3306/test"
+# The dashboard's browser test: Debian's Chromium, and playwright-core (npm, pinned in
+# crates/godwit/tests/browser/package-lock.json) to drive it.
+if [ ! -x /usr/bin/chromium ]; then
+  echo "installing Debian's chromium (the dashboard's browser test)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null \
+    || { echo "chromium could not be installed with apt-get; the browser test needs it"; exit 1; }
+fi
+if [ ! -d crates/godwit/tests/browser/node_modules/playwright-core ]; then
+  command -v npm >/dev/null 2>&1 || { echo "npm is missing; the browser test needs Node.js and npm"; exit 1; }
+  (cd crates/godwit/tests/browser && npm ci --no-audit --no-fund --silent) \
+    || { echo "npm ci failed in crates/godwit/tests/browser; the browser test needs playwright-core"; exit 1; }
+fi
 # Never let an SDK look for instance metadata: this machine has no network beyond loopback.
 export AWS_EC2_METADATA_DISABLED=true
 

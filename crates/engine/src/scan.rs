@@ -61,8 +61,9 @@ pub(crate) fn classify(listed: Listed, filter: &Filter) -> ScannedObject {
 }
 
 /// Checks both sides, with the messages of their own checks, and that neither lies inside the
-/// other (see [`overlap`]); returns the filter the scan must use.
-pub(crate) async fn check(
+/// other (see [`overlap`]); returns the filter the scan must use. A migration created by the API
+/// is checked so before it is recorded, so a bad side is a clear answer, not a worker's log line.
+pub async fn check(
     source: &dyn Source,
     dest: &dyn Destination,
     filter: &Filter,

@@ -11,6 +11,7 @@ use crate::size::Size;
 #[derive(Debug, Parser)]
 #[command(name = "godwit", version, propagate_version = true)]
 pub struct Cli {
+    /// The command to run.
     #[command(subcommand)]
     pub command: Command,
 }
@@ -56,6 +57,10 @@ pub enum Command {
     /// only if its latest validation passed and nothing changed in it since; then notify the
     /// webhook and/or run the command. Exit 0 when set (or set before), 1 when refused.
     Cutover(CutoverArgs),
+    /// Serve the dashboard and the JSON API (`/api/`, described at `/api/openapi.json`) on the
+    /// ledger, and run workers in-process (unless --no-workers). Every page and call needs the
+    /// token: GODWIT_TOKEN, --token-file, or one generated on first start (its file is printed).
+    Serve(ServeArgs),
     /// Serve a directory as a local S3 endpoint (each sub-directory is a bucket).
     ServeS3(ServeS3Args),
     /// Run a self-contained demonstration: sample data, a local S3 endpoint, a migration, a re-run.
@@ -219,6 +224,11 @@ pub struct MigrateArgs {
     pub max_attempts: u32,
     #[command(flatten)]
     pub sides: SideArgs,
+    /// Queued by `godwit serve`'s API rather than run by a `migrate` command: a worker (of
+    /// `serve`, or `godwit worker`) leads its first pass.
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub queued: bool,
 }
 
 /// Per-side S3 settings; unset ones fall back to the standard AWS variables and files.
@@ -340,6 +350,29 @@ pub struct FailedArgs {
     pub json: bool,
     #[command(flatten)]
     pub ledger: LedgerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+    /// Address to listen on. A non-loopback address without TLS in front is warned about: the
+    /// token and the session cookie would cross the network in clear.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Serve only: run no workers in this process (a fleet's `godwit worker`s do the work).
+    #[arg(long)]
+    pub no_workers: bool,
+    /// Read the token from this file (its first line) instead of GODWIT_TOKEN. Without either,
+    /// one is generated on first start and kept, owner-only, beside the default ledger.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Let `/metrics` be scraped without the token.
+    #[arg(long)]
+    pub metrics_public: bool,
+    /// How long the in-process workers' claims hold without renewal (see `migrate --lease`).
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_seconds)]
+    pub lease: u64,
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,17 @@ use std::sync::Arc;
 
 use godwit_state::{PgStore, SqliteStore, Store, StoreError};
 
+/// Where godwit keeps its own files by default: `$XDG_STATE_HOME/godwit`, else
+/// `~/.local/state/godwit`.
+pub fn state_dir() -> PathBuf {
+    std::env::var_os("XDG_STATE_HOME")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("godwit")
+}
+
 /// A ledger's place, as `--state` or `GODWIT_STATE` gives it.
 #[derive(Debug, Clone)]
 pub enum Place {
@@ -25,17 +36,7 @@ impl Place {
                 Place::Postgres(url)
             }
             Some(path) => Place::File(PathBuf::from(path)),
-            None => {
-                let base = std::env::var_os("XDG_STATE_HOME")
-                    .filter(|p| !p.is_empty())
-                    .map(PathBuf::from)
-                    .or_else(|| {
-                        std::env::var_os("HOME")
-                            .map(|home| PathBuf::from(home).join(".local/state"))
-                    })
-                    .unwrap_or_else(|| PathBuf::from("."));
-                Place::File(base.join("godwit/ledger.db"))
-            }
+            None => Place::File(state_dir().join("ledger.db")),
         }
     }
 

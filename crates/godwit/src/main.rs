@@ -1,44 +1,19 @@
-//! The `godwit` command: a thin CLI over the engine. Commands parse, open the parts, call the
-//! engine or the store, and render; no migration logic lives here.
+//! The `godwit` binary: parses the command line, starts the async runtime, runs the command.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use godwit_state::MigrationStatus;
+use godwit::{Cli, exit};
 
 // The AWS SDK allocates a lot per request; mimalloc keeps that cheap across threads.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-mod checkpoints;
-mod cli;
-mod demo;
-mod ledger;
-mod migrate;
-mod render;
-mod serve_s3;
-mod shutdown;
-mod size;
-mod status;
-mod worker;
-
-/// Exit codes, as documented in the README.
-pub(crate) mod exit {
-    /// Every object reached a good terminal state.
-    pub const OK: u8 = 0;
-    /// Some object ended in conflict or failed.
-    pub const PROBLEMS: u8 = 1;
-    /// Usage or configuration error: nothing was migrated.
-    pub const CONFIG: u8 = 2;
-    /// Stopped by Ctrl-C, SIGTERM or `godwit cancel` before the end; a re-run resumes.
-    pub const INTERRUPTED: u8 = 130;
-}
-
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
-    init_logging();
+    let args = Cli::parse();
+    godwit::init_logging();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.worker_threads(worker_threads());
+    builder.worker_threads(godwit::worker_threads());
     let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -46,62 +21,11 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::CONFIG);
         }
     };
-    match runtime.block_on(run(args)) {
+    match runtime.block_on(godwit::run(args)) {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
             eprintln!("godwit: {error:#}");
             ExitCode::from(exit::CONFIG)
         }
     }
-}
-
-async fn run(args: cli::Cli) -> anyhow::Result<u8> {
-    match args.command {
-        cli::Command::Migrate(args) => migrate::run(*args).await,
-        cli::Command::Plan(mut args) => {
-            args.dry_run = true;
-            migrate::run(*args).await
-        }
-        cli::Command::Worker(args) => worker::run(args).await,
-        cli::Command::Status(args) => status::run(args).await,
-        cli::Command::RetryFailed(args) => status::retry_failed(args).await,
-        cli::Command::Failed(args) => status::failed(args).await,
-        cli::Command::Pause(args) => status::control(args, MigrationStatus::Paused).await,
-        cli::Command::Resume(args) => status::control(args, MigrationStatus::Running).await,
-        cli::Command::Cancel(args) => status::control(args, MigrationStatus::Cancelled).await,
-        cli::Command::Validate(args) => checkpoints::validate(args).await,
-        cli::Command::Cutover(args) => checkpoints::cutover(args).await,
-        cli::Command::ServeS3(args) => serve_s3::run(args).await,
-        cli::Command::Demo(args) => demo::run(args).await,
-    }
-}
-
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    // The in-process S3 server (demo, serve-s3) logs every refused request as an error, the
-    // 412s godwit's probes expect among them: not news to a user.
-    let filter = EnvFilter::try_from_env("GODWIT_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("warn,s3s=off,s3s_fs=off"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
-}
-
-/// Async worker threads: `GODWIT_THREADS`, else one core fewer than the machine has (at least
-/// one). The async threads only drive requests; checksums, file reads and the ledger run on the
-/// blocking pool, and the spare core goes to it (and to an S3 server on the same machine). On 2
-/// cores, one worker instead of two cut godwit's CPU per small object by about 6% and the wall
-/// time of the bench's small case by 6%, with the large case unchanged.
-fn worker_threads() -> usize {
-    std::env::var("GODWIT_THREADS")
-        .ok()
-        .and_then(|t| t.parse().ok())
-        .filter(|&t| t > 0)
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map_or(1, |n| n.get().saturating_sub(1))
-                .max(1)
-        })
 }

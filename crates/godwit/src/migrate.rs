@@ -9,7 +9,7 @@ use godwit_engine::{
 };
 use godwit_state::MigrationSpec;
 use godwit_storage::manifest::{Manifest, ManifestSource};
-use godwit_storage::{Encryption, Location, S3Settings, WriteSettings};
+use godwit_storage::{Encryption, Location, S3Settings, StaticCredentials, WriteSettings};
 
 use crate::cli::{MigrateArgs, SideArgs};
 use crate::exit;
@@ -22,13 +22,14 @@ fn settings(
     region: &Option<String>,
     profile: &Option<String>,
     sides: &SideArgs,
+    credentials: Option<&StaticCredentials>,
 ) -> S3Settings {
     S3Settings {
         endpoint: endpoint.clone(),
         region: region.clone(),
         profile: profile.clone(),
         path_style: sides.addressing.as_deref().map(|style| style == "path"),
-        credentials: None,
+        credentials: credentials.cloned(),
     }
 }
 
@@ -148,36 +149,46 @@ pub struct Prepared {
 /// Opens what `args` name, checking each setting; a bad one is said on stderr and its exit code
 /// returned.
 pub async fn prepare(args: &MigrateArgs) -> Result<Prepared, u8> {
+    open(args).await.map_err(config_error)
+}
+
+/// Opens what `args` name, checking each setting; what is wrong with a bad one, said for a
+/// person (`godwit serve` answers it to the API).
+pub async fn open(args: &MigrateArgs) -> Result<Prepared, String> {
+    open_with(args, None).await
+}
+
+/// [`open`], with `credentials` for both S3 sides instead of the standard chain when given (an
+/// in-process S3 server's, for `godwit serve` embedded in a demo or a test).
+pub async fn open_with(
+    args: &MigrateArgs,
+    credentials: Option<&StaticCredentials>,
+) -> Result<Prepared, String> {
     let source_location = match Location::parse(&args.source) {
         Ok(location) => location,
-        Err(error) => return Err(config_error(format_args!("source: {error}"))),
+        Err(error) => return Err(format!("source: {error}")),
     };
     let dest_location = match Location::parse(&args.dest) {
         Ok(location) => location,
-        Err(error) => return Err(config_error(format_args!("destination: {error}"))),
+        Err(error) => return Err(format!("destination: {error}")),
     };
     if args.sse_kms_key_id.is_some() && args.sse.as_deref() != Some("aws:kms") {
-        return Err(config_error(
-            "--sse-kms-key-id names a KMS key: it goes with --sse aws:kms",
-        ));
+        return Err("--sse-kms-key-id names a KMS key: it goes with --sse aws:kms".to_owned());
     }
     let filter = match Filter::new(&args.include, &args.exclude) {
         Ok(filter) => filter,
-        Err(error) => return Err(config_error(error)),
+        Err(error) => return Err(error.to_string()),
     };
     let filter = match Units::parse(args.group_by.as_deref(), args.partition_by.as_deref()) {
         Ok(units) => filter.with_units(units),
-        Err(error) => return Err(config_error(error)),
+        Err(error) => return Err(error.to_string()),
     };
     // The whole manifest is read and checked before anything is opened, listed or written.
     let manifest = match &args.manifest {
         Some(path) => match Manifest::read(path) {
             Ok(manifest) => Some(manifest),
             Err(error) => {
-                return Err(config_error(format_args!(
-                    "--manifest {} {error}",
-                    path.display()
-                )));
+                return Err(format!("--manifest {} {error}", path.display()));
             }
         },
         None => None,
@@ -189,9 +200,10 @@ pub async fn prepare(args: &MigrateArgs) -> Result<Prepared, u8> {
         _ => filter,
     };
     if args.multipart_threshold.0 > 5 << 30 {
-        return Err(config_error(
-            "--multipart-threshold: S3 takes at most 5 GiB in one PUT; choose 5GiB or less",
-        ));
+        return Err(
+            "--multipart-threshold: S3 takes at most 5 GiB in one PUT; choose 5GiB or less"
+                .to_owned(),
+        );
     }
     let sides = &args.sides;
     let source_settings = settings(
@@ -199,16 +211,18 @@ pub async fn prepare(args: &MigrateArgs) -> Result<Prepared, u8> {
         &sides.source_region,
         &sides.source_profile,
         sides,
+        credentials,
     );
     let dest_settings = settings(
         &sides.dest_endpoint,
         &sides.dest_region,
         &sides.dest_profile,
         sides,
+        credentials,
     );
     let source = match godwit_storage::open_source(&source_location, &source_settings).await {
         Ok(source) => source,
-        Err(error) => return Err(config_error(format_args!("source: {error}"))),
+        Err(error) => return Err(format!("source: {error}")),
     };
     let source: Arc<dyn godwit_storage::Source> = match manifest {
         Some(manifest) => Arc::new(ManifestSource::new(source, manifest)),
@@ -222,7 +236,7 @@ pub async fn prepare(args: &MigrateArgs) -> Result<Prepared, u8> {
     .await
     {
         Ok(dest) => dest,
-        Err(error) => return Err(config_error(format_args!("destination: {error}"))),
+        Err(error) => return Err(format!("destination: {error}")),
     };
 
     let options = MigrateOptions {
@@ -331,13 +345,8 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<u8> {
         Ok(migration) => migration,
         Err(error) => return Ok(config_error(error)),
     };
-    let mut recorded = serde_json::to_value(&args)?;
-    recorded["source"] = canonical_text(&args.source).into();
-    if let Some(path) = &args.manifest {
-        recorded["manifest"] = absolute(path).display().to_string().into();
-    }
     store
-        .save_options(migration.id, &recorded.to_string())
+        .save_options(migration.id, &recorded_options(&args)?)
         .await?;
     shutdown.holds_claims_in(Arc::clone(&store), options.worker.clone());
     let notify = Notify {
@@ -399,6 +408,17 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<u8> {
             () = stop.cancelled() => return Ok(code),
         }
     }
+}
+
+/// The options a migration records for workers elsewhere: its arguments (never a secret), the
+/// source and a manifest named as any machine must read them.
+pub fn recorded_options(args: &MigrateArgs) -> serde_json::Result<String> {
+    let mut recorded = serde_json::to_value(args)?;
+    recorded["source"] = canonical_text(&args.source).into();
+    if let Some(path) = &args.manifest {
+        recorded["manifest"] = absolute(path).display().to_string().into();
+    }
+    Ok(recorded.to_string())
 }
 
 /// Attempts at a cutover's notice (pauses of 0.5 s, 1 s, 2 s, 4 s between them).

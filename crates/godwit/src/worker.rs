@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use godwit_engine::Migrator;
-use godwit_state::{MigrationStatus, ObjectState, Store, StoreError};
+use godwit_state::{Migration, MigrationStatus, ObjectState, Store, StoreError};
+use godwit_storage::StaticCredentials;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{MigrateArgs, WorkerArgs};
 use crate::exit;
 use crate::ledger::Place;
-use crate::migrate::{Prepared, prepare};
+use crate::migrate::{Prepared, open_with};
 use crate::shutdown::Shutdown;
 
 /// How long a worker with nothing to do waits before looking again.
@@ -94,69 +95,18 @@ async fn round(
         if stop.is_cancelled() {
             break;
         }
-        // Paused and cancelled migrations are left alone until resumed.
-        if migration.status != MigrationStatus::Running {
-            continue;
-        }
-        let Some(options) = &migration.options else {
+        let Some(work) = work_for(store.as_ref(), &migration).await? else {
             continue;
         };
-        // Work is objects waiting, or shards of an unfinished scan to list.
-        let listing = match &migration.last_pass {
-            Some(pass) if !pass.scan_complete => store
-                .shards_left(migration.id, pass.number)
-                .await?
-                .is_some_and(|left| left > 0),
-            _ => false,
-        };
-        if !listing && store.tally(migration.id).await?.n(ObjectState::Pending) == 0 {
-            continue;
-        }
         let name = &migration.spec.name;
-        let parsed: Result<MigrateArgs, _> = serde_json::from_str(options);
-        let prepared = match parsed {
-            Ok(args) => prepare(&args).await.ok(),
-            Err(error) => {
-                if refused.insert(name.clone()) {
-                    eprintln!(
-                        "godwit: migration '{name}': its options cannot be read ({error}); a newer godwit may have written them"
-                    );
-                }
-                continue;
-            }
+        let run = Run {
+            store: Arc::clone(store),
+            worker: worker.to_owned(),
+            lease: Duration::from_secs(args.lease),
+            stop: stop.clone(),
+            credentials: None,
         };
-        let Some(Prepared {
-            source,
-            dest,
-            mut options,
-            spec,
-        }) = prepared
-        else {
-            if refused.insert(name.clone()) {
-                eprintln!(
-                    "godwit: migration '{name}': this worker cannot open its source or destination (above); it leaves it to the others"
-                );
-            }
-            continue;
-        };
-        // The same places, as this worker resolves them (its environment may name other
-        // endpoints than the one that started the migration).
-        if spec.source_endpoint != migration.spec.source_endpoint
-            || spec.dest_endpoint != migration.spec.dest_endpoint
-        {
-            if refused.insert(name.clone()) {
-                eprintln!(
-                    "godwit: migration '{name}' moves {}, but this worker resolves {}; it leaves it to the others",
-                    migration.spec.describe(),
-                    spec.describe()
-                );
-            }
-            continue;
-        }
-        options.worker = worker.to_owned();
-        options.lease = Duration::from_secs(args.lease);
-        let migrator = Migrator::new(source, dest, store.clone(), options, stop.clone());
-        match migrator.work(&migration).await {
+        match run.on(&migration, work).await {
             Ok(summary) => {
                 worked |= summary.copied_this_run > 0;
                 if args.json {
@@ -174,10 +124,129 @@ async fn round(
                     summary.copied_this_run, summary.pending
                 );
             }
-            Err(error) => eprintln!("godwit: migration '{name}': {error}"),
+            Err(RunError::Refused(reason)) => {
+                if refused.insert(name.clone()) {
+                    eprintln!("godwit: migration '{name}': {reason}");
+                }
+            }
+            Err(RunError::Failed(error)) => eprintln!("godwit: migration '{name}': {error}"),
         }
     }
     Ok(worked)
+}
+
+/// What a migration needs of a worker now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    /// Queued (by `godwit serve`'s API) and never scanned: its first pass, scan and all, as
+    /// `godwit migrate` would run it.
+    Lead,
+    /// Objects waiting, or shards of an unfinished scan to list.
+    Help,
+}
+
+/// What `migration` needs of a worker now, if anything. Paused and cancelled migrations, and
+/// those recording no options, need nothing.
+pub async fn work_for(
+    store: &dyn Store,
+    migration: &Migration,
+) -> Result<Option<Work>, StoreError> {
+    if migration.status != MigrationStatus::Running {
+        return Ok(None);
+    }
+    let Some(options) = &migration.options else {
+        return Ok(None);
+    };
+    let listing = match &migration.last_pass {
+        // A `migrate` command scans what it starts (it records the migration just before its
+        // first pass); only a migration queued by the API waits for a worker to lead it.
+        None => {
+            let queued = serde_json::from_str::<MigrateArgs>(options).is_ok_and(|a| a.queued);
+            return Ok(queued.then_some(Work::Lead));
+        }
+        Some(pass) if !pass.scan_complete => store
+            .shards_left(migration.id, pass.number)
+            .await?
+            .is_some_and(|left| left > 0),
+        Some(_) => false,
+    };
+    if listing || store.tally(migration.id).await?.n(ObjectState::Pending) > 0 {
+        Ok(Some(Work::Help))
+    } else {
+        Ok(None)
+    }
+}
+
+/// Why a worker did not run a migration.
+#[derive(Debug)]
+pub enum RunError {
+    /// This worker cannot run it (its options cannot be read, its sides cannot be opened here,
+    /// or this worker resolves other endpoints): said once, left to the others.
+    Refused(String),
+    /// The run began and stopped on an error.
+    Failed(String),
+}
+
+/// A worker's run on one migration.
+pub struct Run {
+    /// The ledger.
+    pub store: Arc<dyn Store>,
+    /// The name its claims and heartbeat row carry.
+    pub worker: String,
+    /// How long its claims hold without renewal.
+    pub lease: Duration,
+    /// Ends the run cleanly.
+    pub stop: CancellationToken,
+    /// Credentials for both S3 sides instead of the standard chain, when given.
+    pub credentials: Option<StaticCredentials>,
+}
+
+impl Run {
+    /// Opens `migration`'s sides with this worker's own credentials, from the options it
+    /// records, and runs it as `work` says.
+    pub async fn on(
+        &self,
+        migration: &Migration,
+        work: Work,
+    ) -> Result<godwit_engine::Summary, RunError> {
+        let options = migration.options.as_deref().unwrap_or("{}");
+        let args: MigrateArgs = serde_json::from_str(options).map_err(|error| {
+            RunError::Refused(format!(
+                "its options cannot be read ({error}); a newer godwit may have written them"
+            ))
+        })?;
+        let Prepared {
+            source,
+            dest,
+            mut options,
+            spec,
+        } = open_with(&args, self.credentials.as_ref())
+            .await
+            .map_err(|error| {
+                RunError::Refused(format!(
+                    "this worker cannot open its source or destination: {error}"
+                ))
+            })?;
+        // The same places, as this worker resolves them (its environment may name other
+        // endpoints than the one that started the migration).
+        if spec.source_endpoint != migration.spec.source_endpoint
+            || spec.dest_endpoint != migration.spec.dest_endpoint
+        {
+            return Err(RunError::Refused(format!(
+                "it moves {}, but this worker resolves {}; it leaves it to the others",
+                migration.spec.describe(),
+                spec.describe()
+            )));
+        }
+        options.worker = self.worker.clone();
+        options.lease = self.lease;
+        let migrator = Migrator::new(source, dest, self.store.clone(), options, self.stop.clone());
+        let summary = match work {
+            Work::Lead => migrator.run(&spec).await,
+            Work::Help => migrator.work(migration).await,
+        };
+        summary.map_err(|error| RunError::Failed(error.to_string()))
+    }
 }
 
 /// A ledger outage: since when, and the next pause before looking again (1 s, doubling to 30 s).

@@ -69,6 +69,7 @@ pub struct LocalS3 {
     addr: SocketAddr,
     accept_loop: tokio::task::JoinHandle<()>,
     requests: RequestCounts,
+    refusing: Refusing,
 }
 
 /// How many requests of each S3 operation (`PutObject`, `UploadPart`, ...) the endpoint received.
@@ -103,14 +104,23 @@ struct Access {
     put_delay: std::time::Duration,
     list_delay: std::time::Duration,
     delete_delay: std::time::Duration,
-    unreadable_suffix: Option<&'static str>,
+    /// Keys ending with this are refused while `unreadable_suffix` holds.
+    unreadable_suffix_name: Option<&'static str>,
+    unreadable_suffix: Refusing,
 }
+
+/// Whether the keys `ServerOptions::unreadable_suffix` names are still refused; shared with
+/// [`LocalS3::serve_all`].
+type Refusing = Arc<std::sync::atomic::AtomicBool>;
 
 impl Access {
     /// Refuses to serve `key` when the options make it unreadable.
     fn refuse_read(&self, key: &str) -> s3s::S3Result<()> {
-        match self.unreadable_suffix {
-            Some(suffix) if key.ends_with(suffix) => Err(s3s::s3_error!(
+        let refusing = self
+            .unreadable_suffix
+            .load(std::sync::atomic::Ordering::Relaxed);
+        match self.unreadable_suffix_name {
+            Some(suffix) if refusing && key.ends_with(suffix) => Err(s3s::s3_error!(
                 AccessDenied,
                 "this test server refuses to serve this key"
             )),
@@ -604,6 +614,7 @@ impl LocalS3 {
         builder.set_auth(SimpleAuth::from_single(access_key, secret_key));
         let requests = RequestCounts::default();
         let cuts = Cuts::default();
+        let refusing: Refusing = Arc::new(std::sync::atomic::AtomicBool::new(true));
         builder.set_access(Access {
             counts: requests.clone(),
             root: root.to_path_buf(),
@@ -612,7 +623,8 @@ impl LocalS3 {
             put_delay: options.put_delay,
             list_delay: options.list_delay,
             delete_delay: options.delete_delay,
-            unreadable_suffix: options.unreadable_suffix,
+            unreadable_suffix: Arc::clone(&refusing),
+            unreadable_suffix_name: options.unreadable_suffix,
         });
         builder.set_route(PartHeads {
             root: root.to_path_buf(),
@@ -650,6 +662,7 @@ impl LocalS3 {
             addr,
             accept_loop,
             requests,
+            refusing,
         })
     }
 
@@ -661,6 +674,13 @@ impl LocalS3 {
     /// The endpoint URL to give an S3 client, e.g. `http://127.0.0.1:39411`.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// From now on, serves the keys `ServerOptions::unreadable_suffix` named (a source object
+    /// made readable again, say by fixing its permissions).
+    pub fn serve_all(&self) {
+        self.refusing
+            .store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The requests received so far, by operation.

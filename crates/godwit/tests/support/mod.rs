@@ -171,6 +171,14 @@ impl Target {
     }
 
     /// Request counts by operation; only the in-process server keeps them.
+    /// The in-process server serves the keys it refused until now.
+    pub fn serve_all(&self) {
+        self.server
+            .as_ref()
+            .expect("an in-process server")
+            .serve_all();
+    }
+
     pub fn requests(&self) -> Option<RequestCounts> {
         self.server.as_ref().map(LocalS3::requests)
     }
