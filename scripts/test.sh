@@ -61,6 +61,11 @@ if ! mysql_up; then
 fi
 mysql -h 127.0.0.1 -P 3306 -u root -e 'CREATE DATABASE IF NOT EXISTS test' >/dev/null
 export GODWIT_TEST_MYSQL="mysql://root@127.0.0.1:3306/test"
+# schemathesis checks the running server against its OpenAPI document.
+if ! command -v schemathesis >/dev/null 2>&1; then
+  echo "installing schemathesis (the API's OpenAPI check) from PyPI"
+  python3 -m pip install --quiet 'schemathesis>=4,<5'
+fi
 # The dashboard's browser test: Debian's Chromium, and playwright-core (npm, pinned in
 # crates/godwit/tests/browser/package-lock.json) to drive it.
 if [ ! -x /usr/bin/chromium ]; then

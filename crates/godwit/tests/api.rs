@@ -491,17 +491,17 @@ async fn a_migration_is_created_and_queued_and_bad_ones_say_why() {
         ),
         (
             json!({"source": "postgres://u:hunter2@127.0.0.1/db?table=t&key=k&blob=b", "dest": "s3://b"}),
-            StatusCode::BAD_REQUEST,
+            StatusCode::UNPROCESSABLE_ENTITY,
             "credentials are never sent",
         ),
         (
             json!({"source": "/x", "dest": "s3://b", "concurrency": 0}),
-            StatusCode::BAD_REQUEST,
+            StatusCode::UNPROCESSABLE_ENTITY,
             "concurrency",
         ),
         (
             json!({"source": "/x", "dest": "s3://b", "part_size": "lots"}),
-            StatusCode::BAD_REQUEST,
+            StatusCode::UNPROCESSABLE_ENTITY,
             "part_size",
         ),
         (

@@ -44,7 +44,7 @@ pub async fn view(state: &AppState, migration: &Migration) -> Result<MigrationVi
 /// List migrations.
 ///
 /// Every migration in the ledger with its progress, rates and ETA.
-#[utoipa::path(get, path = "/api/migrations", tag = "migrations",
+#[utoipa::path(get, path = "/api/migrations", operation_id = "list_migrations", tag = "migrations",
     responses(
         (status = 200, description = "The migrations", body = [MigrationView]),
         (status = 401, description = "No token", body = ApiError),
@@ -63,16 +63,16 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<MigrationVie
 /// Checks every setting and both sides (with the server's own credentials), records the
 /// migration and queues it: the server's workers (or the fleet's) scan and copy it. Creating one
 /// that exists with the same places and options answers it again.
-#[utoipa::path(post, path = "/api/migrations", tag = "migrations",
+#[utoipa::path(post, path = "/api/migrations", operation_id = "create_migration", tag = "migrations",
     request_body = NewMigration,
     responses(
         (status = 201, description = "Created and queued", body = MigrationView),
-        (status = 400, description = "A setting is malformed", body = ApiError),
+        (status = 400, description = "The body is not well-formed JSON", body = ApiError),
         (status = 401, description = "No token", body = ApiError),
         (status = 403, description = "Cross-site, or no CSRF token with a session", body = ApiError),
         (status = 409, description = "The name is taken by a migration between other places", body = ApiError),
         (status = 415, description = "The body is not JSON", body = ApiError),
-        (status = 422, description = "A side cannot be used, or the body has unknown or mistyped fields", body = ApiError),
+        (status = 422, description = "A setting cannot be used (out of range, unknown, a password in a URL), a side cannot be opened or checked, or the body has unknown or mistyped fields", body = ApiError),
         (status = 503, description = "The ledger cannot be written now", body = ApiError),
     ))]
 pub async fn create(
@@ -107,7 +107,7 @@ pub async fn create(
 fn migrate_args(new: &NewMigration) -> Result<MigrateArgs, Failure> {
     for (what, url) in [("source", &new.source), ("dest", &new.dest)] {
         if godwit_state::without_password(url) != *url {
-            return Err(Failure::bad_request(format!(
+            return Err(Failure::unprocessable(format!(
                 "{what}: credentials are never sent to the server; drop the password from the URL and set it in the server's environment (PGPASSWORD, MYSQL_PWD) or name a profile"
             )));
         }
@@ -156,7 +156,7 @@ fn migrate_args(new: &NewMigration) -> Result<MigrateArgs, Failure> {
             .next()
             .unwrap_or("")
             .trim_start_matches("error: ");
-        Failure::bad_request(field_names(first))
+        Failure::unprocessable(field_names(first))
     })?;
     let Command::Migrate(mut args) = parsed.command else {
         unreachable!("the arguments name the migrate command")
@@ -189,7 +189,7 @@ fn field_names(message: &str) -> String {
 }
 
 /// Get a migration.
-#[utoipa::path(get, path = "/api/migrations/{id}", tag = "migrations",
+#[utoipa::path(get, path = "/api/migrations/{id}", operation_id = "get_migration", tag = "migrations",
     params(("id" = i64, Path, description = "The migration's id")),
     responses(
         (status = 200, description = "The migration", body = MigrationView),
@@ -539,7 +539,7 @@ pub async fn throughput(
 /// List workers.
 ///
 /// Every worker process the ledger has heard of, with its last heartbeat.
-#[utoipa::path(get, path = "/api/workers", tag = "workers",
+#[utoipa::path(get, path = "/api/workers", operation_id = "list_workers", tag = "workers",
     responses(
         (status = 200, description = "The workers", body = [WorkerView]),
         (status = 401, description = "No token", body = ApiError),

@@ -10,8 +10,20 @@ use futures::Stream;
 use tokio_util::sync::CancellationToken;
 
 use super::error::{ApiError, Failure, Segments};
-use super::model::{MigrationView, Update};
+
 use super::{AppState, api, dashboard, samples};
+
+/// One server-sent event, as a `text/event-stream` carries it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct StreamEvent {
+    /// `update`, or `error` when the ledger could not be read this second (its data then
+    /// `{"status": 503}`; the stream goes on).
+    #[schema(example = "update")]
+    pub event: String,
+    /// JSON: on a migration's stream an `Update`; on the stream of every migration, a list of
+    /// `MigrationView`s.
+    pub data: String,
+}
 
 /// How often a stream sends.
 const EVERY: Duration = Duration::from_secs(1);
@@ -51,10 +63,10 @@ where
 /// A `text/event-stream` of `update` events, one a second, each an `Update` in JSON: the
 /// migration, its partitions, the first page of its fail queue, its workers and its latest
 /// sample.
-#[utoipa::path(get, path = "/api/migrations/{id}/events", tag = "live",
+#[utoipa::path(get, path = "/api/migrations/{id}/events", operation_id = "migration_events", tag = "live",
     params(("id" = i64, Path, description = "The migration's id")),
     responses(
-        (status = 200, description = "Server-sent events: `update` (an Update), once a second", content_type = "text/event-stream", body = Update),
+        (status = 200, description = "Server-sent events: `update`, its data an Update in JSON, once a second", content_type = "text/event-stream", body = StreamEvent),
         (status = 400, description = "The id is not a number", body = ApiError),
         (status = 401, description = "No token", body = ApiError),
         (status = 404, description = "No such migration", body = ApiError),
@@ -76,9 +88,9 @@ pub async fn migration(
 /// Live updates of every migration.
 ///
 /// A `text/event-stream` of `update` events, one a second, each the list of migrations in JSON.
-#[utoipa::path(get, path = "/api/events", tag = "live",
+#[utoipa::path(get, path = "/api/events", operation_id = "migrations_events", tag = "live",
     responses(
-        (status = 200, description = "Server-sent events: `update` (the migrations), once a second", content_type = "text/event-stream", body = [MigrationView]),
+        (status = 200, description = "Server-sent events: `update`, its data the migrations (MigrationView) in JSON, once a second", content_type = "text/event-stream", body = StreamEvent),
         (status = 401, description = "No token", body = ApiError),
     ))]
 pub async fn migrations(

@@ -169,10 +169,10 @@ impl MigrationView {
 pub struct NewMigration {
     /// A directory on the server (or file://PATH), s3://BUCKET[/PREFIX], or a database table URL
     /// (see the README), without a password.
-    #[schema(example = "/srv/media")]
+    #[schema(example = "/srv/media", min_length = 1)]
     pub source: String,
     /// s3://BUCKET[/PREFIX].
-    #[schema(example = "s3://media-archive/2024")]
+    #[schema(example = "s3://media-archive/2024", min_length = 1)]
     pub dest: String,
     /// Its name. Default: "SOURCE -> DEST".
     pub name: Option<String>,
@@ -189,6 +189,7 @@ pub struct NewMigration {
     /// Region of the destination.
     pub dest_region: Option<String>,
     /// `path` or `virtual` addressing.
+    #[schema(pattern = "^(path|virtual)$")]
     pub addressing: Option<String>,
     /// Only keys matching these globs.
     #[serde(default)]
@@ -197,20 +198,29 @@ pub struct NewMigration {
     #[serde(default)]
     pub exclude: Vec<String>,
     /// The all-or-nothing unit: `prefix:N` or `regex:PATTERN`.
+    #[schema(pattern = "^(prefix:[0-9]+|regex:.+)$")]
     pub group_by: Option<String>,
     /// The checkpoint unit: `prefix:N` or `regex:PATTERN`.
+    #[schema(pattern = "^(prefix:[0-9]+|regex:.+)$")]
     pub partition_by: Option<String>,
     /// The most objects in flight (1 to 4096; default 256).
+    #[schema(minimum = 1, maximum = 4096)]
     pub concurrency: Option<u32>,
     /// Attempts per object before the fail queue (1 to 100; default 3).
+    #[schema(minimum = 1, maximum = 100)]
     pub max_attempts: Option<u32>,
-    /// Objects larger than this go in parts (`64MiB`).
+    /// Objects larger than this go in parts (`64MiB`; units K, M, G, T are powers of 1024).
+    #[schema(pattern = "^[0-9]{1,12} ?([KkMmGgTt]([Ii]?[Bb])?|[Bb])?$")]
     pub multipart_threshold: Option<String>,
     /// Part size (`16MiB`).
+    #[schema(pattern = "^[0-9]{1,12} ?([KkMmGgTt]([Ii]?[Bb])?|[Bb])?$")]
     pub part_size: Option<String>,
     /// Content-Type for every object written.
     pub content_type: Option<String>,
     /// Storage class of the objects written.
+    #[schema(
+        pattern = "^(STANDARD|REDUCED_REDUNDANCY|STANDARD_IA|ONEZONE_IA|INTELLIGENT_TIERING|GLACIER|DEEP_ARCHIVE|GLACIER_IR|OUTPOSTS|SNOW|EXPRESS_ONEZONE)$"
+    )]
     pub storage_class: Option<String>,
     /// Copy each object's tags too.
     #[serde(default)]
@@ -270,6 +280,7 @@ pub struct FailedQuery {
     /// The page after this id (the `next` of the page before).
     pub after: Option<i64>,
     /// At most this many (1 to 1000; default 50).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 

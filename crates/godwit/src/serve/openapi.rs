@@ -24,7 +24,7 @@ use super::{api, events, model, samples};
         ApiError, model::MigrationView, model::NewMigration, model::Progress, model::StateCounts,
         model::FailedPage, model::FailedView, model::Retried, model::PartitionView,
         model::CutoverView, model::ValidationView, model::ValidationReport, model::WorkerView,
-        model::Update, samples::Sample, samples::Rate,
+        model::Update, samples::Sample, samples::Rate, events::StreamEvent,
     )),
     modifiers(&Bearer),
     security(("bearer" = [])),
