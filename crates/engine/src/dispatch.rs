@@ -137,7 +137,7 @@ impl Migrator {
                 (MigrationStatus::Running, _) => {}
                 (MigrationStatus::Paused, Mode::Lead) => {
                     tracing::warn!(
-                        "migration '{name}' is paused: objects in flight finish, no new ones start until `godwit resume {name}`"
+                        "migration '{name}' is paused: objects in flight finish, no new ones start until `godwit resume '{name}'`"
                     );
                     tokio::select! {
                         _ = status.wait_for(|s| *s != MigrationStatus::Paused) => {}

@@ -62,7 +62,7 @@ pub enum EngineError {
     /// The migration was paused or cancelled (`godwit pause`, `godwit cancel`): nothing is taken
     /// until `godwit resume`.
     #[error(
-        "migration '{name}' is {}: nothing is copied until `godwit resume {name}`",
+        "migration '{name}' is {}: nothing is copied until `godwit resume '{name}'`",
         status.as_str()
     )]
     NotRunning {
