@@ -56,8 +56,14 @@ async fn main() -> Result<(), BoxError> {
     let state = AppState::new(Arc::clone(&store), TOKEN);
     let app = app(state.clone());
     let calls = [
-        ("GET /api/migrations".to_owned(), "/api/migrations".to_owned()),
-        ("GET /api/migrations/{id}".to_owned(), format!("/api/migrations/{id}")),
+        (
+            "GET /api/migrations".to_owned(),
+            "/api/migrations".to_owned(),
+        ),
+        (
+            "GET /api/migrations/{id}".to_owned(),
+            format!("/api/migrations/{id}"),
+        ),
         (
             "GET /api/migrations/{id}/failed".to_owned(),
             format!("/api/migrations/{id}/failed?limit=50"),
@@ -70,7 +76,10 @@ async fn main() -> Result<(), BoxError> {
             "GET /api/migrations/{id}/partitions".to_owned(),
             format!("/api/migrations/{id}/partitions"),
         ),
-        ("GET /migrations/{id} (page)".to_owned(), format!("/migrations/{id}")),
+        (
+            "GET /migrations/{id} (page)".to_owned(),
+            format!("/migrations/{id}"),
+        ),
         ("GET / (page)".to_owned(), "/".to_owned()),
         (
             "first event of /api/migrations/{id}/events".to_owned(),
