@@ -12,6 +12,14 @@ use crate::{
 
 use super::SqliteStore;
 
+/// A page of the fail queue. `state IN (4, 7)` repeats the partial index `objects_problems`'s
+/// condition, which SQLite must find in the query to use it (`state = 7` alone does not imply
+/// it there): without it, the first page of a million-object migration reads every row.
+pub(super) const FAILED_PAGE: &str = "SELECT id, key, size, error_kind, attempts, last_error
+    FROM objects
+    WHERE migration_id = ?1 AND state IN (4, 7) AND state = 7
+      AND (?2 IS NULL OR error_kind = ?2) AND id > ?3
+    ORDER BY id LIMIT ?4";
 impl SqliteStore {
     pub(super) async fn tally(&self, migration: MigrationId) -> Result<Tally, StoreError> {
         self.with(move |connection| {
@@ -182,12 +190,7 @@ impl SqliteStore {
     ) -> Result<Vec<FailedObject>, StoreError> {
         let class = class.map(str::to_owned);
         self.with(move |connection| {
-            let mut statement = connection.prepare_cached(
-                "SELECT id, key, size, error_kind, attempts, last_error FROM objects
-                 WHERE migration_id = ?1 AND state = 7 AND (?2 IS NULL OR error_kind = ?2)
-                   AND id > ?3
-                 ORDER BY id LIMIT ?4",
-            )?;
+            let mut statement = connection.prepare_cached(FAILED_PAGE)?;
             let rows = statement.query_map(
                 params![migration.0, class, after.map_or(0, |id| id.0), limit],
                 |row| {
