@@ -113,3 +113,148 @@ async fn listening_beyond_loopback_is_warned_about() {
     serve.start_kill().unwrap();
     let _ = serve.wait().await;
 }
+
+/// One API call to a running server: its status and JSON body.
+async fn call(
+    address: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    use http_body_util::BodyExt;
+    let host = address.trim_start_matches("http://").to_owned();
+    let stream = tokio::net::TcpStream::connect(&host).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = axum::http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", &host)
+        .header("authorization", format!("Bearer {FLEET_TOKEN}"))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.map(|b| b.to_string()).unwrap_or_default(),
+        )))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or_default())
+}
+
+const FLEET_TOKEN: &str = "a-fleet-token-shared-by-servers";
+
+/// Starts `godwit serve` on `ledger` and returns it with its address.
+async fn serve_on(
+    ledger: &str,
+    home: &std::path::Path,
+    extra: &[&str],
+) -> (tokio::process::Child, String) {
+    let mut args = vec!["--listen", "127.0.0.1:0", "--state", ledger];
+    args.extend_from_slice(extra);
+    let (child, said) = start(home, &args, Some(FLEET_TOKEN)).await;
+    let address = said
+        .split("dashboard at ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in: {said}"))
+        .trim_end_matches('/')
+        .to_owned();
+    (child, address)
+}
+
+/// Several servers and a fleet's workers on one PostgreSQL ledger: a migration created through
+/// one server (serving only) is led by a `godwit worker` elsewhere, and watched to its end
+/// through another server.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_migration_queued_through_one_server_is_run_by_the_fleet_and_seen_by_another() {
+    let Some(ledger) = support::postgres_schema("serve_fleet").await else {
+        return;
+    };
+    let dest = support::Target::s3s_fs().await;
+    let bucket = dest.bucket("fleet-serve").await;
+    let home = tempfile::tempdir().unwrap();
+    let source = home.path().join("source");
+    let files: Vec<(String, Vec<u8>)> = (0..30)
+        .map(|i| {
+            (
+                format!("part-{}/f{i}.bin", i % 3),
+                support::bytes(i, 3000 + i as usize),
+            )
+        })
+        .collect();
+    support::write_tree(
+        &source,
+        &files
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect::<Vec<_>>(),
+    );
+
+    let (mut first, first_address) = serve_on(&ledger, home.path(), &["--no-workers"]).await;
+    let (mut second, second_address) = serve_on(&ledger, home.path(), &["--no-workers"]).await;
+    let (status, created) = call(
+        &first_address,
+        "POST",
+        "/api/migrations",
+        Some(serde_json::json!({
+            "source": path_str(&source),
+            "dest": format!("s3://{bucket}/fleet"),
+            "dest_endpoint": dest.endpoint,
+            "name": "fleet through the API",
+            "partition_by": "prefix:1",
+        })),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_i64().unwrap();
+    assert_eq!(created["phase"], "queued");
+    // Nobody works on it yet: both servers only serve.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, seen) = call(
+        &second_address,
+        "GET",
+        &format!("/api/migrations/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(seen["phase"], "queued", "{seen}");
+
+    let mut worker = support::godwit();
+    worker.args(["worker", "--state", &ledger]);
+    let mut worker = worker.spawn().unwrap();
+    let finished = tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            let (_, seen) = call(
+                &second_address,
+                "GET",
+                &format!("/api/migrations/{id}"),
+                None,
+            )
+            .await;
+            if seen["phase"] == "finished" {
+                return seen;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await
+    .expect("the fleet's worker finishes the migration");
+    assert_eq!(finished["progress"]["objects"]["copied"], 30, "{finished}");
+    assert_eq!(dest.keys(&bucket).await.len(), 30);
+    let (_, partitions) = call(
+        &first_address,
+        "GET",
+        &format!("/api/migrations/{id}/partitions"),
+        None,
+    )
+    .await;
+    assert_eq!(partitions.as_array().unwrap().len(), 3, "{partitions}");
+    for child in [&mut first, &mut second, &mut worker] {
+        child.start_kill().unwrap();
+        let _ = child.wait().await;
+    }
+}
