@@ -21,6 +21,8 @@ mod store;
 pub use partition::{
     Checkpoints, Cutover, LedgerObject, Notice, PartitionState, PartitionTally, PassCounts,
 };
+#[doc(hidden)]
+pub use partition::{PartitionCount, PartitionCounts, tally_of};
 pub use postgres::{
     CLAIM as POSTGRES_CLAIM, FAILED_PAGE as POSTGRES_FAILED_PAGE, PgStore, without_password,
 };

@@ -157,10 +157,11 @@ pub trait Store: Send + Sync {
     /// Uploads recorded (or begun) for objects that are neither pending nor claimed: nothing
     /// will complete them.
     async fn stale_uploads(&self, migration: MigrationId) -> Result<Vec<StaleUpload>, StoreError>;
-    /// Counts and bytes per state.
+    /// Counts and bytes per state, read from counters the database keeps (not counted anew).
     async fn tally(&self, migration: MigrationId) -> Result<Tally, StoreError>;
     /// Counts and bytes per state of each partition, with its checkpoints, in byte order of their
-    /// names (the default partition, `None`, first).
+    /// names (the default partition, `None`, first; a partition named `""` is the default one),
+    /// read from counters the database keeps.
     async fn partitions(&self, migration: MigrationId) -> Result<Vec<PartitionTally>, StoreError>;
     /// Records a validation of `partition` that began at `started` (milliseconds since the Unix
     /// epoch): whether it passed, and its report (JSON).

@@ -30,6 +30,7 @@ mod partitions;
 mod reads;
 mod scan;
 mod schema;
+mod tallies;
 mod uploads;
 
 pub use claims::CLAIM;
@@ -133,7 +134,7 @@ impl PgStore {
 
 // Each method calls the inherent method of the same name (inherent methods come first in
 // Rust's method lookup), in the module that holds its SQL: migrations, scan, claims, uploads,
-// reads.
+// reads, tallies, partitions.
 #[async_trait]
 impl Store for PgStore {
     async fn open_migration(&self, spec: &MigrationSpec) -> Result<Migration, StoreError> {

@@ -6,22 +6,62 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use async_trait::async_trait;
 use godwit_state::{
-    Claim, ClaimedObject, MigrationSpec, MigrationStatus, ObjectId, ObjectState, Outcome, OwnWrite,
-    OwnWriteChange, PacketLimits, PartRecord, PgStore, Scanned, ScannedObject, ShardClaim,
-    ShardMark, SourceVersion, SqliteStore, Store, StoreError, WorkerBeat,
+    Claim, ClaimedObject, MigrationId, MigrationSpec, MigrationStatus, ObjectId, ObjectState,
+    Outcome, OwnWrite, OwnWriteChange, PacketLimits, PartRecord, PartitionCounts, PgStore, Scanned,
+    ScannedObject, ShardClaim, ShardMark, SourceVersion, SqliteStore, Store, StoreError,
+    WorkerBeat,
 };
 
 mod claims;
 mod control;
 mod shards;
+mod tallies;
 mod units;
 mod uploads;
+
+/// A ledger whose counters can be checked: what they hold, and what counting the objects again
+/// finds.
+#[async_trait]
+trait Counted: Store {
+    /// What the counters hold for the migration.
+    async fn counted(&self, migration: MigrationId) -> PartitionCounts;
+    /// The migration's objects counted anew.
+    async fn recount(&self, migration: MigrationId) -> PartitionCounts;
+    /// Folds the counters' rows (PostgreSQL's triggers add rows a statement; SQLite's keep one
+    /// row a key, and have nothing to fold).
+    async fn fold(&self);
+}
+
+#[async_trait]
+impl Counted for SqliteStore {
+    async fn counted(&self, migration: MigrationId) -> PartitionCounts {
+        SqliteStore::counted(self, migration).await.unwrap()
+    }
+    async fn recount(&self, migration: MigrationId) -> PartitionCounts {
+        SqliteStore::recount(self, migration).await.unwrap()
+    }
+    async fn fold(&self) {}
+}
+
+#[async_trait]
+impl Counted for PgStore {
+    async fn counted(&self, migration: MigrationId) -> PartitionCounts {
+        PgStore::counted(self, migration).await.unwrap()
+    }
+    async fn recount(&self, migration: MigrationId) -> PartitionCounts {
+        PgStore::recount(self, migration).await.unwrap()
+    }
+    async fn fold(&self) {
+        self.fold_counters().await.unwrap();
+    }
+}
 
 /// A ledger to test, and what must live as long as it.
 struct Ledger {
     name: &'static str,
-    store: Box<dyn Store>,
+    store: Box<dyn Counted>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -111,6 +151,8 @@ conformance!(
     units::a_failed_group_says_why_and_is_requeued_whole,
     units::partitions_are_validated_then_cut_over_and_left_alone,
     units::claims_take_only_the_partitions_asked_for,
+    tallies::the_counters_follow_every_change_of_state_size_and_partition,
+    tallies::each_migration_keeps_counters_of_its_own,
 );
 
 fn spec() -> MigrationSpec {
