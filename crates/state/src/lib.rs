@@ -14,17 +14,20 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+mod listing;
 mod partition;
 mod postgres;
 mod sqlite;
 mod store;
+pub use listing::{ObjectPage, ObjectQuery, ObjectRow};
 pub use partition::{
     Checkpoints, Cutover, LedgerObject, Notice, PartitionState, PartitionTally, PassCounts,
 };
 #[doc(hidden)]
 pub use partition::{PartitionCount, PartitionCounts, tally_of};
 pub use postgres::{
-    CLAIM as POSTGRES_CLAIM, FAILED_PAGE as POSTGRES_FAILED_PAGE, PgStore, without_password,
+    CLAIM as POSTGRES_CLAIM, FAILED_PAGE as POSTGRES_FAILED_PAGE,
+    OBJECTS_PAGE as POSTGRES_OBJECTS_PAGE, PgStore, without_password,
 };
 pub use sqlite::SqliteStore;
 pub use store::Store;

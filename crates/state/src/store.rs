@@ -7,8 +7,9 @@ use async_trait::async_trait;
 use crate::{
     Claim, ClaimedObject, ControlState, Cutover, DoneObject, FailedObject, KnownObject,
     LedgerObject, Migration, MigrationId, MigrationSpec, MigrationStatus, Notice, ObjectId,
-    Outcome, PacketLimits, PartRecord, PartitionTally, Pass, PassCounts, Problem, ScannedObject,
-    ShardClaim, ShardMark, SourceVersion, StaleUpload, StoreError, Tally, WorkerBeat, WorkerRecord,
+    ObjectPage, ObjectQuery, Outcome, PacketLimits, PartRecord, PartitionTally, Pass, PassCounts,
+    Problem, ScannedObject, ShardClaim, ShardMark, SourceVersion, StaleUpload, StoreError, Tally,
+    WorkerBeat, WorkerRecord,
 };
 
 /// The ledger. All methods take batches where the hot path calls them, so one transaction covers
@@ -163,6 +164,14 @@ pub trait Store: Send + Sync {
     /// names (the default partition, `None`, first; a partition named `""` is the default one),
     /// read from counters the database keeps.
     async fn partitions(&self, migration: MigrationId) -> Result<Vec<PartitionTally>, StoreError>;
+    /// A page of the migration's objects in byte order of their keys, as `query` asks (a
+    /// prefix, a state, after a key); each call reads a bounded number of objects (see
+    /// [`ObjectQuery::budget`]), so a page may come short with a next one to read.
+    async fn objects_page(
+        &self,
+        migration: MigrationId,
+        query: ObjectQuery,
+    ) -> Result<ObjectPage, StoreError>;
     /// Records a validation of `partition` that began at `started` (milliseconds since the Unix
     /// epoch): whether it passed, and its report (JSON).
     async fn record_validation(

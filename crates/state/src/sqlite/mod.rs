@@ -11,12 +11,13 @@ use rusqlite::Connection;
 use crate::{
     Claim, ClaimedObject, ControlState, Cutover, DoneObject, FailedObject, KnownObject,
     LedgerObject, Migration, MigrationId, MigrationSpec, MigrationStatus, Notice, ObjectId,
-    Outcome, PacketLimits, PartRecord, PartitionTally, Pass, PassCounts, Problem, ScannedObject,
-    ShardClaim, ShardMark, SourceVersion, StaleUpload, Store, StoreError, Tally, WorkerBeat,
-    WorkerRecord,
+    ObjectPage, ObjectQuery, Outcome, PacketLimits, PartRecord, PartitionTally, Pass, PassCounts,
+    Problem, ScannedObject, ShardClaim, ShardMark, SourceVersion, StaleUpload, Store, StoreError,
+    Tally, WorkerBeat, WorkerRecord,
 };
 
 mod claims;
+mod listing;
 mod migrations;
 mod partitions;
 mod reads;
@@ -199,7 +200,7 @@ impl SqliteStore {
 
 // Each method calls the inherent method of the same name (inherent methods come first in
 // Rust's method lookup), in the module that holds its SQL: migrations, scan, claims, uploads,
-// reads, tallies, partitions.
+// reads, tallies, partitions, listing.
 #[async_trait]
 impl Store for SqliteStore {
     async fn open_migration(&self, spec: &MigrationSpec) -> Result<Migration, StoreError> {
@@ -383,6 +384,14 @@ impl Store for SqliteStore {
 
     async fn partitions(&self, migration: MigrationId) -> Result<Vec<PartitionTally>, StoreError> {
         self.partitions(migration).await
+    }
+
+    async fn objects_page(
+        &self,
+        migration: MigrationId,
+        query: ObjectQuery,
+    ) -> Result<ObjectPage, StoreError> {
+        self.objects_page(migration, query).await
     }
 
     async fn record_validation(
