@@ -1134,6 +1134,13 @@ impl Store for FailingLedger {
     ) -> Result<Vec<godwit_state::PartitionTally>, StoreError> {
         self.inner.partitions(migration).await
     }
+    async fn objects_page(
+        &self,
+        migration: MigrationId,
+        query: godwit_state::ObjectQuery,
+    ) -> Result<godwit_state::ObjectPage, StoreError> {
+        self.inner.objects_page(migration, query).await
+    }
     async fn problems(
         &self,
         migration: MigrationId,

@@ -217,27 +217,59 @@ impl CheckpointRow {
     }
 }
 
-/// Each partition's tally with its checkpoints, from the objects' counts by partition and state
-/// (with when an object of each last became work) and the checkpoint rows, in byte order of the
-/// names (the default partition first).
-pub(crate) fn assemble(
-    tallies: std::collections::BTreeMap<Option<String>, (Tally, Option<i64>)>,
-    rows: Vec<CheckpointRow>,
-) -> Vec<PartitionTally> {
+/// One partition's objects and bytes by state, and when one of its objects last became work
+/// (milliseconds since the Unix epoch; `None` when none did since godwit recorded it).
+#[doc(hidden)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PartitionCount {
+    /// Its objects and bytes by state.
+    pub tally: Tally,
+    /// When one of its objects last became work.
+    pub changed_at: Option<i64>,
+}
+
+/// Each partition's count, by name in byte order (the default partition, `None`, first): what
+/// the counters hold, or what counting the objects again finds (both ledgers' `counted` and
+/// `recount`, which the tests compare). A partition named `""` is the default one, as its
+/// checkpoint row and claims name it.
+#[doc(hidden)]
+pub type PartitionCounts = std::collections::BTreeMap<Option<String>, PartitionCount>;
+
+/// The name a counter row gives a partition (`""`: the default one) as the API names it.
+pub(crate) fn partition_name(row_name: String) -> Option<String> {
+    (!row_name.is_empty()).then_some(row_name)
+}
+
+/// The tally of the whole migration, from its partitions' counts.
+#[doc(hidden)]
+pub fn tally_of(counts: &PartitionCounts) -> Tally {
+    let mut tally = Tally::default();
+    for count in counts.values() {
+        for state in 0..tally.objects.len() {
+            tally.objects[state] += count.tally.objects[state];
+            tally.bytes[state] += count.tally.bytes[state];
+        }
+    }
+    tally
+}
+
+/// Each partition's tally with its checkpoints, from its counts and the checkpoint rows, in
+/// byte order of the names (the default partition first).
+pub(crate) fn assemble(counts: PartitionCounts, rows: Vec<CheckpointRow>) -> Vec<PartitionTally> {
     let mut rows: std::collections::HashMap<String, CheckpointRow> = rows
         .into_iter()
         .map(|row| (row.name.clone(), row))
         .collect();
-    tallies
+    counts
         .into_iter()
-        .map(|(name, (tally, changed_at))| {
+        .map(|(name, count)| {
             let row = rows
                 .remove(name.as_deref().unwrap_or(""))
                 .unwrap_or_default();
             PartitionTally {
                 name,
-                tally,
-                checkpoints: row.checkpoints(changed_at),
+                tally: count.tally,
+                checkpoints: row.checkpoints(count.changed_at),
             }
         })
         .collect()

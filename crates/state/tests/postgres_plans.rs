@@ -179,6 +179,71 @@ async fn a_fail_queue_page_reads_no_other_row_whatever_the_statistics() {
         .unwrap();
 }
 
+/// The rows the plan's scan of `index` read (`actual ... rows=N`, times its loops).
+fn rows_read(plan: &str, index: &str) -> u64 {
+    let line = plan
+        .lines()
+        .find(|line| line.contains(&format!("Index Scan using {index}")))
+        .unwrap_or_else(|| panic!("no scan of {index}: {plan}"));
+    let actual = &line[line.find("actual").unwrap()..];
+    let number = |field: &str| -> u64 {
+        let start = actual.find(field).unwrap() + field.len();
+        let digits: String = actual[start..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().unwrap()
+    };
+    number("rows=") * number("loops=")
+}
+
+/// A page of the dashboard's listing whose state matches no object reads its budget of rows
+/// through the key index and no more, and under a prefix only the prefix's rows: however big
+/// the migration, one call costs the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_page_of_objects_reads_its_budget_and_no_more() {
+    let Some(url) = database() else { return };
+    let schema = format!("plans_page_{}", std::process::id());
+    let (admin, store, migration) = ledger_of_30000(&url, &schema).await;
+    admin.batch_execute("ANALYZE objects").await.unwrap();
+    let index = "objects_migration_id_key_key";
+    // Every key starts with k: a page of failed objects (none) reads its budget.
+    let (plan, _) = explained(
+        &admin,
+        "page_all",
+        godwit_state::POSTGRES_OBJECTS_PAGE,
+        &format!("{}, 'k', NULL, 5000, 7, 51, 'l'", migration.0),
+    )
+    .await;
+    assert_eq!(rows_read(&plan, index), 5000, "{plan}");
+    // Keys k000100 to k000199 start with k0001: the read stops where they end.
+    let (plan, _) = explained(
+        &admin,
+        "page_prefix",
+        godwit_state::POSTGRES_OBJECTS_PAGE,
+        &format!("{}, 'k0001', NULL, 5000, 7, 51, 'k0002'", migration.0),
+    )
+    .await;
+    assert_eq!(rows_read(&plan, index), 100, "{plan}");
+    let page = store
+        .objects_page(
+            migration,
+            godwit_state::ObjectQuery {
+                prefix: Some("k0001".into()),
+                limit: 30,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.objects.len(), 30);
+    assert_eq!(page.next.as_deref(), Some("k000129"));
+    admin
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+}
+
 /// What the server said reaches the message: the driver's own words for a refusal are only
 /// "db error".
 #[tokio::test(flavor = "multi_thread")]

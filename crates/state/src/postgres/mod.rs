@@ -19,20 +19,23 @@ use tokio_postgres::NoTls;
 use crate::{
     Claim, ClaimedObject, ControlState, Cutover, DoneObject, FailedObject, KnownObject,
     LedgerObject, Migration, MigrationId, MigrationSpec, MigrationStatus, Notice, ObjectId,
-    Outcome, PacketLimits, PartRecord, PartitionTally, Pass, PassCounts, Problem, ScannedObject,
-    ShardClaim, ShardMark, SourceVersion, StaleUpload, Store, StoreError, Tally, WorkerBeat,
-    WorkerRecord,
+    ObjectPage, ObjectQuery, Outcome, PacketLimits, PartRecord, PartitionTally, Pass, PassCounts,
+    Problem, ScannedObject, ShardClaim, ShardMark, SourceVersion, StaleUpload, Store, StoreError,
+    Tally, WorkerBeat, WorkerRecord,
 };
 
 mod claims;
+mod listing;
 mod migrations;
 mod partitions;
 mod reads;
 mod scan;
 mod schema;
+mod tallies;
 mod uploads;
 
 pub use claims::CLAIM;
+pub use listing::OBJECTS_PAGE;
 pub use reads::FAILED_PAGE;
 
 /// Connections to the database at once, per process.
@@ -133,7 +136,7 @@ impl PgStore {
 
 // Each method calls the inherent method of the same name (inherent methods come first in
 // Rust's method lookup), in the module that holds its SQL: migrations, scan, claims, uploads,
-// reads.
+// reads, tallies, partitions, listing.
 #[async_trait]
 impl Store for PgStore {
     async fn open_migration(&self, spec: &MigrationSpec) -> Result<Migration, StoreError> {
@@ -317,6 +320,14 @@ impl Store for PgStore {
 
     async fn partitions(&self, migration: MigrationId) -> Result<Vec<PartitionTally>, StoreError> {
         self.partitions(migration).await
+    }
+
+    async fn objects_page(
+        &self,
+        migration: MigrationId,
+        query: ObjectQuery,
+    ) -> Result<ObjectPage, StoreError> {
+        self.objects_page(migration, query).await
     }
 
     async fn record_validation(

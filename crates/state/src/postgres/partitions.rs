@@ -1,12 +1,9 @@
 //! Partitions: their tallies and checkpoints (validation, cutover, notice), the objects
 //! validation reads, and what each pass found.
 
-use std::collections::BTreeMap;
-
 use crate::partition::{CheckpointRow, assemble};
 use crate::{
-    Cutover, LedgerObject, MigrationId, Notice, ObjectState, PartitionTally, PassCounts,
-    StoreError, Tally,
+    Cutover, LedgerObject, MigrationId, Notice, ObjectState, PartitionTally, PassCounts, StoreError,
 };
 
 use super::PgStore;
@@ -36,31 +33,8 @@ impl PgStore {
         &self,
         migration: MigrationId,
     ) -> Result<Vec<PartitionTally>, StoreError> {
+        let counts = self.counted(migration).await?;
         let client = self.client().await?;
-        let rows = client
-            .query(
-                &client
-                    .prepare_cached(
-                        "SELECT partition_key, state, COUNT(*), COALESCE(SUM(size), 0)::bigint,
-                           MAX(changed_at)
-                         FROM objects WHERE migration_id = $1 GROUP BY partition_key, state",
-                    )
-                    .await
-                    .map_err(|e| self.db(e))?,
-                &[&migration.0],
-            )
-            .await
-            .map_err(|e| self.db(e))?;
-        // Ordered here, in bytes, as the SQLite ledger orders them.
-        let mut tallies: BTreeMap<Option<String>, (Tally, Option<i64>)> = BTreeMap::new();
-        for row in rows {
-            let (tally, changed_at) = tallies.entry(row.get(0)).or_default();
-            if let Some(state) = ObjectState::from_code(row.get(1)) {
-                tally.objects[state as usize] = row.get::<_, i64>(2) as u64;
-                tally.bytes[state as usize] = row.get::<_, i64>(3) as u64;
-            }
-            *changed_at = (*changed_at).max(row.get(4));
-        }
         let checkpoints = client
             .query(
                 &client
@@ -74,7 +48,7 @@ impl PgStore {
             .iter()
             .map(checkpoint_row)
             .collect();
-        Ok(assemble(tallies, checkpoints))
+        Ok(assemble(counts, checkpoints))
     }
 
     pub(super) async fn record_validation(

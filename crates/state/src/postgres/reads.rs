@@ -1,12 +1,11 @@
-//! What is read back: tallies, partitions, problems, the fail queue, objects done; requeues and
-//! lookups.
+//! What is read back: problems, the fail queue, objects done; requeues and lookups.
 
 use std::collections::HashMap;
 use std::time::SystemTime;
 
 use crate::{
     DoneObject, FailedObject, KnownObject, MigrationId, ObjectId, ObjectState, Problem, StoreError,
-    Tally, millis,
+    millis,
 };
 
 use super::PgStore;
@@ -21,31 +20,6 @@ pub const FAILED_PAGE: &str = "SELECT id, key, size, error_kind, attempts, last_
          ORDER BY id + 0 LIMIT $4";
 
 impl PgStore {
-    pub(super) async fn tally(&self, migration: MigrationId) -> Result<Tally, StoreError> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                &client
-                    .prepare_cached(
-                        "SELECT state, COUNT(*), COALESCE(SUM(size), 0)::bigint FROM objects
-                 WHERE migration_id = $1 GROUP BY state",
-                    )
-                    .await
-                    .map_err(|e| self.db(e))?,
-                &[&migration.0],
-            )
-            .await
-            .map_err(|e| self.db(e))?;
-        let mut tally = Tally::default();
-        for row in rows {
-            if let Some(state) = ObjectState::from_code(row.get(0)) {
-                tally.objects[state as usize] = row.get::<_, i64>(1) as u64;
-                tally.bytes[state as usize] = row.get::<_, i64>(2) as u64;
-            }
-        }
-        Ok(tally)
-    }
-
     pub(super) async fn group_problem(
         &self,
         migration: MigrationId,

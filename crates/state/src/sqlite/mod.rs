@@ -11,20 +11,23 @@ use rusqlite::Connection;
 use crate::{
     Claim, ClaimedObject, ControlState, Cutover, DoneObject, FailedObject, KnownObject,
     LedgerObject, Migration, MigrationId, MigrationSpec, MigrationStatus, Notice, ObjectId,
-    Outcome, PacketLimits, PartRecord, PartitionTally, Pass, PassCounts, Problem, ScannedObject,
-    ShardClaim, ShardMark, SourceVersion, StaleUpload, Store, StoreError, Tally, WorkerBeat,
-    WorkerRecord,
+    ObjectPage, ObjectQuery, Outcome, PacketLimits, PartRecord, PartitionTally, Pass, PassCounts,
+    Problem, ScannedObject, ShardClaim, ShardMark, SourceVersion, StaleUpload, Store, StoreError,
+    Tally, WorkerBeat, WorkerRecord,
 };
 
 mod claims;
+mod listing;
 mod migrations;
 mod partitions;
 mod reads;
 mod scan;
 mod schema;
+mod tallies;
 mod uploads;
 
 use schema::{SCHEMA, SCHEMA_VERSION, lacks_columns, upgrade};
+use tallies::{has_counters, install_counters};
 
 /// The SQLite ledger. Opening it to work on takes an exclusive lock on `PATH.lock`, so a second
 /// process on the same file gets [`StoreError::Busy`] instead of a corrupted queue; every claim
@@ -33,6 +36,9 @@ use schema::{SCHEMA, SCHEMA_VERSION, lacks_columns, upgrade};
 pub struct SqliteStore {
     connection: Arc<Mutex<Connection>>,
     path: PathBuf,
+    /// Whether the ledger has its counters: always, but in a ledger of an older schema read
+    /// while an older godwit holds it (then tallies count the objects).
+    counters: bool,
     /// The writer's lock; `None` for a reader.
     _lock: Option<File>,
 }
@@ -93,12 +99,14 @@ impl SqliteStore {
         connection
             .execute_batch(&indexes)
             .map_err(|e| db_error(path, e))?;
+        install_counters(&connection).map_err(|e| db_error(path, e))?;
         connection
             .execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
             .map_err(|e| db_error(path, e))?;
         Ok(Self {
             connection: Arc::new(Mutex::new(connection)),
             path: path.to_owned(),
+            counters: true,
             _lock: Some(lock),
         })
     }
@@ -156,9 +164,11 @@ impl SqliteStore {
                 format!("it was written by a newer godwit (schema {version}); upgrade godwit"),
             ));
         }
+        let counters = has_counters(&connection).map_err(|e| db_error(path, e))?;
         Ok(Self {
             connection: Arc::new(Mutex::new(connection)),
             path: path.to_owned(),
+            counters,
             _lock: None,
         })
     }
@@ -190,7 +200,7 @@ impl SqliteStore {
 
 // Each method calls the inherent method of the same name (inherent methods come first in
 // Rust's method lookup), in the module that holds its SQL: migrations, scan, claims, uploads,
-// reads.
+// reads, tallies, partitions, listing.
 #[async_trait]
 impl Store for SqliteStore {
     async fn open_migration(&self, spec: &MigrationSpec) -> Result<Migration, StoreError> {
@@ -374,6 +384,14 @@ impl Store for SqliteStore {
 
     async fn partitions(&self, migration: MigrationId) -> Result<Vec<PartitionTally>, StoreError> {
         self.partitions(migration).await
+    }
+
+    async fn objects_page(
+        &self,
+        migration: MigrationId,
+        query: ObjectQuery,
+    ) -> Result<ObjectPage, StoreError> {
+        self.objects_page(migration, query).await
     }
 
     async fn record_validation(

@@ -1,17 +1,15 @@
 //! Partitions: their tallies and checkpoints (validation, cutover, notice), the objects
 //! validation reads, and what each pass found.
 
-use std::collections::BTreeMap;
-
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::partition::{CheckpointRow, assemble};
 use crate::{
-    Cutover, LedgerObject, MigrationId, Notice, ObjectState, PartitionTally, PassCounts,
-    StoreError, Tally,
+    Cutover, LedgerObject, MigrationId, Notice, ObjectState, PartitionTally, PassCounts, StoreError,
 };
 
 use super::SqliteStore;
+use super::tallies::{counted, recount};
 
 const CHECKPOINTS: &str = "SELECT name, validated_at, validation_passed, validation, cut_over_at,
        notice_delivered_at, notice_attempts, notice_error
@@ -45,27 +43,23 @@ impl SqliteStore {
         &self,
         migration: MigrationId,
     ) -> Result<Vec<PartitionTally>, StoreError> {
+        // A ledger of an older schema, read while an older godwit holds it, has no counters:
+        // its objects are counted.
+        let counters = self.counters;
         self.with(move |connection| {
-            let mut statement = connection.prepare_cached(
-                "SELECT partition_key, state, COUNT(*), COALESCE(SUM(size), 0), MAX(changed_at)
-                 FROM objects WHERE migration_id = ?1 GROUP BY partition_key, state",
-            )?;
-            let mut rows = statement.query(params![migration.0])?;
-            let mut tallies: BTreeMap<Option<String>, (Tally, Option<i64>)> = BTreeMap::new();
-            while let Some(row) = rows.next()? {
-                let (tally, changed_at) = tallies.entry(row.get(0)?).or_default();
-                if let Some(state) = ObjectState::from_code(row.get(1)?) {
-                    tally.objects[state as usize] = row.get::<_, i64>(2)? as u64;
-                    tally.bytes[state as usize] = row.get::<_, i64>(3)? as u64;
-                }
-                *changed_at = (*changed_at).max(row.get(4)?);
-            }
-            drop(rows);
-            let checkpoints = connection
+            // One snapshot for the counts and the checkpoints.
+            let transaction = connection.transaction()?;
+            let counts = if counters {
+                counted(&transaction, migration)?
+            } else {
+                recount(&transaction, migration)?
+            };
+            let checkpoints = transaction
                 .prepare_cached(CHECKPOINTS)?
                 .query_map(params![migration.0], checkpoint_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(assemble(tallies, checkpoints))
+            transaction.commit()?;
+            Ok(assemble(counts, checkpoints))
         })
         .await
     }

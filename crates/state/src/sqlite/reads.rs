@@ -1,5 +1,4 @@
-//! What is read back: tallies, partitions, problems, the fail queue, objects done; requeues and
-//! lookups.
+//! What is read back: problems, the fail queue, objects done; requeues and lookups.
 
 use std::time::SystemTime;
 
@@ -7,7 +6,7 @@ use rusqlite::{OptionalExtension, params};
 
 use crate::{
     DoneObject, FailedObject, KnownObject, MigrationId, ObjectId, ObjectState, Problem, StoreError,
-    Tally, millis,
+    millis,
 };
 
 use super::SqliteStore;
@@ -21,24 +20,6 @@ pub(super) const FAILED_PAGE: &str = "SELECT id, key, size, error_kind, attempts
       AND (?2 IS NULL OR error_kind = ?2) AND id > ?3
     ORDER BY id LIMIT ?4";
 impl SqliteStore {
-    pub(super) async fn tally(&self, migration: MigrationId) -> Result<Tally, StoreError> {
-        self.with(move |connection| {
-            let mut tally = Tally::default();
-            let mut statement = connection.prepare_cached(
-                "SELECT state, COUNT(*), COALESCE(SUM(size), 0) FROM objects WHERE migration_id = ?1 GROUP BY state",
-            )?;
-            let mut rows = statement.query(params![migration.0])?;
-            while let Some(row) = rows.next()? {
-                if let Some(state) = ObjectState::from_code(row.get(0)?) {
-                    tally.objects[state as usize] = row.get::<_, i64>(1)? as u64;
-                    tally.bytes[state as usize] = row.get::<_, i64>(2)? as u64;
-                }
-            }
-            Ok(tally)
-        })
-        .await
-    }
-
     pub(super) async fn problems(
         &self,
         migration: MigrationId,

@@ -6,8 +6,9 @@ use rusqlite::{Connection, params};
 /// 2: uploads bound to a source version and begun before their id is known, godwit's own
 /// writes, first claims, the filter of each pass, the endpoints of each migration, the metadata
 /// sent with each object. 3: partitions' checkpoints (validation, cutover, notice), and when each
-/// object was found, last changed, and its version seen.
-pub(super) const SCHEMA_VERSION: i64 = 3;
+/// object was found, last changed, and its version seen. 4: the counters (`tallies`,
+/// `change_times`) and the triggers that keep them (`tallies.rs`).
+pub(super) const SCHEMA_VERSION: i64 = 4;
 
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS migrations (

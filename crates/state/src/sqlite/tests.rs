@@ -244,6 +244,12 @@ async fn a_ledger_of_schema_1_is_brought_up_to_date() {
     let reader = SqliteStore::open_read_only(&path).unwrap();
     let migration = reader.find_migration("m").await.unwrap().unwrap();
     assert_eq!(migration.last_pass.as_ref().unwrap().filter, None);
+    let tally = reader.tally(migration.id).await.unwrap();
+    assert_eq!(
+        (tally.n(ObjectState::Pending), tally.bytes_total()),
+        (1, 10),
+        "its counters filled from its objects"
+    );
     assert_eq!(migration.spec.dest_endpoint, None, "not recorded then");
     drop(reader);
     let store = SqliteStore::open(&path).unwrap();
@@ -284,5 +290,73 @@ fn a_page_of_the_fail_queue_reads_the_problems_index() {
     assert!(
         !plan.iter().any(|step| step.contains("TEMP B-TREE")),
         "{plan:?}"
+    );
+}
+
+/// A ledger of schema 3 (no counters) read while an older godwit holds it is counted from its
+/// objects; opened by this godwit, it is given its counters, filled from its objects.
+#[tokio::test]
+async fn a_ledger_without_counters_is_counted_then_given_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let migration = {
+        let store = SqliteStore::open(&path).unwrap();
+        let migration = store.open_migration(&spec()).await.unwrap().id;
+        store.start_pass(migration, "").await.unwrap();
+        let placed = |key: &str, partition: Option<&str>| ScannedObject {
+            partition: partition.map(str::to_owned),
+            ..object(key, 10, "1")
+        };
+        let batch = vec![
+            placed("a", Some("p")),
+            placed("b", None),
+            placed("c", Some("p")),
+        ];
+        store
+            .record_scanned(migration, 1, batch, None)
+            .await
+            .unwrap();
+        let claimed = store.claim(migration, "w", LIMITS).await.unwrap();
+        let outcomes = vec![done(&claimed[0], ObjectState::Copied)];
+        store.record_outcomes(outcomes).await.unwrap();
+        migration
+    };
+    // As schema 3 had it, and changed since by an older godwit.
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "DROP TRIGGER objects_counted_in; DROP TRIGGER objects_counted_again;
+             DROP TRIGGER objects_changed_again; DROP TRIGGER objects_counted_out;
+             DROP TABLE tallies; DROP TABLE change_times;
+             UPDATE objects SET state = 7 WHERE key = 'b';
+             PRAGMA user_version = 3;",
+        )
+        .unwrap();
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let older_godwit = std::fs::File::options()
+        .write(true)
+        .open(&lock_path)
+        .unwrap();
+    older_godwit.try_lock().unwrap();
+    let reader = SqliteStore::open_read_only(&path).unwrap();
+    let recounted = reader.recount(migration).await.unwrap();
+    let tally = reader.tally(migration).await.unwrap();
+    assert_eq!(tally, crate::tally_of(&recounted));
+    assert_eq!(
+        (tally.n(ObjectState::Copied), tally.n(ObjectState::Failed)),
+        (1, 1)
+    );
+    let partitions = reader.partitions(migration).await.unwrap();
+    assert_eq!(partitions.len(), 2);
+    drop(reader);
+    drop(older_godwit);
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.counted(migration).await.unwrap(), recounted);
+    assert_eq!(store.tally(migration).await.unwrap(), tally);
+    store.requeue_failed(migration, None).await.unwrap();
+    assert_eq!(
+        store.counted(migration).await.unwrap(),
+        store.recount(migration).await.unwrap()
     );
 }
