@@ -619,3 +619,66 @@ async fn pages_and_streams_show_the_migration() {
         "bearer"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn objects_are_listed_by_prefix_and_state_a_page_at_a_time() {
+    let seeded = seeded().await;
+    let (app, id) = (&seeded.app, seeded.id);
+    let keys = |answer: &Answer| -> Vec<String> {
+        answer.json()["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["key"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let all = get(app, &format!("/api/migrations/{id}/objects")).await;
+    assert_eq!(all.status, StatusCode::OK, "{}", all.text);
+    assert_eq!(keys(&all), ["p1/a.txt", "p1/b.txt", "p2/c.txt", "p2/d.bad"]);
+    assert_eq!(all.json()["next"], Value::Null);
+    assert_eq!(all.json()["objects"][0]["state"], "copied");
+    assert_eq!(all.json()["objects"][0]["partition"], "p1");
+    assert_eq!(all.json()["objects"][0]["size"], 100);
+
+    let p2 = get(app, &format!("/api/migrations/{id}/objects?prefix=p2/")).await;
+    assert_eq!(keys(&p2), ["p2/c.txt", "p2/d.bad"]);
+    let failed = get(app, &format!("/api/migrations/{id}/objects?state=failed")).await;
+    assert_eq!(keys(&failed), ["p2/d.bad"]);
+    assert_eq!(failed.json()["objects"][0]["error_class"], "access_denied");
+
+    // Two at a time, each page going on from the last.
+    let first = get(app, &format!("/api/migrations/{id}/objects?limit=2")).await;
+    assert_eq!(keys(&first), ["p1/a.txt", "p1/b.txt"]);
+    let next = first.json()["next"].as_str().unwrap().to_owned();
+    let second = get(
+        app,
+        &format!(
+            "/api/migrations/{id}/objects?limit=2&after={}",
+            next.replace('/', "%2F")
+        ),
+    )
+    .await;
+    assert_eq!(keys(&second), ["p2/c.txt", "p2/d.bad"]);
+
+    for bad in ["state=lost", "limit=0", "limit=1001", "limit=x"] {
+        let answer = get(app, &format!("/api/migrations/{id}/objects?{bad}")).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::BAD_REQUEST,
+            "{bad}: {}",
+            answer.text
+        );
+        assert_eq!(answer.error(), "bad_request");
+    }
+    assert_eq!(
+        get(app, "/api/migrations/999/objects").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let page = get(app, &format!("/migrations/{id}/objects?state=failed")).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.text.contains("p2/d.bad") && !page.text.contains("p1/a.txt"),
+        "{}",
+        page.text
+    );
+}

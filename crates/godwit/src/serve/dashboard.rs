@@ -173,7 +173,10 @@ pub async fn migration(
                     div.sub { (view.source) (endpoint(&view.source_endpoint)) " → "
                               (view.destination) (endpoint(&view.destination_endpoint)) }
                 }
-                div.actions #controls { (controls(view)) }
+                div.actions {
+                    a.button href={ "/migrations/" (id) "/objects" } { "Browse objects" }
+                    span #controls { (controls(view)) }
+                }
             }
             div #live data-live={ "/migrations/" (id) "/live" } data-id=(id) {
                 (summary(&update))
@@ -427,6 +430,89 @@ pub async fn live_sections(
             })
         }
     })
+}
+
+/// `GET /migrations/{id}/objects`: a migration's objects by prefix and state, a page at a time.
+pub async fn objects(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Segments(id): Segments<i64>,
+    Params(query): Params<super::model::ObjectsQuery>,
+) -> Response {
+    let migration = match api::migration(state.store().as_ref(), id).await {
+        Ok(migration) => migration,
+        Err(failure) if failure.status() == StatusCode::NOT_FOUND => {
+            return not_found_page(&headers, &state, "No such migration.");
+        }
+        Err(failure) => return failure.into_response(),
+    };
+    let prefix = query.prefix.clone().unwrap_or_default();
+    let wanted = query.state.clone().unwrap_or_default();
+    let listed = match api::objects(
+        State(state.clone()),
+        Segments(id),
+        Params(super::model::ObjectsQuery {
+            limit: Some(100),
+            ..query
+        }),
+    )
+    .await
+    {
+        Ok(axum::Json(page)) => page,
+        Err(failure) => return failure.into_response(),
+    };
+    let next = listed.next.as_ref().map(|after| {
+        format!(
+            "/migrations/{id}/objects?prefix={}&state={}&after={}",
+            segment(&prefix),
+            segment(&wanted),
+            segment(after)
+        )
+    });
+    page(
+        &format!("Objects of {}", migration.spec.name),
+        &headers,
+        &state,
+        html! {
+            div.heading {
+                div {
+                    h1 { "Objects" }
+                    div.sub { a href={ "/migrations/" (id) } { (migration.spec.name) } }
+                }
+            }
+            form.card.filter method="get" {
+                label { "Key prefix" input name="prefix" value=(prefix) placeholder="e.g. 2024/03/"; }
+                label { "State" select name="state" {
+                    option value="" selected[wanted.is_empty()] { "any" }
+                    @for s in godwit_state::ObjectState::ALL {
+                        option value=(s.as_str()) selected[wanted == s.as_str()] { (s.as_str().replace('_', " ")) }
+                    }
+                } }
+                button.button.primary type="submit" { "Show" }
+            }
+            section.card {
+                @if listed.objects.is_empty() {
+                    p.empty { "No object here" @if next.is_some() { " in this stretch of keys; the next page goes on" } "." }
+                } @else {
+                    table.objects {
+                        thead { tr { th { "Key" } th { "State" } th.num { "Size" } th.num { "Attempts" } th { "Partition" } th { "Last error" } } }
+                        tbody { @for o in &listed.objects {
+                            tr {
+                                td.key { (o.key) }
+                                td { span class={ "badge " (o.state) } { (o.state.replace('_', " ")) } }
+                                td.num { (bytes(o.size)) }
+                                td.num { (o.attempts) }
+                                td { (o.partition.as_deref().unwrap_or("-")) }
+                                td.error { (o.error.as_deref().unwrap_or("")) }
+                            }
+                        } }
+                    }
+                }
+                @if let Some(next) = &next { p { a.button href=(next) { "Next page →" } } }
+            }
+        },
+    )
+    .into_response()
 }
 
 /// `GET /migrations/new`: the form that starts a migration.

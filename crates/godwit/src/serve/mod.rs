@@ -164,6 +164,7 @@ pub fn app(state: AppState) -> Router {
         .route("/migrations/{id}/failed", get(api::failed))
         .route("/migrations/{id}/retry-failed", post(api::retry_failed))
         .route("/migrations/{id}/partitions", get(api::partitions))
+        .route("/migrations/{id}/objects", get(api::objects))
         .route(
             "/migrations/{id}/partitions/{partition}/validate",
             post(api::validate),
@@ -181,6 +182,7 @@ pub fn app(state: AppState) -> Router {
         .route("/", get(dashboard::migrations))
         .route("/migrations/new", get(dashboard::new_migration))
         .route("/migrations/{id}", get(dashboard::migration))
+        .route("/migrations/{id}/objects", get(dashboard::objects))
         .route("/live", get(events::live_list))
         .route("/migrations/{id}/live", get(events::live_migration))
         .route("/login", get(dashboard::login_page).post(dashboard::login))

@@ -466,3 +466,72 @@ impl From<&godwit_engine::Validation> for ValidationView {
         }
     }
 }
+
+/// Which objects: a page by key prefix and state.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ObjectsQuery {
+    /// Only keys that start with this.
+    pub prefix: Option<String>,
+    /// Only objects in this state: `pending`, `in_progress`, `copied`, `already_present`,
+    /// `conflict`, `excluded`, `source_vanished` or `failed`.
+    #[param(
+        pattern = "^(pending|in_progress|copied|already_present|conflict|excluded|source_vanished|failed)$"
+    )]
+    pub state: Option<String>,
+    /// Only keys after this one (the `next` of the page before).
+    pub after: Option<String>,
+    /// At most this many (1 to 1000; default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+}
+
+/// A page of a migration's objects, in byte order of their keys. Each call reads a bounded
+/// number of objects, so a page may come short (even empty) with a `next` to go on from.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ObjectsPage {
+    /// The objects.
+    pub objects: Vec<ObjectView>,
+    /// The `after` of the next page; `null` when the listing is through.
+    pub next: Option<String>,
+}
+
+/// An object of a migration.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ObjectView {
+    /// Its key, relative to the source.
+    pub key: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its state.
+    #[schema(example = "copied")]
+    pub state: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last error's class, if an attempt failed.
+    pub error_class: Option<String>,
+    /// The last error, for a person.
+    pub error: Option<String>,
+    /// The destination's ETag, as recorded.
+    pub dest_etag: Option<String>,
+    /// Its partition; `null` for none.
+    pub partition: Option<String>,
+    /// Its group; `null` for a group of its own.
+    pub group: Option<String>,
+}
+
+impl From<godwit_state::ObjectRow> for ObjectView {
+    fn from(row: godwit_state::ObjectRow) -> Self {
+        Self {
+            key: row.key,
+            size: row.size,
+            state: row.state.as_str().to_owned(),
+            attempts: row.attempts,
+            error_class: row.error_kind,
+            error: row.error_message,
+            dest_etag: row.dest_etag,
+            partition: row.partition,
+            group: row.group,
+        }
+    }
+}

@@ -18,13 +18,13 @@ use super::{api, events, model, samples};
     paths(
         api::list, api::create, api::get, api::pause, api::resume, api::cancel,
         api::failed, api::retry_failed, api::partitions, api::validate, api::cutover,
-        api::throughput, api::workers, events::migration, events::migrations,
+        api::throughput, api::workers, api::objects, events::migration, events::migrations,
     ),
     components(schemas(
         ApiError, model::MigrationView, model::NewMigration, model::Progress, model::StateCounts,
         model::FailedPage, model::FailedView, model::Retried, model::PartitionView,
         model::CutoverView, model::ValidationView, model::ValidationReport, model::WorkerView,
-        model::Update, samples::Sample, samples::Rate, events::StreamEvent,
+        model::Update, model::ObjectsPage, model::ObjectView, samples::Sample, samples::Rate, events::StreamEvent,
     )),
     modifiers(&Bearer),
     security(("bearer" = [])),
