@@ -118,6 +118,14 @@ try {
   await page.waitForSelector("#summary .badge[data-status=finished]");
   check("its objects count is 40 of 40", (await text(page, "#objects")) === "40", await text(page, "#summary"));
   await page.screenshot({ path: `${shots}/migration-finished.png`, fullPage: true });
+  await page.click("text=Browse objects");
+  await page.fill("input[name=prefix]", "part-1/");
+  await page.selectOption("select[name=state]", "copied");
+  await page.click("text=Show");
+  await page.waitForURL(/objects\?prefix=part-1/);
+  const rows = await page.locator("table.objects tbody tr").count();
+  check("browsing objects by prefix and state lists the partition's 10", rows === 10, String(rows));
+  await page.screenshot({ path: `${shots}/objects.png`, fullPage: true });
 
   // 3. The planted failure: its error in the fail queue, and the retry button.
   await page.goto(`${url}/migrations/${failing}`);
