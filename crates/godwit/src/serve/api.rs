@@ -54,11 +54,16 @@ pub async fn view(state: &AppState, migration: &Migration) -> Result<MigrationVi
         (status = 503, description = "The ledger cannot be read now", body = ApiError),
     ))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<MigrationView>>, Failure> {
+    Ok(Json(views(&state).await?))
+}
+
+/// The view of every migration in the ledger now.
+pub async fn views(state: &AppState) -> Result<Vec<MigrationView>, Failure> {
     let mut views = Vec::new();
     for migration in state.store().migrations().await? {
-        views.push(view(&state, &migration).await?);
+        views.push(view(state, &migration).await?);
     }
-    Ok(Json(views))
+    Ok(views)
 }
 
 /// Create a migration.

@@ -54,18 +54,10 @@ fn page(title: &str, headers: &HeaderMap, state: &AppState, body: Markup) -> Htm
 
 /// `GET /`: every migration, live.
 pub async fn migrations(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let mut views = Vec::new();
-    match state.store().migrations().await {
-        Ok(migrations) => {
-            for migration in migrations {
-                match api::view(&state, &migration).await {
-                    Ok(view) => views.push(view),
-                    Err(failure) => return failure.into_response(),
-                }
-            }
-        }
-        Err(error) => return super::error::Failure::from(error).into_response(),
-    }
+    let views = match api::views(&state).await {
+        Ok(views) => views,
+        Err(failure) => return failure.into_response(),
+    };
     page(
         "Migrations",
         &headers,
@@ -414,11 +406,7 @@ pub async fn live_sections(
 ) -> Result<serde_json::Value, super::error::Failure> {
     Ok(match id {
         None => {
-            let mut views = Vec::new();
-            for migration in state.store().migrations().await? {
-                views.push(api::view(state, &migration).await?);
-            }
-            serde_json::json!({ "list": migration_list(&views).into_string() })
+            serde_json::json!({ "list": migration_list(&api::views(state).await?).into_string() })
         }
         Some(id) => {
             let update = api::update(state, id).await?;

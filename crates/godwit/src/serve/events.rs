@@ -96,13 +96,7 @@ pub async fn migration(
 pub async fn migrations(
     State(state): State<AppState>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let events = stream(state, |state| async move {
-        let mut views = Vec::new();
-        for migration in state.store().migrations().await? {
-            views.push(api::view(&state, &migration).await?);
-        }
-        Ok::<_, Failure>(views)
-    });
+    let events = stream(state, |state| async move { api::views(&state).await });
     Sse::new(events).keep_alive(KeepAlive::default())
 }
 
