@@ -15,6 +15,7 @@ mod cutover;
 mod dispatch;
 mod filter;
 mod group;
+pub mod metrics;
 mod migrate;
 mod outage;
 mod plan;

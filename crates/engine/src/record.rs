@@ -140,7 +140,10 @@ pub(crate) async fn write_outcomes(
             .filter(|o| o.state.is_terminal())
             .map(|o| (o.state, o.size))
             .collect();
-        match store.record_outcomes(std::mem::take(&mut batch)).await {
+        let started = std::time::Instant::now();
+        let recorded = store.record_outcomes(std::mem::take(&mut batch)).await;
+        let took = started.elapsed();
+        match recorded {
             Ok(0) => {}
             Ok(fenced) => tracing::warn!(
                 fenced,
@@ -153,13 +156,17 @@ pub(crate) async fn write_outcomes(
                 return Err(error);
             }
         }
+        let mut by_state = [0u64; 8];
+        let mut copied = 0;
         for (state, size) in finished {
+            by_state[state as usize] += 1;
             Progress::add(&progress.n_done, 1);
             Progress::add(&progress.bytes_done, size);
             match state {
                 ObjectState::Copied => {
                     Progress::add(&progress.n_copied, 1);
                     Progress::add(&progress.bytes_copied, size);
+                    copied += size;
                 }
                 ObjectState::Conflict | ObjectState::Failed => {
                     Progress::add(&progress.n_problems, 1)
@@ -167,6 +174,7 @@ pub(crate) async fn write_outcomes(
                 _ => {}
             }
         }
+        crate::metrics::committed(took, &by_state, copied);
     }
     Ok(())
 }

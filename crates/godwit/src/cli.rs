@@ -224,6 +224,11 @@ pub struct MigrateArgs {
     pub max_attempts: u32,
     #[command(flatten)]
     pub sides: SideArgs,
+    /// Serve Prometheus metrics at http://ADDR/metrics while the run lasts (`127.0.0.1:9464`;
+    /// port 0 picks a free one and prints it). No token: keep it on loopback or a private network.
+    #[arg(long, value_name = "ADDR")]
+    #[serde(skip)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Queued by `godwit serve`'s API rather than run by a `migrate` command: a worker (of
     /// `serve`, or `godwit worker`) leads its first pass.
     #[arg(skip)]
@@ -267,6 +272,10 @@ pub struct WorkerArgs {
     /// Print one JSON line with the ledger's summary each time it has worked on a migration.
     #[arg(long)]
     pub json: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics while the worker runs (see `migrate
+    /// --metrics-listen`).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -428,9 +437,12 @@ fn default_endpoint_timeout() -> u64 {
 /// A duration in whole seconds: `90`, `90s` or `2m`, at least one second.
 fn parse_seconds(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let (number, scale) = match text.strip_suffix('m') {
-        Some(minutes) => (minutes, 60),
-        None => (text.strip_suffix('s').unwrap_or(text), 1),
+    let (number, scale) = if let Some(hours) = text.strip_suffix('h') {
+        (hours, 3600)
+    } else if let Some(minutes) = text.strip_suffix('m') {
+        (minutes, 60)
+    } else {
+        (text.strip_suffix('s').unwrap_or(text), 1)
     };
     let seconds = number
         .parse::<u64>()
@@ -438,7 +450,24 @@ fn parse_seconds(text: &str) -> Result<u64, String> {
         .and_then(|n| n.checked_mul(scale))
         .filter(|&s| s >= 1)
         .ok_or_else(|| {
-            format!("'{text}' is not a duration: write whole seconds (90, 90s) or minutes (2m)")
+            format!("'{text}' is not a duration: write whole seconds (90, 90s), minutes (2m) or hours (1h)")
         })?;
     Ok(seconds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_seconds;
+
+    #[test]
+    fn durations_take_seconds_minutes_and_hours() {
+        assert_eq!(parse_seconds("90"), Ok(90));
+        assert_eq!(parse_seconds("90s"), Ok(90));
+        assert_eq!(parse_seconds("2m"), Ok(120));
+        assert_eq!(parse_seconds("1h"), Ok(3600));
+        for bad in ["0", "0s", "", "1.5m", "-1", "1d", "h"] {
+            let error = parse_seconds(bad).unwrap_err();
+            assert!(error.contains("hours (1h)"), "{bad}: {error}");
+        }
+    }
 }

@@ -11,6 +11,7 @@ mod checkpoints;
 mod cli;
 mod demo;
 mod ledger;
+mod metrics;
 mod migrate;
 mod render;
 pub mod serve;

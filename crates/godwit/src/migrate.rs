@@ -14,6 +14,7 @@ use godwit_storage::{Encryption, Location, S3Settings, StaticCredentials, WriteS
 use crate::cli::{MigrateArgs, SideArgs};
 use crate::exit;
 use crate::ledger::Place;
+use crate::metrics;
 use crate::render;
 use crate::shutdown::Shutdown;
 
@@ -335,10 +336,24 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<u8> {
         });
     }
 
+    // Bound before the ledger is touched: an address in use refuses the run with nothing done.
+    let metrics_listener = match args.metrics_listen {
+        Some(address) => match metrics::bind(address).await {
+            Ok(listener) => Some(listener),
+            Err(message) => return Ok(config_error(message)),
+        },
+        None => None,
+    };
     let store = match place.open().await {
         Ok(store) => store,
         Err(error) => return Ok(config_error(error)),
     };
+    // Stops the metrics listener however this function returns.
+    let _metrics = metrics_listener.map(|listener| {
+        let done = stop.child_token();
+        tokio::spawn(metrics::serve(listener, Arc::clone(&store), done.clone()));
+        done.drop_guard()
+    });
     // What workers need to run it too (never a secret: credentials stay in each one's
     // environment).
     let migration = match store.open_migration(&spec).await {

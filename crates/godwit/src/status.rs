@@ -12,7 +12,7 @@ use crate::render::{bytes, duration};
 
 /// A worker whose last heartbeat is older than this is shown as gone (a working one beats every
 /// second, an idle one every few).
-const GONE_AFTER: i64 = 30;
+const GONE_AFTER: i64 = godwit_engine::metrics::ACTIVE_WITHIN.as_secs() as i64;
 
 /// How a command uses the ledger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

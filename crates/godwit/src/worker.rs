@@ -38,6 +38,20 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<u8> {
     };
     let shutdown = Shutdown::watch();
     let stop = shutdown.token();
+    let metrics = match args.metrics_listen {
+        Some(address) => match crate::metrics::bind(address).await {
+            Ok(listener) => Some(tokio::spawn(crate::metrics::serve(
+                listener,
+                Arc::clone(&store),
+                stop.clone(),
+            ))),
+            Err(message) => {
+                eprintln!("godwit: {message}");
+                return Ok(exit::CONFIG);
+            }
+        },
+        None => None,
+    };
     let worker = godwit_engine::worker_name();
     shutdown.holds_claims_in(store.clone(), worker.clone());
     eprintln!("godwit: worker {worker} joined the fleet on {place}");
@@ -77,6 +91,9 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<u8> {
                 () = stop.cancelled() => {}
             }
         }
+    }
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
     }
     Ok(exit::INTERRUPTED)
 }

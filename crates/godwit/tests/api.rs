@@ -682,3 +682,64 @@ async fn objects_are_listed_by_prefix_and_state_a_page_at_a_time() {
         page.text
     );
 }
+
+/// `/metrics` of a server: the ledger's gauges by migration and state (set by the sampler), in
+/// Prometheus text, behind the token like every call.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_show_the_ledger_by_migration_and_state() {
+    let seeded = seeded().await;
+    // A state without metrics says so.
+    let answer = get(&seeded.app, "/metrics").await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    assert_eq!(answer.error(), "not_found");
+
+    let state = AppState::new(seeded.state.store(), TOKEN).with_metrics();
+    state.sample().await.unwrap();
+    let app = app(state);
+    let answer = get(&app, "/metrics").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+    assert!(
+        answer.headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"),
+        "{:?}",
+        answer.headers
+    );
+    let line = |series: &str| {
+        answer
+            .text
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {series} in:\n{}", answer.text))
+            .to_owned()
+    };
+    assert_eq!(
+        line(r#"godwit_objects{migration="seeded",state="copied"}"#),
+        "3"
+    );
+    assert_eq!(
+        line(r#"godwit_objects{migration="seeded",state="failed"}"#),
+        "1"
+    );
+    assert_eq!(
+        line(r#"godwit_bytes{migration="seeded",state="copied"}"#),
+        "600"
+    );
+    assert_eq!(line(r#"godwit_queue_depth{migration="seeded"}"#), "0");
+    // Set from the workers' heartbeat rows (the seeding run's among them).
+    assert!(
+        answer.text.contains("godwit_active_workers "),
+        "{}",
+        answer.text
+    );
+    assert!(
+        answer
+            .text
+            .contains("# HELP godwit_objects Objects in the ledger"),
+        "{}",
+        answer.text
+    );
+    let anonymous = Request::get("/metrics").body(Body::empty()).unwrap();
+    assert_eq!(send(&app, anonymous).await.status, StatusCode::UNAUTHORIZED);
+}

@@ -145,6 +145,32 @@ async fn call(
     (status, serde_json::from_slice(&bytes).unwrap_or_default())
 }
 
+/// `GET` of `url` (`host:port/path`, or `http://host:port/path`), with the bearer token if
+/// given: the status and the text.
+async fn scrape(url: &str, token: Option<&str>) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let url = url.trim_start_matches("http://");
+    let (host, path) = url.split_at(url.find('/').unwrap_or(url.len()));
+    let path = if path.is_empty() { "/metrics" } else { path };
+    let stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let mut request = axum::http::Request::get(path).header("host", host);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let request = request
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
 const FLEET_TOKEN: &str = "a-fleet-token-shared-by-servers";
 
 /// Starts `godwit serve` on `ledger` and returns it with its address.
@@ -194,7 +220,8 @@ async fn a_migration_queued_through_one_server_is_run_by_the_fleet_and_seen_by_a
             .collect::<Vec<_>>(),
     );
 
-    let (mut first, first_address) = serve_on(&ledger, home.path(), &["--no-workers"]).await;
+    let (mut first, first_address) =
+        serve_on(&ledger, home.path(), &["--no-workers", "--metrics-public"]).await;
     let (mut second, second_address) = serve_on(&ledger, home.path(), &["--no-workers"]).await;
     let (status, created) = call(
         &first_address,
@@ -224,8 +251,25 @@ async fn a_migration_queued_through_one_server_is_run_by_the_fleet_and_seen_by_a
     assert_eq!(seen["phase"], "queued", "{seen}");
 
     let mut worker = support::godwit();
-    worker.args(["worker", "--state", &ledger]);
+    worker.args([
+        "worker",
+        "--state",
+        &ledger,
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
     let mut worker = worker.spawn().unwrap();
+    let mut said = BufReader::new(worker.stderr.take().unwrap()).lines();
+    let worker_metrics = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = said.next_line().await.unwrap() {
+            if let Some(address) = line.split("metrics at http://").nth(1) {
+                return address.to_owned();
+            }
+        }
+        panic!("the worker ended without saying where its metrics are");
+    })
+    .await
+    .expect("the worker says where its metrics are");
     let finished = tokio::time::timeout(Duration::from_secs(120), async {
         loop {
             let (_, seen) = call(
@@ -253,6 +297,40 @@ async fn a_migration_queued_through_one_server_is_run_by_the_fleet_and_seen_by_a
     )
     .await;
     assert_eq!(partitions.as_array().unwrap().len(), 3, "{partitions}");
+
+    // The worker that copied the objects counts them; the servers see the ledger's gauges
+    // (the first without a token: `--metrics-public`).
+    let (status, text) = scrape(&worker_metrics, None).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains("godwit_objects_finished_total{state=\"copied\"} 30\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("godwit_transfer_duration_seconds_count 30\n"),
+        "{text}"
+    );
+    let gauge = "godwit_objects{migration=\"fleet through the API\",state=\"copied\"} 30\n";
+    let seen = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let (status, text) = scrape(&format!("{first_address}/metrics"), None).await;
+            assert_eq!(status, 200, "{text}");
+            if text.contains(gauge) {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await
+    .expect("the first server's gauges see the fleet's work");
+    assert!(seen.contains("godwit_active_workers "), "{seen}");
+    let (status, _) = scrape(&format!("{second_address}/metrics"), None).await;
+    assert_eq!(
+        status, 401,
+        "the second server keeps /metrics behind the token"
+    );
+    let (status, text) = scrape(&format!("{second_address}/metrics"), Some(FLEET_TOKEN)).await;
+    assert_eq!(status, 200, "{text}");
     for child in [&mut first, &mut second, &mut worker] {
         child.start_kill().unwrap();
         let _ = child.wait().await;

@@ -299,8 +299,12 @@ impl Transfers {
     /// the claim was lost meanwhile (its lease ran out and another worker took the object, which
     /// is now that worker's to finish). Only a failure of the ledger itself is an `Err`.
     pub async fn copy(&self, claimed: ClaimedObject) -> Result<Option<Outcome>, StoreError> {
+        let started = std::time::Instant::now();
         match self.copy_claimed(&claimed).await {
-            Ok(outcome) => Ok(Some(outcome)),
+            Ok(outcome) => {
+                crate::metrics::transfer_took(started.elapsed());
+                Ok(Some(outcome))
+            }
             Err(StoreError::LeaseLost(_)) => {
                 tracing::warn!(key = %claimed.key, "the lease on this object ran out and another worker took it: dropping it");
                 Ok(None)
@@ -404,6 +408,7 @@ impl Transfers {
             if error.kind() == ErrorKind::Busy {
                 // The dispatcher lowers the objects in flight when these gather (see `dispatch`).
                 Progress::add(&self.progress.n_throttled, 1);
+                crate::metrics::throttled();
             }
             if !error.is_temporary()
                 || attempt >= retry::attempts_for(&error, self.options.max_attempts)
@@ -422,6 +427,7 @@ impl Transfers {
                 ));
             }
             tracing::debug!(key = %job.meta.key, attempt, %error, "retrying");
+            crate::metrics::retried(error.kind().as_str());
             tokio::time::sleep(retry::pause_before_retry(attempt, &error)).await;
             retried = Some(error);
         }

@@ -47,7 +47,8 @@ struct Inner {
     samples: samples::Samples,
     notes: Mutex<HashMap<i64, String>>,
     metrics_public: bool,
-    metrics: Option<Box<dyn Fn() -> String + Send + Sync>>,
+    /// Whether `/metrics` answers (this process's Prometheus recorder is installed).
+    metrics: bool,
     wake: Notify,
     stop: CancellationToken,
     credentials: Option<StaticCredentials>,
@@ -56,14 +57,13 @@ struct Inner {
 impl AppState {
     /// A state over `store`, opened to requests that carry `token`.
     pub fn new(store: Arc<dyn Store>, token: &str) -> Self {
-        Self::build(store, token, false, None, CancellationToken::new())
+        Self::build(store, token, false, CancellationToken::new())
     }
 
     fn build(
         store: Arc<dyn Store>,
         token: &str,
         metrics_public: bool,
-        metrics: Option<Box<dyn Fn() -> String + Send + Sync>>,
         stop: CancellationToken,
     ) -> Self {
         Self {
@@ -73,7 +73,7 @@ impl AppState {
                 samples: samples::Samples::default(),
                 notes: Mutex::new(HashMap::new()),
                 metrics_public,
-                metrics,
+                metrics: false,
                 wake: Notify::new(),
                 stop,
                 credentials: None,
@@ -87,6 +87,16 @@ impl AppState {
     pub fn with_credentials(mut self, credentials: StaticCredentials) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.credentials = Some(credentials);
+        }
+        self
+    }
+
+    /// This state answering `/metrics` from this process's Prometheus recorder (installed now if
+    /// it was not). Call before the state is shared.
+    pub fn with_metrics(mut self) -> Self {
+        crate::metrics::recorder();
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.metrics = true;
         }
         self
     }
@@ -139,9 +149,11 @@ impl AppState {
             .map_or(0, |d| d.as_millis() as i64);
         for migration in self.inner.store.migrations().await? {
             let tally = self.inner.store.tally(migration.id).await?;
+            godwit_engine::metrics::observe_tally(&migration.spec.name, &tally);
             self.samples()
                 .record(migration.id.0, samples::Sample::of(&tally, at));
         }
+        godwit_engine::metrics::observe_workers(&self.inner.store.workers().await?);
         Ok(())
     }
 
@@ -203,17 +215,17 @@ async fn metrics(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    match &state.inner.metrics {
-        Some(render) => (
-            [(
-                axum::http::header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
-            render(),
-        )
-            .into_response(),
-        None => error::Failure::not_found("this server exports no metrics").into_response(),
+    if !state.inner.metrics {
+        return error::Failure::not_found("this server exports no metrics").into_response();
     }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::CONTENT_TYPE,
+        )],
+        crate::metrics::render(),
+    )
+        .into_response()
 }
 
 /// `godwit serve`.
@@ -255,9 +267,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
         Arc::clone(&store),
         &token.secret,
         args.metrics_public,
-        None,
         stop.clone(),
-    );
+    )
+    .with_metrics();
     let made = if token.generated { "made now, " } else { "" };
     eprintln!(
         "godwit: dashboard at http://{address}/ on the ledger {place}; the token is in {} ({made}owner-only)",
