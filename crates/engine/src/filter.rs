@@ -12,6 +12,8 @@ pub struct Filter {
     exclude: Option<GlobSet>,
     /// The patterns as given, to say which filter a scan applied.
     patterns: (Vec<String>, Vec<String>),
+    /// The length in bytes of the prefix the destination puts before each key.
+    dest_prefix_len: usize,
     /// Keys below these prefixes are left out whatever the patterns say (a destination that may
     /// lie inside the source).
     excluded_prefixes: Vec<String>,
@@ -23,10 +25,19 @@ pub struct Filter {
 
 /// A glob that does not parse.
 #[derive(Debug, thiserror::Error)]
-#[error("bad pattern '{pattern}': {reason}")]
+#[error(
+    "bad pattern '{pattern}': {reason}; write a glob such as 'logs/*.gz' (quote it in the shell)"
+)]
 pub struct BadPattern {
     pattern: String,
     reason: String,
+}
+
+impl BadPattern {
+    /// The pattern as given.
+    pub fn pattern(&self) -> &str {
+        &self.pattern
+    }
 }
 
 fn build(patterns: &[String]) -> Result<Option<GlobSet>, BadPattern> {
@@ -55,6 +66,7 @@ impl Filter {
             exclude: build(exclude)?,
             excluded_prefixes: Vec::new(),
             patterns: (include.to_vec(), exclude.to_vec()),
+            dest_prefix_len: 0,
             units: Units::default(),
             manifest: None,
         })
@@ -97,6 +109,31 @@ impl Filter {
         self
     }
 
+    /// The same filter, for a destination that writes each key below `prefix`.
+    pub(crate) fn below_dest_prefix(mut self, prefix: &str) -> Self {
+        self.dest_prefix_len = prefix.len();
+        self
+    }
+
+    /// Why `key` cannot be written as an S3 key, if it cannot: too long with the destination's
+    /// prefix, or holding a control character. S3 stores the latter, but its XML listings
+    /// cannot carry it, so once written the bucket could no longer be listed (by godwit's
+    /// re-runs among others).
+    pub(crate) fn key_problem(&self, key: &str) -> Option<String> {
+        const MOST: usize = 1024;
+        let len = self.dest_prefix_len + key.len();
+        if len > MOST {
+            return Some(format!(
+                "the key would be {len} bytes at the destination (its prefix included); S3 keys are at most {MOST}: shorten the path or the destination prefix, or leave it out with --exclude"
+            ));
+        }
+        let control = key.chars().find(|c| c.is_control())?;
+        Some(format!(
+            "the key holds a control character (U+{:04X}), which S3's XML listings cannot carry: once written, the bucket could no longer be listed; rename it, or leave it out with --exclude",
+            control as u32
+        ))
+    }
+
     /// Whether `key` is taken.
     pub fn takes(&self, key: &str) -> bool {
         self.include.as_ref().is_none_or(|set| set.is_match(key))
@@ -111,6 +148,19 @@ impl Filter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_s3_cannot_hold_or_list_are_named() {
+        let filter = Filter::new(&[], &[]).unwrap().below_dest_prefix("pre/");
+        assert_eq!(filter.key_problem("a/b.txt"), None);
+        assert_eq!(filter.key_problem(&"k".repeat(1020)), None);
+        let long = filter.key_problem(&"k".repeat(1021)).unwrap();
+        assert!(long.contains("1025 bytes"), "{long}");
+        let control = filter.key_problem("a\u{1}b").unwrap();
+        assert!(control.contains("U+0001"), "{control}");
+        assert!(filter.key_problem("tab\there").is_some());
+        assert_eq!(filter.key_problem("ünïcödé/日本"), None);
+    }
 
     fn check(include: &[&str], exclude: &[&str], key: &str, expected: bool) {
         let own = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();

@@ -21,10 +21,15 @@ use crate::progress::Progress;
 pub(crate) fn classify(listed: Listed, filter: &Filter) -> ScannedObject {
     match listed {
         Listed::Object(meta) => {
-            let scanned = if filter.takes(&meta.key) {
-                Scanned::Wanted
-            } else {
+            let scanned = if !filter.takes(&meta.key) {
                 Scanned::Excluded
+            } else if let Some(problem) = filter.key_problem(&meta.key) {
+                Scanned::Unreadable {
+                    kind: godwit_storage::ErrorKind::InvalidInput.as_str().to_owned(),
+                    message: problem,
+                }
+            } else {
+                Scanned::Wanted
             };
             // A rule given places the object; without one, the source's own placement (a
             // table's columns) does.
@@ -68,7 +73,10 @@ pub async fn check(
     dest: &dyn Destination,
     filter: &Filter,
 ) -> Result<Filter, EngineError> {
-    let filter = overlap(source, dest, filter.clone()).await?;
+    let mut filter = overlap(source, dest, filter.clone()).await?;
+    if let Location::S3 { prefix, .. } = dest.location() {
+        filter = filter.below_dest_prefix(prefix);
+    }
     let (source, dest) = tokio::join!(source.check(), dest.check());
     source.map_err(EngineError::Source)?;
     dest.map_err(EngineError::Destination)?;

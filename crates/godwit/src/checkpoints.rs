@@ -13,16 +13,12 @@ use crate::status::{Access, open, pick};
 fn recorded_args(migration: &Migration) -> Result<MigrateArgs, u8> {
     let name = &migration.spec.name;
     let Some(options) = &migration.options else {
-        eprintln!(
-            "godwit: migration '{name}' records no options: run its migrate command once with this godwit"
-        );
-        return Err(exit::CONFIG);
+        return Err(crate::render::fail(format!(
+            "migration '{name}' records no options: run its migrate command once with this godwit"
+        )));
     };
     serde_json::from_str(options).map_err(|error| {
-        eprintln!(
-            "godwit: migration '{name}': its options cannot be read ({error}); a newer godwit may have written them"
-        );
-        exit::CONFIG
+        crate::render::fail(format!("migration '{name}': its options cannot be read ({error}); a newer godwit may have written them"))
     })
 }
 
@@ -50,19 +46,17 @@ pub async fn validate(args: ValidateArgs) -> anyhow::Result<u8> {
         match godwit_engine::validate(dest.as_ref(), store.as_ref(), &migration, only).await {
             Ok(validation) => validation,
             Err(error) => {
-                eprintln!("godwit: {error}");
-                return Ok(exit::CONFIG);
+                return Ok(crate::render::fail(error));
             }
         };
     if validation.partitions.is_empty() {
-        eprintln!(
-            "godwit: migration '{}' has no objects{}; `godwit status` lists its partitions",
+        return Ok(crate::render::fail(format!(
+            "migration '{}' has no objects{}; `godwit status` lists its partitions",
             migration.spec.name,
             args.partition
                 .as_deref()
                 .map_or(String::new(), |p| format!(" in partition {p}"))
-        );
-        return Ok(exit::CONFIG);
+        )));
     }
     if args.json {
         println!("{}", serde_json::to_value(&validation)?);

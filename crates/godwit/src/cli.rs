@@ -236,6 +236,21 @@ pub struct MigrateArgs {
     pub queued: bool,
 }
 
+impl Command {
+    /// Whether the command was asked for JSON (`--json`): its errors are then JSON too.
+    pub fn json(&self) -> bool {
+        match self {
+            Command::Migrate(args) | Command::Plan(args) => args.json,
+            Command::Worker(args) => args.json,
+            Command::Status(args) => args.json,
+            Command::Validate(args) => args.json,
+            Command::Cutover(args) => args.json,
+            Command::Failed(args) => args.json,
+            _ => false,
+        }
+    }
+}
+
 /// Per-side S3 settings; unset ones fall back to the standard AWS variables and files.
 #[derive(Debug, Args, serde::Serialize, serde::Deserialize)]
 pub struct SideArgs {

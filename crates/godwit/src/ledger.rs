@@ -40,6 +40,15 @@ impl Place {
         }
     }
 
+    /// ` --state LEDGER`, shell-quoted, for a command a message suggests; empty for the default
+    /// ledger, which the command finds by itself.
+    pub fn flag(&self) -> String {
+        match self {
+            Place::File(path) if *path == state_dir().join("ledger.db") => String::new(),
+            place => format!(" --state {}", crate::render::quoted(&place.to_string())),
+        }
+    }
+
     /// Whether there is a ledger to read (a file that exists; a database is assumed there).
     pub fn exists(&self) -> bool {
         match self {

@@ -35,6 +35,9 @@ pub mod exit {
 
 /// Runs one command to its end; the exit code to return.
 pub async fn run(args: Cli) -> anyhow::Result<u8> {
+    if args.command.json() {
+        render::json_errors();
+    }
     match args.command {
         cli::Command::Migrate(args) => migrate::run(*args).await,
         cli::Command::Plan(mut args) => {
@@ -54,6 +57,34 @@ pub async fn run(args: Cli) -> anyhow::Result<u8> {
         cli::Command::ServeS3(args) => serve_s3::run(args).await,
         cli::Command::Demo(args) => demo::run(args).await,
     }
+}
+
+/// Says a command's failure (an error no command handled itself): on stderr, and as JSON on
+/// stdout when it was given `--json`. The exit code for it.
+pub fn fail(error: &anyhow::Error) -> u8 {
+    render::fail(format!("{error:#}"))
+}
+
+/// A command line clap refused (not `--help` or `--version`), said as JSON on stdout when it
+/// asks for `--json`; clap says it on stderr itself.
+pub fn usage_error_as_json(error: &clap::Error) {
+    use clap::error::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) || !std::env::args().any(|arg| arg == "--json")
+    {
+        return;
+    }
+    let text = error.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    let message = first.strip_prefix("error: ").unwrap_or(first);
+    let value = serde_json::json!({
+        "error": "usage",
+        "exit_code": exit::CONFIG,
+        "message": message,
+    });
+    println!("{value}");
 }
 
 /// Logs to stderr, filtered by `GODWIT_LOG` (default: warnings).

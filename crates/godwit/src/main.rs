@@ -10,7 +10,13 @@ use godwit::{Cli, exit};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let args = Cli::parse();
+    let args = match Cli::try_parse() {
+        Ok(args) => args,
+        Err(error) => {
+            godwit::usage_error_as_json(&error);
+            error.exit()
+        }
+    };
     godwit::init_logging();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.worker_threads(godwit::worker_threads());
@@ -23,9 +29,6 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(godwit::run(args)) {
         Ok(code) => ExitCode::from(code),
-        Err(error) => {
-            eprintln!("godwit: {error:#}");
-            ExitCode::from(exit::CONFIG)
-        }
+        Err(error) => ExitCode::from(godwit::fail(&error)),
     }
 }

@@ -134,8 +134,7 @@ pub fn partition_name(given: &str) -> String {
 
 /// Prints a configuration error and returns the exit code for it.
 fn config_error(message: impl std::fmt::Display) -> u8 {
-    eprintln!("godwit: {message}");
-    exit::CONFIG
+    render::fail(message)
 }
 
 /// A migration's parts, opened as its arguments say: both sides (with this process's own
@@ -178,7 +177,14 @@ pub async fn open_with(
     }
     let filter = match Filter::new(&args.include, &args.exclude) {
         Ok(filter) => filter,
-        Err(error) => return Err(error.to_string()),
+        Err(error) => {
+            let flag = if args.include.iter().any(|p| p == error.pattern()) {
+                "--include"
+            } else {
+                "--exclude"
+            };
+            return Err(format!("{flag}: {error}"));
+        }
     };
     let filter = match Units::parse(args.group_by.as_deref(), args.partition_by.as_deref()) {
         Ok(units) => filter.with_units(units),
@@ -200,6 +206,12 @@ pub async fn open_with(
         }
         _ => filter,
     };
+    if !(5 << 20..=5 << 30).contains(&args.part_size.0) {
+        return Err(format!(
+            "--part-size {}: S3 takes parts of 5 MiB to 5 GiB; choose a size in that range (default 16MiB)",
+            render::bytes(args.part_size.0)
+        ));
+    }
     if args.multipart_threshold.0 > 5 << 30 {
         return Err(
             "--multipart-threshold: S3 takes at most 5 GiB in one PUT; choose 5GiB or less"
@@ -403,7 +415,7 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<u8> {
                 Err(error) => return Ok(engine_error(error)),
             }
         }
-        render::summary(&summary, &place.to_string(), args.json).context("writing the summary")?;
+        render::summary(&summary, &place, args.json).context("writing the summary")?;
         let cancelled = summary.status == godwit_state::MigrationStatus::Cancelled;
         let code = if (summary.interrupted || cancelled) && summary.pending > 0 {
             exit::INTERRUPTED

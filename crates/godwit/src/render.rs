@@ -26,6 +26,52 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// Whether errors are also said as JSON on stdout (`--json`).
+static JSON_ERRORS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Says errors as JSON on stdout too, from now on (the command was given `--json`).
+pub fn json_errors() {
+    JSON_ERRORS.store(true, Ordering::Relaxed);
+}
+
+/// Says why the command cannot go on: a line on stderr, and under `--json` the object
+/// `{"error": "config", "exit_code": 2, "message": ...}` on stdout. The exit code for it.
+pub fn fail(message: impl std::fmt::Display) -> u8 {
+    let message = message.to_string();
+    eprintln!("godwit: {message}");
+    if JSON_ERRORS.load(Ordering::Relaxed) {
+        let value = serde_json::json!({
+            "error": "config",
+            "exit_code": exit::CONFIG,
+            "message": message,
+        });
+        println!("{value}");
+    }
+    exit::CONFIG
+}
+
+/// `1 object`, `2 objects`.
+pub fn objects(n: u64) -> String {
+    if n == 1 {
+        "1 object".to_owned()
+    } else {
+        format!("{n} objects")
+    }
+}
+
+/// `text` as one shell word: as it is when it is plain, else in single quotes.
+pub fn quoted(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:@%+=,".contains(c));
+    if plain {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
+}
+
 pub fn duration(seconds: f64) -> String {
     let whole = seconds.round() as u64;
     match whole {
@@ -121,36 +167,79 @@ fn line(progress: &Progress, elapsed: Duration) -> String {
     )
 }
 
-fn list_problems(problems: &[Problem], more: u64) {
+/// `reason` without the object's own name, which the line shows already before it: "writing
+/// s3://b/KEY: AccessDenied" after KEY reads "writing: AccessDenied".
+fn without_key<'a>(reason: &'a str, key: &str) -> std::borrow::Cow<'a, str> {
+    let Some(at) = (!key.is_empty())
+        .then(|| reason.find(&format!("{key}: ")))
+        .flatten()
+    else {
+        return reason.into();
+    };
+    // The word that ends with the key: its path or URL.
+    let word = reason[..at].rfind(' ').map_or(0, |space| space + 1);
+    let before = reason[..word].trim_end();
+    let after = &reason[at + key.len() + 2..];
+    if before.is_empty() {
+        after.into()
+    } else {
+        format!("{before}: {after}").into()
+    }
+}
+
+/// `key` with its control characters shown as `\xNN` (a terminal would act on them, or hide
+/// them).
+fn visible(key: &str) -> std::borrow::Cow<'_, str> {
+    if !key.chars().any(char::is_control) {
+        return key.into();
+    }
+    key.chars()
+        .map(|c| {
+            if c.is_control() {
+                format!("\\x{:02X}", c as u32)
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
+/// Lists `problems`, the first of `more`; `rest` says where to see them all.
+fn list_problems(problems: &[Problem], more: u64, rest: &str) {
     let mut err = std::io::stderr().lock();
     for problem in problems {
         let reason = problem.message.as_deref().unwrap_or("no reason recorded");
+        let reason = without_key(reason, &problem.key);
         let _ = writeln!(
             err,
             "  {:<8} {}: {reason}",
             problem.state.as_str(),
-            problem.key
+            visible(&problem.key)
         );
     }
     if more > problems.len() as u64 {
-        let _ = writeln!(
-            err,
-            "  … and {} more (see `godwit status`)",
-            more - problems.len() as u64
-        );
+        let _ = writeln!(err, "  … and {} more{rest}", more - problems.len() as u64);
     }
 }
 
 /// Prints the end-of-run summary (JSON on stdout with `json`), and the first problems on stderr.
-pub fn summary(summary: &Summary, ledger: &str, json: bool) -> anyhow::Result<()> {
+pub fn summary(summary: &Summary, place: &crate::ledger::Place, json: bool) -> anyhow::Result<()> {
+    let ledger = place.to_string();
     let n_problems = summary.conflict + summary.failed;
     if !summary.problems.is_empty() {
-        eprintln!("godwit: {n_problems} objects need attention:");
-        list_problems(&summary.problems, n_problems);
+        let need = if n_problems == 1 { "needs" } else { "need" };
+        eprintln!("godwit: {} {need} attention:", objects(n_problems));
+        let name = quoted(&summary.migration);
+        let flag = place.flag();
+        list_problems(
+            &summary.problems,
+            n_problems,
+            &format!(" (all of them: `godwit failed {name}{flag}`)"),
+        );
         if summary.failed > 0 {
             eprintln!(
-                "godwit: fix the cause, then `godwit retry-failed '{}'` and run the same migrate command again",
-                summary.migration
+                "godwit: fix the cause, then `godwit retry-failed {name}{flag}` and run the same migrate command again"
             );
         }
     }
@@ -163,10 +252,10 @@ pub fn summary(summary: &Summary, ledger: &str, json: bool) -> anyhow::Result<()
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "migration '{}' (pass {}): {} objects, {} in {}",
+        "migration '{}' (pass {}): {}, {} in {}",
         summary.migration,
         summary.pass,
-        summary.scanned,
+        objects(summary.scanned),
         bytes(summary.bytes_scanned),
         duration(summary.seconds)
     )?;
@@ -187,8 +276,8 @@ pub fn summary(summary: &Summary, ledger: &str, json: bool) -> anyhow::Result<()
     let rate = summary.bytes_copied_this_run as f64 / summary.seconds.max(0.001);
     writeln!(
         out,
-        "this run copied {} objects ({}, {}/s); ledger: {}",
-        summary.copied_this_run,
+        "this run copied {} ({}, {}/s); ledger: {}",
+        objects(summary.copied_this_run),
         bytes(summary.bytes_copied_this_run),
         bytes(rate as u64),
         ledger
@@ -219,9 +308,9 @@ pub fn summary(summary: &Summary, ledger: &str, json: bool) -> anyhow::Result<()
             .collect();
         writeln!(
             out,
-            "partitions taken: {}; {} objects left in the others",
+            "partitions taken: {}; {} left in the others",
             names.join(", "),
-            summary.pending_elsewhere
+            objects(summary.pending_elsewhere)
         )?;
     }
     if summary.groups_rolled_back_this_run > 0 {
@@ -270,8 +359,10 @@ pub fn summary(summary: &Summary, ledger: &str, json: bool) -> anyhow::Result<()
     if summary.status == MigrationStatus::Cancelled {
         writeln!(
             out,
-            "cancelled by `godwit cancel`: {} objects left; `godwit resume '{}'`, then run the same command again to go on",
-            summary.pending, summary.migration
+            "cancelled by `godwit cancel`: {} left; `godwit resume {}{}`, then run the same command again to go on",
+            objects(summary.pending),
+            quoted(&summary.migration),
+            place.flag()
         )?;
     } else if summary.interrupted && summary.pending > 0 {
         writeln!(
@@ -289,7 +380,7 @@ pub fn plan(plan: &Plan, json: bool) -> u8 {
             "godwit: {} objects cannot be read, {} would be left as a conflict (the destination holds something else at the key):",
             plan.unreadable, plan.conflicts
         );
-        list_problems(&plan.problems, plan.unreadable + plan.conflicts);
+        list_problems(&plan.problems, plan.unreadable + plan.conflicts, "");
     }
     if json {
         let mut value = serde_json::to_value(plan).unwrap_or_default();
@@ -297,8 +388,8 @@ pub fn plan(plan: &Plan, json: bool) -> u8 {
         println!("{value}");
     } else {
         println!(
-            "dry run: {} objects ({}) found; {} ({}) would be copied, {} up to date, {} excluded, {} unreadable, {} conflicts seen at the destination; nothing was written",
-            plan.scanned,
+            "dry run: {} ({}) found; {} ({}) would be copied, {} up to date, {} excluded, {} unreadable, {} conflicts seen at the destination; nothing was written",
+            objects(plan.scanned),
             bytes(plan.bytes_scanned),
             plan.to_copy,
             bytes(plan.bytes_to_copy),
@@ -320,9 +411,9 @@ pub fn plan(plan: &Plan, json: bool) -> u8 {
                     n => format!(" in {n} groups"),
                 };
                 println!(
-                    "  partition {}: {} objects ({}){groups}; {} ({}) would be copied; {} conflicts seen",
+                    "  partition {}: {} ({}){groups}; {} ({}) would be copied; {} conflicts seen",
                     partition.name.as_deref().unwrap_or("-"),
-                    partition.scanned,
+                    objects(partition.scanned),
                     bytes(partition.bytes_scanned),
                     partition.to_copy,
                     bytes(partition.bytes_to_copy),
@@ -378,6 +469,39 @@ pub fn cutover(migration: &str, partition: Option<&str>, done: &godwit_engine::C
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_problem_names_its_object_once() {
+        assert_eq!(
+            without_key(
+                "writing s3://dst/pre/a/b.txt: AccessDenied (HTTP 403)",
+                "a/b.txt"
+            ),
+            "writing: AccessDenied (HTTP 403)"
+        );
+        assert_eq!(
+            without_key("src/a/b.txt: cannot be read: permission denied", "a/b.txt"),
+            "cannot be read: permission denied"
+        );
+        assert_eq!(
+            without_key("changed while read", "a/b.txt"),
+            "changed while read"
+        );
+        assert_eq!(without_key("x: y", ""), "x: y");
+        assert_eq!(visible("a\u{1}b\tc"), r"a\x01b\x09c");
+        assert_eq!(visible("plain/key"), "plain/key");
+    }
+
+    #[test]
+    fn counts_and_words_read_as_a_person_writes_them() {
+        assert_eq!(objects(1), "1 object");
+        assert_eq!(objects(0), "0 objects");
+        assert_eq!(objects(2), "2 objects");
+        assert_eq!(quoted("plain-name_1"), "plain-name_1");
+        assert_eq!(quoted("/tmp/a -> s3://b/"), "'/tmp/a -> s3://b/'");
+        assert_eq!(quoted("it's"), r"'it'\''s'");
+        assert_eq!(quoted(""), "''");
+    }
 
     #[test]
     fn formats_bytes_and_durations() {

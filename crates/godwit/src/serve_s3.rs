@@ -10,26 +10,23 @@ pub async fn run(args: ServeS3Args) -> anyhow::Result<u8> {
         std::env::var("AWS_ACCESS_KEY_ID"),
         std::env::var("AWS_SECRET_ACCESS_KEY"),
     ) else {
-        eprintln!(
-            "godwit: serve-s3 accepts requests signed with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY: set both (any values) in its environment and in godwit's"
-        );
-        return Ok(exit::CONFIG);
+        return Ok(crate::render::fail(
+            "serve-s3 accepts requests signed with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY: set both (any values) in its environment and in godwit's",
+        ));
     };
     for bucket in &args.bucket {
         let path = args.dir.join(bucket);
         if let Err(error) = std::fs::create_dir_all(&path) {
-            eprintln!(
-                "godwit: cannot create bucket directory {}: {error}",
+            return Ok(crate::render::fail(format!(
+                "cannot create bucket directory {}: {error}",
                 path.display()
-            );
-            return Ok(exit::CONFIG);
+            )));
         }
     }
     let server = match LocalS3::start(&args.dir, args.listen, &access_key, &secret_key).await {
         Ok(server) => server,
         Err(error) => {
-            eprintln!("godwit: {error}");
-            return Ok(exit::CONFIG);
+            return Ok(crate::render::fail(error));
         }
     };
     eprintln!(

@@ -32,8 +32,9 @@ pub(crate) async fn open(
 ) -> Result<(Arc<dyn Store>, Place), u8> {
     let place = Place::from_args(state);
     if !place.exists() {
-        eprintln!("godwit: no ledger at {place}; run `godwit migrate` first, or pass --state");
-        return Err(exit::CONFIG);
+        return Err(crate::render::fail(format!(
+            "no ledger at {place}; run `godwit migrate` first, or pass --state"
+        )));
     }
     let opened = match access {
         Access::Read => place.open_to_read().await,
@@ -42,10 +43,7 @@ pub(crate) async fn open(
     };
     match opened {
         Ok(store) => Ok((store, place)),
-        Err(error) => {
-            eprintln!("godwit: {error}");
-            Err(exit::CONFIG)
-        }
+        Err(error) => Err(crate::render::fail(error)),
     }
 }
 
@@ -67,11 +65,11 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<u8> {
                 other => format!(" [{}]", other.as_str().to_uppercase()),
             };
             println!(
-                "{}{status}\n  {} | pass {} | {} objects, {}",
+                "{}{status}\n  {} | pass {} | {}, {}",
                 migration.spec.name,
                 migration.spec.describe(),
                 migration.last_pass.as_ref().map_or(0, |p| p.number),
-                tally.n_total(),
+                crate::render::objects(tally.n_total()),
                 bytes(tally.bytes_total())
             );
             let line: Vec<String> = ObjectState::ALL
@@ -234,21 +232,38 @@ pub(crate) async fn pick(
 ) -> anyhow::Result<Result<Migration, u8>> {
     let migrations: Vec<Migration> = store.migrations().await?;
     Ok(match name {
-        Some(name) => match migrations.into_iter().find(|m| m.spec.name == name) {
-            Some(migration) => Ok(migration),
-            None => {
-                eprintln!("godwit: no migration named '{name}'; `godwit status` lists them");
-                Err(exit::CONFIG)
+        Some(name) => {
+            // The name, else a unique beginning of one: names are long ("SOURCE -> DEST").
+            let mut found: Vec<Migration> =
+                match migrations.iter().position(|m| m.spec.name == name) {
+                    Some(at) => vec![migrations[at].clone()],
+                    None => migrations
+                        .into_iter()
+                        .filter(|m| m.spec.name.starts_with(name))
+                        .collect(),
+                };
+            match found.len() {
+                1 => Ok(found.remove(0)),
+                0 => Err(crate::render::fail(format!(
+                    "no migration named '{name}' (nor one whose name begins so); `godwit status` lists them"
+                ))),
+                n => {
+                    let names: Vec<String> = found
+                        .iter()
+                        .map(|m| crate::render::quoted(&m.spec.name))
+                        .collect();
+                    Err(crate::render::fail(format!(
+                        "'{name}' begins the names of {n} migrations ({}): give more of the name",
+                        names.join(", ")
+                    )))
+                }
             }
-        },
-        None if migrations.len() == 1 => Ok(migrations.into_iter().next().expect("one migration")),
-        None => {
-            eprintln!(
-                "godwit: the ledger holds {} migrations: name one (`godwit status` lists them)",
-                migrations.len()
-            );
-            Err(exit::CONFIG)
         }
+        None if migrations.len() == 1 => Ok(migrations.into_iter().next().expect("one migration")),
+        None => Err(crate::render::fail(format!(
+            "the ledger holds {} migrations: name one (`godwit status` lists them)",
+            migrations.len()
+        ))),
     })
 }
 

@@ -24,16 +24,14 @@ const IDLE: Duration = Duration::from_secs(2);
 pub async fn run(args: WorkerArgs) -> anyhow::Result<u8> {
     let place = Place::from_args(args.ledger.state.clone());
     if !matches!(place, Place::Postgres(_)) {
-        eprintln!(
-            "godwit: a worker shares a PostgreSQL ledger with the rest of the fleet: pass --state postgres://USER@HOST:PORT/DB (or set GODWIT_STATE)"
-        );
-        return Ok(exit::CONFIG);
+        return Ok(crate::render::fail(
+            "a worker shares a PostgreSQL ledger with the rest of the fleet: pass --state postgres://USER@HOST:PORT/DB (or set GODWIT_STATE)",
+        ));
     }
     let store = match place.open().await {
         Ok(store) => store,
         Err(error) => {
-            eprintln!("godwit: {error}");
-            return Ok(exit::CONFIG);
+            return Ok(crate::render::fail(error));
         }
     };
     let shutdown = Shutdown::watch();
@@ -46,8 +44,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<u8> {
                 stop.clone(),
             ))),
             Err(message) => {
-                eprintln!("godwit: {message}");
-                return Ok(exit::CONFIG);
+                return Ok(crate::render::fail(message));
             }
         },
         None => None,
@@ -137,8 +134,9 @@ async fn round(
                     other => format!(" (it is {} now)", other.as_str()),
                 };
                 eprintln!(
-                    "godwit: worker {worker}: migration '{name}': copied {} objects this round; {} pending{status}",
-                    summary.copied_this_run, summary.pending
+                    "godwit: worker {worker}: migration '{name}': copied {} this round; {} pending{status}",
+                    crate::render::objects(summary.copied_this_run),
+                    summary.pending
                 );
             }
             Err(RunError::Refused(reason)) => {

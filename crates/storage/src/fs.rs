@@ -170,60 +170,78 @@ fn list_blocking(
         walk = walk.max_depth(1);
     }
     // A resumed walk skips what it listed before: whole directories where it can.
-    let walk = walk.into_iter().filter_entry(|entry| {
+    let mut walk = walk.into_iter().filter_entry(|entry| {
         let Some(after) = &after else { return true };
         if !entry.file_type().is_dir() {
             return true;
         }
         key_of(&root, entry.path()).map_or(true, |dir| !shard::walked_past(&dir, after))
     });
-    for entry in walk {
+    while let Some(entry) = walk.next() {
         let listed = match entry {
             Ok(entry) => {
                 let file_type = entry.file_type();
-                // Directories are walked into (or, at the root's top, are shards of their own).
+                // Directories are walked into (or, at the root's top, are shards of their own),
+                // but not a link back to one of their own ancestors, the root among them (which
+                // walkdir does not see as a loop until the second time round).
                 if file_type.is_dir() {
-                    continue;
-                }
-                if let (Some(after), Ok(key)) = (&after, key_of(&root, entry.path()))
-                    && shard::walk_order(&key, after).is_le()
-                {
-                    continue;
-                }
-                match key_of(&root, entry.path()) {
-                    Err(stand_in) => Listed::Unreadable {
-                        error: StorageError::new(
-                            ErrorKind::InvalidInput,
-                            format!(
-                                "{}{stand_in}: the file name is not valid UTF-8, which S3 keys must be (invalid bytes shown as \\xNN); rename it",
-                                root.display()
-                            ),
-                        ),
-                        key: stand_in,
-                    },
-                    Ok(key) if !file_type.is_file() => Listed::Unreadable {
-                        error: StorageError::new(
-                            ErrorKind::InvalidInput,
-                            format!(
-                                "{}: not a regular file (a socket, FIFO or device); exclude it with --exclude",
-                                entry.path().display()
-                            ),
-                        ),
-                        key,
-                    },
-                    Ok(key) => match entry.metadata() {
-                        Ok(metadata) => Listed::Object(meta_of(key, &metadata)),
-                        Err(err) => Listed::Unreadable {
+                    if entry.path_is_symlink() && links_to_ancestor(entry.path()) {
+                        walk.skip_current_dir();
+                        let key = key_of(&root, entry.path()).unwrap_or_else(|lossy| lossy);
+                        Listed::Unreadable {
                             error: StorageError::new(
                                 ErrorKind::Io,
                                 format!(
-                                    "{}: cannot read its metadata: {err}",
+                                    "{}: a symbolic link to a directory that holds it (a loop); remove the link or leave it out with --exclude",
+                                    entry.path().display()
+                                ),
+                            ),
+                            key,
+                        }
+                    } else {
+                        continue;
+                    }
+                } else {
+                    if let (Some(after), Ok(key)) = (&after, key_of(&root, entry.path()))
+                        && shard::walk_order(&key, after).is_le()
+                    {
+                        continue;
+                    }
+                    match key_of(&root, entry.path()) {
+                        Err(stand_in) => Listed::Unreadable {
+                            error: StorageError::new(
+                                ErrorKind::InvalidInput,
+                                format!(
+                                    "{}{stand_in}: the file name is not valid UTF-8, which S3 keys must be (invalid bytes shown as \\xNN); rename it",
+                                    root.display()
+                                ),
+                            ),
+                            key: stand_in,
+                        },
+                        Ok(key) if !file_type.is_file() => Listed::Unreadable {
+                            error: StorageError::new(
+                                ErrorKind::InvalidInput,
+                                format!(
+                                    "{}: not a regular file (a socket, FIFO or device); exclude it with --exclude",
                                     entry.path().display()
                                 ),
                             ),
                             key,
                         },
-                    },
+                        Ok(key) => match entry.metadata() {
+                            Ok(metadata) => Listed::Object(meta_of(key, &metadata)),
+                            Err(err) => Listed::Unreadable {
+                                error: StorageError::new(
+                                    ErrorKind::Io,
+                                    format!(
+                                        "{}: cannot read its metadata: {err}",
+                                        entry.path().display()
+                                    ),
+                                ),
+                                key,
+                            },
+                        },
+                    }
                 }
             }
             Err(err) => {
@@ -235,15 +253,27 @@ fn list_blocking(
                     return;
                 };
                 let key = key_of(&root, path).unwrap_or_else(|lossy| lossy);
-                let hint = if err.loop_ancestor().is_some() {
-                    "a symbolic link loop; remove the link or exclude it"
+                // ELOOP (40 on Linux): a link that leads to itself, or through others back.
+                let looped = err.loop_ancestor().is_some()
+                    || err.io_error().and_then(std::io::Error::raw_os_error) == Some(40);
+                let hint = if looped {
+                    "a symbolic link loop; remove the link or leave it out with --exclude"
                 } else {
-                    "check its permissions, or exclude it"
+                    "check its permissions, or leave it out with --exclude"
+                };
+                // The io error alone: walkdir's own text repeats the path.
+                let cause = match err.io_error() {
+                    Some(io) => io.to_string(),
+                    None => err.to_string(),
+                };
+                let cause = match cause.rfind(" (os error ") {
+                    Some(at) => &cause[..at],
+                    None => &cause,
                 };
                 Listed::Unreadable {
                     error: StorageError::new(
                         ErrorKind::Io,
-                        format!("{}: cannot be listed: {err}; {hint}", path.display()),
+                        format!("{}: cannot be listed: {cause}; {hint}", path.display()),
                     ),
                     key,
                 }
@@ -260,6 +290,17 @@ fn list_blocking(
     if !page.is_empty() {
         let _ = pages.blocking_send(Ok(page));
     }
+}
+
+/// Whether the symbolic link at `path` leads to a directory that holds the link itself.
+fn links_to_ancestor(path: &Path) -> bool {
+    let (Ok(target), Some(Ok(parent))) = (
+        std::fs::canonicalize(path),
+        path.parent().map(std::fs::canonicalize),
+    ) else {
+        return false;
+    };
+    parent.starts_with(target)
 }
 
 fn changed(expected: &ObjectMeta, now: &Metadata) -> bool {

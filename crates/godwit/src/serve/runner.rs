@@ -54,8 +54,8 @@ pub async fn run(state: AppState, worker: String, lease: Duration, stop: Cancell
                                 Ok(summary) => {
                                     state.set_note(id, None);
                                     tracing::info!(
-                                        "migration '{name}': copied {} objects; {} pending",
-                                        summary.copied_this_run,
+                                        "migration '{name}': copied {}; {} pending",
+                                        crate::render::objects(summary.copied_this_run),
                                         summary.pending
                                     );
                                 }

@@ -16,8 +16,6 @@ mod source;
 pub use destination::S3Destination;
 pub use source::S3Source;
 
-use std::error::Error as _;
-
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
@@ -47,6 +45,26 @@ fn retry_after(response: &HttpResponse) -> Option<std::time::Duration> {
             .map(std::time::Duration::from_millis)
     };
     seconds.or_else(millis).map(|wait| wait.min(MOST))
+}
+
+/// The innermost cause of an error, in one line for a person: "connection refused", not the
+/// chain of wrappers and their debug dumps.
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut innermost = error;
+    while let Some(source) = innermost.source() {
+        innermost = source;
+    }
+    let text = innermost.to_string();
+    // "Connection refused (os error 111)": the number tells a person nothing more.
+    let text = match text.rfind(" (os error ") {
+        Some(at) if text.ends_with(')') => &text[..at],
+        _ => &text,
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => "no cause given".to_owned(),
+    }
 }
 
 /// A configured S3 client for one side of a migration.
@@ -203,10 +221,7 @@ impl Bucket {
                 format!("{endpoint} did not answer in time"),
             ),
             SdkError::DispatchFailure(failure) => {
-                let cause = err
-                    .source()
-                    .map(|s| DisplayErrorContext(s).to_string())
-                    .unwrap_or_default();
+                let cause = root_cause(&err);
                 let what = if failure.is_timeout() {
                     "timed out"
                 } else {
@@ -223,7 +238,7 @@ impl Bucket {
                 ErrorKind::Unclear,
                 format!(
                     "{endpoint} sent an answer that could not be read: {}",
-                    DisplayErrorContext(&err)
+                    root_cause(&err)
                 ),
             ),
             SdkError::ServiceError(service) => {
@@ -281,7 +296,7 @@ impl Bucket {
                 let sep = if message.is_empty() { "" } else { ": " };
                 (kind, format!("{code_text}{sep}{message}{hint}"))
             }
-            _ => (ErrorKind::Other, DisplayErrorContext(&err).to_string()),
+            _ => (ErrorKind::Other, root_cause(&err)),
         };
         StorageError::new(kind, format!("{op} {target}: {detail}")).with_retry_after(retry_after)
     }
