@@ -150,8 +150,9 @@ pub(crate) async fn write_outcomes(
                 "outcomes of claims another worker took over were not recorded"
             ),
             Err(error) => {
-                // Nothing more can be recorded: stop taking work at once, and say why.
-                tracing::error!("cannot record outcomes in the ledger, stopping: {error}");
+                // Nothing more can be recorded: stop taking work at once. The run ends with this
+                // error, which its caller says (once).
+                tracing::debug!("cannot record outcomes in the ledger, stopping: {error}");
                 halt.cancel();
                 return Err(error);
             }

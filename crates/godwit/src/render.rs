@@ -239,7 +239,7 @@ pub fn summary(summary: &Summary, place: &crate::ledger::Place, json: bool) -> a
         );
         if summary.failed > 0 {
             eprintln!(
-                "godwit: fix the cause, then `godwit retry-failed {name}{flag}` and run the same migrate command again"
+                "godwit: fix the cause and run the same migrate command again (a file renamed or removed is settled by the next listing); where the objects stay as they are (a permission granted, a server fixed, a new --exclude), first `godwit retry-failed {name}{flag}`"
             );
         }
     }

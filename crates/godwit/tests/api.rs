@@ -743,3 +743,80 @@ async fn metrics_show_the_ledger_by_migration_and_state() {
     let anonymous = Request::get("/metrics").body(Body::empty()).unwrap();
     assert_eq!(send(&app, anonymous).await.status, StatusCode::UNAUTHORIZED);
 }
+
+/// The rows of docs/errors.md that are API requests: a body that is not JSON, too large, or
+/// holds an unknown field or a password; no token or a wrong one. Each answer is a JSON error
+/// with its status, and the ledger holds only what good requests made.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_request_bodies_get_json_errors_and_change_nothing() {
+    let seeded = seeded().await;
+    let app = &seeded.app;
+    let store = seeded.state.store();
+    let before = store.migrations().await.unwrap().len();
+    let raw = |body: Vec<u8>| {
+        bearer("POST", "/api/migrations")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body))
+            .unwrap()
+    };
+
+    let answer = send(app, raw(b"{\"source\": \"/x\", \"dest\": ".to_vec())).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.text);
+    assert_eq!(answer.error(), "bad_request");
+
+    // Far beyond any real request: refused before it is read whole.
+    let mut huge = b"{\"source\": \"".to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 8 << 20));
+    huge.extend(b"\", \"dest\": \"s3://b\"}");
+    let answer = send(app, raw(huge)).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        answer.text
+    );
+    assert_eq!(answer.error(), "payload_too_large");
+    assert!(answer.json()["message"].as_str().unwrap().contains("bytes"));
+
+    let answer = post_json(
+        app,
+        "/api/migrations",
+        json!({"source": "/x", "dest": "s3://b", "aws_secret_access_key": "no"}),
+    )
+    .await;
+    assert_eq!(
+        answer.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        answer.text
+    );
+    assert!(
+        answer.text.contains("aws_secret_access_key"),
+        "{}",
+        answer.text
+    );
+
+    for token in [None, Some("a-wrong-token-of-some-length")] {
+        let mut request =
+            Request::post("/api/migrations").header(header::CONTENT_TYPE, "application/json");
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let answer = send(app, request.body(Body::from("{}")).unwrap()).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{}", answer.text);
+        assert_eq!(answer.error(), "unauthorized");
+    }
+    assert_eq!(store.migrations().await.unwrap().len(), before);
+
+    // A good request after all of them is taken.
+    let source = tempfile::tempdir().unwrap();
+    support::write_tree(source.path(), &[("one.txt", b"1".to_vec())]);
+    let good = json!({
+        "source": path_str(source.path()),
+        "dest": format!("s3://{}/after", seeded.dest_bucket),
+        "dest_endpoint": seeded.dest.endpoint,
+    });
+    let answer = post_json(app, "/api/migrations", good).await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.text);
+    assert_eq!(store.migrations().await.unwrap().len(), before + 1);
+}

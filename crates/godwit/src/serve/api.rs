@@ -79,6 +79,7 @@ pub async fn views(state: &AppState) -> Result<Vec<MigrationView>, Failure> {
         (status = 401, description = "No token", body = ApiError),
         (status = 403, description = "Cross-site, or no CSRF token with a session", body = ApiError),
         (status = 409, description = "The name is taken by a migration between other places", body = ApiError),
+        (status = 413, description = "The body is larger than 64 KiB", body = ApiError),
         (status = 415, description = "The body is not JSON", body = ApiError),
         (status = 422, description = "A setting cannot be used (out of range, unknown, a password in a URL), a side cannot be opened or checked, or the body has unknown or mistyped fields", body = ApiError),
         (status = 503, description = "The ledger cannot be written now", body = ApiError),

@@ -15,7 +15,8 @@ use utoipa::ToSchema;
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ApiError {
     /// A stable code: `bad_request`, `unauthorized`, `csrf`, `cross_site`, `not_found`,
-    /// `conflict`, `unprocessable`, `unsupported_media_type`, `ledger_unavailable`.
+    /// `conflict`, `payload_too_large`, `unprocessable`, `unsupported_media_type`,
+    /// `ledger_unavailable`.
     #[schema(example = "not_found")]
     pub error: String,
     /// What is wrong and what to do, for a person.
@@ -93,7 +94,8 @@ impl From<StoreError> for Failure {
     }
 }
 
-/// A JSON body, rejected with a JSON error (400 malformed, 415 not JSON, 422 wrong fields).
+/// A JSON body, rejected with a JSON error (400 malformed, 413 too large, 415 not JSON, 422
+/// wrong fields).
 pub struct Body<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
@@ -104,6 +106,16 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
             Ok(Json(value)) => Ok(Body(value)),
             Err(rejection) => {
                 let status = rejection.status();
+                if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    return Err(Failure::new(
+                        status,
+                        "payload_too_large",
+                        format!(
+                            "the request body is larger than {} bytes, the most this API takes",
+                            super::MAX_BODY
+                        ),
+                    ));
+                }
                 let error = match status {
                     StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
                     StatusCode::UNPROCESSABLE_ENTITY => "unprocessable",

@@ -163,6 +163,9 @@ impl AppState {
     }
 }
 
+/// The largest request body taken (a new migration's settings are a few hundred bytes).
+pub const MAX_BODY: usize = 64 << 10;
+
 /// The whole server: pages, assets, the API and its OpenAPI document, `/metrics`, all behind
 /// the token guard.
 pub fn app(state: AppState) -> Router {
@@ -203,6 +206,7 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .nest("/api", api)
         .fallback(dashboard::not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::guard,

@@ -126,9 +126,17 @@ impl PgStore {
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(|e| {
+            // The server's or the network's own words, not the pool's wrapping of them.
+            let cause = match &e {
+                deadpool_postgres::PoolError::Backend(backend) => explained(backend),
+                other => explained(other),
+            };
+            let cause = match cause.rfind(" (os error ") {
+                Some(at) if cause.ends_with(')') => cause[..at].to_owned(),
+                _ => cause,
+            };
             self.error(format!(
-                "cannot connect ({}); check that PostgreSQL runs there and accepts this user",
-                explained(&e)
+                "cannot connect ({cause}); check that PostgreSQL runs there and accepts this user"
             ))
         })
     }

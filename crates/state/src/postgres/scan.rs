@@ -447,14 +447,31 @@ impl PgStore {
         migration: MigrationId,
         pass: u32,
     ) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        client
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await.map_err(|e| self.db(e))?;
+        transaction
             .execute(
-                &client.prepare_cached("UPDATE passes SET scan_completed_at = $3 WHERE migration_id = $1 AND number = $2").await.map_err(|e| self.db(e))?,
+                &transaction.prepare_cached("UPDATE passes SET scan_completed_at = $3 WHERE migration_id = $1 AND number = $2").await.map_err(|e| self.db(e))?,
                 &[&migration.0, &i64::from(pass), &now()],
             )
             .await
             .map_err(|e| self.db(e))?;
+        // A failed object this complete listing did not find is gone from the source (renamed
+        // or removed, often to fix it): settled, not failed for ever.
+        transaction
+            .execute(
+                &transaction
+                    .prepare_cached(
+                        "UPDATE objects SET state = 6, lease_owner = NULL, lease_expires = NULL, updated_at = $3
+                         WHERE migration_id = $1 AND state IN (4, 7) AND state = 7 AND pass < $2",
+                    )
+                    .await
+                    .map_err(|e| self.db(e))?,
+                &[&migration.0, &i64::from(pass), &now()],
+            )
+            .await
+            .map_err(|e| self.db(e))?;
+        transaction.commit().await.map_err(|e| self.db(e))?;
         Ok(())
     }
 }

@@ -44,9 +44,20 @@ pub struct SqliteStore {
 }
 
 fn db_error(path: &Path, err: impl std::fmt::Display) -> StoreError {
+    let message = err.to_string();
+    // What to do, for the errors a person can fix.
+    let hint = if message.contains("file is not a database") {
+        "; it is not a godwit ledger: move it aside, or choose another --state"
+    } else if message.contains("disk is full") || message.contains("No space left") {
+        "; free space on its disk, then run the same command again (what was recorded stays)"
+    } else if message.contains("readonly database") || message.contains("Permission denied") {
+        "; make it (and its directory) writable, or choose another --state"
+    } else {
+        ""
+    };
     StoreError::Database {
         path: path.display().to_string(),
-        message: err.to_string(),
+        message: format!("{message}{hint}"),
     }
 }
 

@@ -354,10 +354,20 @@ impl SqliteStore {
         pass: u32,
     ) -> Result<(), StoreError> {
         self.with(move |connection| {
-            connection.execute(
+            let transaction = connection.transaction()?;
+            transaction.execute(
                 "UPDATE passes SET scan_completed_at = ?3 WHERE migration_id = ?1 AND number = ?2",
                 params![migration.0, pass, now()],
             )?;
+            // A failed object this complete listing did not find is gone from the source
+            // (renamed or removed, often to fix it): settled, not failed for ever. (`state IN
+            // (4, 7)` lets SQLite read the problems' partial index.)
+            transaction.execute(
+                "UPDATE objects SET state = 6, lease_owner = NULL, lease_expires = NULL, updated_at = ?3
+                 WHERE migration_id = ?1 AND state IN (4, 7) AND state = 7 AND pass < ?2",
+                params![migration.0, pass, now()],
+            )?;
+            transaction.commit()?;
             Ok(())
         })
         .await

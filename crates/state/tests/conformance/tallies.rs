@@ -361,3 +361,69 @@ pub(super) async fn each_migration_keeps_counters_of_its_own(store: &dyn Counted
     assert_eq!(second_tally.n(ObjectState::Copied), 1);
     assert_eq!(second_tally.bytes_total(), 2000);
 }
+
+/// A failed object the next complete listing of the source does not find is settled as
+/// `source_vanished` when that scan ends (renamed or removed to fix it, say), so a re-run ends
+/// well without `retry-failed`; failed objects still listed stay failed, and the counters
+/// follow.
+pub(super) async fn failed_objects_gone_from_a_complete_listing_are_settled_vanished(
+    store: &dyn Counted,
+) {
+    let migration = store.open_migration(&spec()).await.unwrap().id;
+    store.start_pass(migration, "f").await.unwrap();
+    let unreadable = |key: &str| ScannedObject {
+        scanned: Scanned::Unreadable {
+            kind: "invalid_input".into(),
+            message: format!("{key}: bad name"),
+        },
+        ..object(key, 0, "")
+    };
+    let first = vec![
+        object("a", 1, "1"),
+        unreadable("bad-gone"),
+        unreadable("bad-kept"),
+    ];
+    store
+        .record_scanned(migration, 1, first, None)
+        .await
+        .unwrap();
+    store.finish_scan(migration, 1).await.unwrap();
+    let claimed = store.claim(migration, "w", LIMITS).await.unwrap();
+    store
+        .record_outcomes(
+            claimed
+                .iter()
+                .map(|c| done(c, ObjectState::Copied))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let tally = store.tally(migration).await.unwrap();
+    assert_eq!(tally.n(ObjectState::Failed), 2);
+
+    // The next pass lists the source again: "bad-gone" is no longer there, "good" is new.
+    let pass = store.start_pass(migration, "f").await.unwrap().number;
+    assert_eq!(pass, 2);
+    let second = vec![
+        object("a", 1, "1"),
+        unreadable("bad-kept"),
+        object("good", 2, "1"),
+    ];
+    store
+        .record_scanned(migration, pass, second, None)
+        .await
+        .unwrap();
+    // Not before the listing is complete: a scan cut short proves nothing gone.
+    assert_eq!(
+        store.tally(migration).await.unwrap().n(ObjectState::Failed),
+        2
+    );
+    store.finish_scan(migration, pass).await.unwrap();
+    let tally = store.tally(migration).await.unwrap();
+    assert_eq!(tally.n(ObjectState::Failed), 1, "{tally:?}");
+    assert_eq!(tally.n(ObjectState::SourceVanished), 1, "{tally:?}");
+    let failed = store.failed(migration, None, None, 10).await.unwrap();
+    let keys: Vec<&str> = failed.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys, ["bad-kept"]);
+    assert_counted(store, migration, "failed objects gone settled").await;
+}

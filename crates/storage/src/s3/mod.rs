@@ -283,9 +283,9 @@ impl Bucket {
                     ErrorKind::AccessDenied => {
                         "; the credentials lack a permission for this operation".to_owned()
                     }
-                    ErrorKind::Unclear if status == 200 => {
-                        "; the server's reply could not be parsed".to_owned()
-                    }
+                    ErrorKind::Unclear if status == 200 => format!(
+                        "; the server's reply could not be parsed: is {endpoint} an S3 endpoint (not a web page or a proxy's)?"
+                    ),
                     _ if code == "InvalidStorageClass" => {
                         format!(
                             "; {endpoint} does not offer that storage class: choose another --storage-class"
