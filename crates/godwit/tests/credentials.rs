@@ -292,3 +292,318 @@ async fn an_unknown_profile_is_named() {
         );
     }
 }
+
+/// The moto server's endpoint (Secrets Manager), or `None` with the reason printed (under CI,
+/// a failure: `scripts/test.sh` starts moto).
+fn moto() -> Option<String> {
+    match std::env::var("GODWIT_TEST_MOTO_ENDPOINT") {
+        Ok(endpoint) if !endpoint.is_empty() => Some(endpoint),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("GODWIT_TEST_MOTO_ENDPOINT is not set: run the tests with scripts/test.sh")
+        }
+        _ => {
+            eprintln!(
+                "note: GODWIT_TEST_MOTO_ENDPOINT unset; skipping this Secrets Manager test (scripts/test.sh starts moto)"
+            );
+            None
+        }
+    }
+}
+
+/// Secrets in moto's Secrets Manager (which takes any credentials).
+struct Secrets {
+    client: aws_sdk_secretsmanager::Client,
+    endpoint: String,
+}
+
+impl Secrets {
+    fn new(endpoint: &str) -> Secrets {
+        let config = aws_sdk_secretsmanager::config::Builder::new()
+            .behavior_version(aws_sdk_secretsmanager::config::BehaviorVersion::latest())
+            .region(aws_sdk_secretsmanager::config::Region::new("us-east-1"))
+            .endpoint_url(endpoint)
+            .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
+                "moto", "moto", None, None, "test",
+            ))
+            .build();
+        Secrets {
+            client: aws_sdk_secretsmanager::Client::from_conf(config),
+            endpoint: endpoint.to_owned(),
+        }
+    }
+
+    /// Creates a secret with a unique name holding `value`; returns its name.
+    async fn create(&self, hint: &str, value: &serde_json::Value) -> String {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let name = format!(
+            "godwit-test/{hint}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        self.client
+            .create_secret()
+            .name(&name)
+            .secret_string(value.to_string())
+            .send()
+            .await
+            .unwrap();
+        name
+    }
+
+    /// Rotates secret `name` to `value`.
+    async fn put(&self, name: &str, value: &serde_json::Value) {
+        self.client
+            .put_secret_value()
+            .secret_id(name)
+            .secret_string(value.to_string())
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// `command` reads Secrets Manager at moto, with the environment's keys as the bootstrap
+    /// credentials (moto takes any).
+    fn point(&self, command: &mut tokio::process::Command) {
+        command
+            .env("AWS_ENDPOINT_URL_SECRETS_MANAGER", &self.endpoint)
+            .env("GODWIT_LOG", "trace");
+    }
+}
+
+fn keys(key: &str, secret: &str, endpoint: &str) -> serde_json::Value {
+    serde_json::json!({
+        "aws_access_key_id": key,
+        "aws_secret_access_key": secret,
+        "endpoint_url": endpoint,
+        "region": "eu-west-3",
+    })
+}
+
+/// Each side from its own place: the source's keys from `GODWIT_SOURCE_AWS_*`, the
+/// destination's keys, endpoint and region from a secret in Secrets Manager (read with the
+/// environment's keys, which neither S3 server accepts). The ledger records the secret's name,
+/// never its keys; no output holds a key, at trace level either. Then the failures: keys the
+/// server refuses, a secret that does not exist, per-side variables half set.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_side_from_its_own_place_and_secrets_stay_secret() {
+    let Some(moto) = moto() else { return };
+    let secrets = Secrets::new(&moto);
+    let source = Target::s3s_fs().await;
+    let dest = Target::s3s_fs().await;
+    const SOURCE_KEY: &str = "source-key-from-variables";
+    const SOURCE_SECRET: &str = "source-secret-planted-4e1f9a";
+    const DEST_KEY: &str = "dest-key-from-secret";
+    const DEST_SECRET: &str = "dest-secret-planted-c27d05";
+    source.server_keys().grant(SOURCE_KEY, SOURCE_SECRET);
+    dest.server_keys().grant(DEST_KEY, DEST_SECRET);
+    let source_bucket = source.bucket("sides-src").await;
+    for i in 0..5 {
+        source
+            .put(&source_bucket, &format!("k{i}"), &bytes(i, 700))
+            .await;
+    }
+    let dest_bucket = dest.bucket("sides-dst").await;
+    const DEST_TOKEN: &str = "dest-session-token-planted-88e6";
+    let mut with_token = keys(DEST_KEY, DEST_SECRET, &dest.endpoint);
+    with_token["aws_session_token"] = DEST_TOKEN.into();
+    let name = secrets.create("sides", &with_token).await;
+    let work = Work::new(0);
+    let from = format!("s3://{source_bucket}");
+    let to = format!("s3://{dest_bucket}");
+    let migrate = |secret: &str| {
+        let mut command = work.godwit(&[
+            "migrate",
+            &from,
+            &to,
+            "--source-endpoint",
+            &source.endpoint,
+            "--dest-secret",
+            secret,
+            "--json",
+            "--no-progress",
+        ]);
+        command
+            .env("GODWIT_SOURCE_AWS_ACCESS_KEY_ID", SOURCE_KEY)
+            .env("GODWIT_SOURCE_AWS_SECRET_ACCESS_KEY", SOURCE_SECRET);
+        secrets.point(&mut command);
+        command
+    };
+
+    let run = support::run(migrate(&name)).await;
+    copied_all(&run, 5);
+    assert_eq!(dest.keys(&dest_bucket).await.len(), 5);
+    assert!(source.server_keys().uses(SOURCE_KEY) > 0);
+    assert!(dest.server_keys().uses(DEST_KEY) > 0);
+    for server in [&source, &dest] {
+        assert_eq!(server.server_keys().uses(ENV_KEY), 0);
+    }
+    assert!(
+        run.stderr.contains("TRACE"),
+        "the run did not log at trace level:\n{}",
+        run.stderr
+    );
+    let ledger = work.ledger_bytes();
+    assert!(
+        ledger.windows(name.len()).any(|w| w == name.as_bytes()),
+        "the ledger does not record the secret's name for workers elsewhere"
+    );
+
+    // Keys the server refuses: exit 2, the secret named, nothing written.
+    let refused = secrets
+        .create(
+            "refused",
+            &keys(DEST_KEY, "dest-secret-planted-wrong-93be", &dest.endpoint),
+        )
+        .await;
+    let empty = dest.bucket("sides-empty").await;
+    let to_empty = format!("s3://{empty}");
+    let mut command = work.godwit(&[
+        "migrate",
+        &from,
+        &to_empty,
+        "--source-endpoint",
+        &source.endpoint,
+        "--dest-secret",
+        &refused,
+    ]);
+    command
+        .env("GODWIT_SOURCE_AWS_ACCESS_KEY_ID", SOURCE_KEY)
+        .env("GODWIT_SOURCE_AWS_SECRET_ACCESS_KEY", SOURCE_SECRET);
+    secrets.point(&mut command);
+    let wrong = support::run(command).await;
+    assert_eq!(wrong.code, Some(2), "stderr:\n{}", wrong.stderr);
+    assert!(
+        wrong.stderr.contains(&refused) && wrong.stderr.contains("destination"),
+        "{}",
+        wrong.stderr
+    );
+    assert!(dest.keys(&empty).await.is_empty());
+
+    // A secret that is not there.
+    let missing = support::run(migrate("godwit-test/no-such-secret")).await;
+    assert_eq!(missing.code, Some(2), "stderr:\n{}", missing.stderr);
+    assert!(
+        missing
+            .stderr
+            .contains("secret 'godwit-test/no-such-secret' is not in Secrets Manager"),
+        "{}",
+        missing.stderr
+    );
+
+    // Half a pair of per-side variables.
+    let mut half = migrate(&name);
+    half.env_remove("GODWIT_SOURCE_AWS_SECRET_ACCESS_KEY");
+    let half = support::run(half).await;
+    assert_eq!(half.code, Some(2), "stderr:\n{}", half.stderr);
+    assert!(
+        half.stderr.contains(
+            "GODWIT_SOURCE_AWS_ACCESS_KEY_ID is set without GODWIT_SOURCE_AWS_SECRET_ACCESS_KEY"
+        ),
+        "{}",
+        half.stderr
+    );
+
+    for secret in [
+        SOURCE_SECRET,
+        DEST_SECRET,
+        DEST_TOKEN,
+        "dest-secret-planted-wrong-93be",
+    ] {
+        assert_kept_secret(secret, &[&run, &wrong, &missing, &half], &work);
+    }
+}
+
+/// The secret is rotated in the middle of a run: the new keys are granted, the secret updated,
+/// the old keys revoked. Requests refused with the old keys read the secret again and go on
+/// with the new ones; the run finishes without a restart and with nothing failed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secret_rotated_mid_run_is_read_again_and_the_run_finishes() {
+    let Some(moto) = moto() else { return };
+    let secrets = Secrets::new(&moto);
+    const N_FILES: u64 = 40;
+    const OLD_KEY: &str = "rotation-key-old";
+    const OLD_SECRET: &str = "rotation-secret-old-planted-61aa";
+    const NEW_KEY: &str = "rotation-key-new";
+    const NEW_SECRET: &str = "rotation-secret-new-planted-d0c4";
+    let dest = Target::slow(std::time::Duration::from_millis(100)).await;
+    let server_keys = dest.server_keys();
+    server_keys.grant(OLD_KEY, OLD_SECRET);
+    let bucket = dest.bucket("rotation").await;
+    let name = secrets
+        .create("rotation", &keys(OLD_KEY, OLD_SECRET, &dest.endpoint))
+        .await;
+    let work = Work::new(N_FILES);
+    let mut command = work.godwit(&[
+        "migrate",
+        &work.source(),
+        &format!("s3://{bucket}"),
+        "--dest-secret",
+        &name,
+        "--concurrency",
+        "2",
+        "--json",
+        "--no-progress",
+    ]);
+    secrets.point(&mut command);
+    // The trace log is long: to files, so a full pipe never holds the run up.
+    let stdout_path = work.dir.path().join("stdout");
+    let stderr_path = work.dir.path().join("stderr");
+    command
+        .stdout(std::fs::File::create(&stdout_path).unwrap())
+        .stderr(std::fs::File::create(&stderr_path).unwrap());
+    let read_run = |code: Option<i32>| Run {
+        code,
+        stdout: String::from_utf8_lossy(&std::fs::read(&stdout_path).unwrap()).into_owned(),
+        stderr: String::from_utf8_lossy(&std::fs::read(&stderr_path).unwrap()).into_owned(),
+    };
+    let mut child = command.spawn().unwrap();
+
+    let started = std::time::Instant::now();
+    while dest.keys(&bucket).await.len() < 8 {
+        if let Some(status) = child.try_wait().unwrap() {
+            let run = read_run(status.code());
+            panic!(
+                "the run ended before the rotation:\n{}\n{}",
+                run.stdout, run.stderr
+            );
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the run did not get going"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    server_keys.grant(NEW_KEY, NEW_SECRET);
+    secrets
+        .put(&name, &keys(NEW_KEY, NEW_SECRET, &dest.endpoint))
+        .await;
+    server_keys.revoke(OLD_KEY);
+    let old_uses_at_revocation = server_keys.uses(OLD_KEY);
+    let copied_at_revocation = dest.keys(&bucket).await.len() as u64;
+
+    let status = child.wait().await.unwrap();
+    let run = read_run(status.code());
+    copied_all(&run, N_FILES);
+    assert!(
+        copied_at_revocation < N_FILES,
+        "the rotation came after the run had copied everything"
+    );
+    assert_eq!(
+        run.json()["failed"].as_u64().unwrap_or(0),
+        0,
+        "{}",
+        run.stdout
+    );
+    assert_eq!(dest.keys(&bucket).await.len() as u64, N_FILES);
+    assert!(
+        server_keys.uses(OLD_KEY) > old_uses_at_revocation,
+        "no request met the revoked keys: the rotation was not in the middle of the run"
+    );
+    assert!(
+        server_keys.uses(NEW_KEY) > 0,
+        "the new keys were never used"
+    );
+    for secret in [OLD_SECRET, NEW_SECRET] {
+        assert_kept_secret(secret, &[&run], &work);
+    }
+}
