@@ -7,6 +7,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
+use support::secrets::{Secrets, keys, moto};
 use support::{Run, Target, bytes, path_str, write_tree};
 
 /// A key pair the environment names and no server here accepts.
@@ -293,92 +294,6 @@ async fn an_unknown_profile_is_named() {
     }
 }
 
-/// The moto server's endpoint (Secrets Manager), or `None` with the reason printed (under CI,
-/// a failure: `scripts/test.sh` starts moto).
-fn moto() -> Option<String> {
-    match std::env::var("GODWIT_TEST_MOTO_ENDPOINT") {
-        Ok(endpoint) if !endpoint.is_empty() => Some(endpoint),
-        _ if std::env::var_os("CI").is_some() => {
-            panic!("GODWIT_TEST_MOTO_ENDPOINT is not set: run the tests with scripts/test.sh")
-        }
-        _ => {
-            eprintln!(
-                "note: GODWIT_TEST_MOTO_ENDPOINT unset; skipping this Secrets Manager test (scripts/test.sh starts moto)"
-            );
-            None
-        }
-    }
-}
-
-/// Secrets in moto's Secrets Manager (which takes any credentials).
-struct Secrets {
-    client: aws_sdk_secretsmanager::Client,
-    endpoint: String,
-}
-
-impl Secrets {
-    fn new(endpoint: &str) -> Secrets {
-        let config = aws_sdk_secretsmanager::config::Builder::new()
-            .behavior_version(aws_sdk_secretsmanager::config::BehaviorVersion::latest())
-            .region(aws_sdk_secretsmanager::config::Region::new("us-east-1"))
-            .endpoint_url(endpoint)
-            .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
-                "moto", "moto", None, None, "test",
-            ))
-            .build();
-        Secrets {
-            client: aws_sdk_secretsmanager::Client::from_conf(config),
-            endpoint: endpoint.to_owned(),
-        }
-    }
-
-    /// Creates a secret with a unique name holding `value`; returns its name.
-    async fn create(&self, hint: &str, value: &serde_json::Value) -> String {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let name = format!(
-            "godwit-test/{hint}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        );
-        self.client
-            .create_secret()
-            .name(&name)
-            .secret_string(value.to_string())
-            .send()
-            .await
-            .unwrap();
-        name
-    }
-
-    /// Rotates secret `name` to `value`.
-    async fn put(&self, name: &str, value: &serde_json::Value) {
-        self.client
-            .put_secret_value()
-            .secret_id(name)
-            .secret_string(value.to_string())
-            .send()
-            .await
-            .unwrap();
-    }
-
-    /// `command` reads Secrets Manager at moto, with the environment's keys as the bootstrap
-    /// credentials (moto takes any).
-    fn point(&self, command: &mut tokio::process::Command) {
-        command
-            .env("AWS_ENDPOINT_URL_SECRETS_MANAGER", &self.endpoint)
-            .env("GODWIT_LOG", "trace");
-    }
-}
-
-fn keys(key: &str, secret: &str, endpoint: &str) -> serde_json::Value {
-    serde_json::json!({
-        "aws_access_key_id": key,
-        "aws_secret_access_key": secret,
-        "endpoint_url": endpoint,
-        "region": "eu-west-3",
-    })
-}
-
 /// Each side from its own place: the source's keys from `GODWIT_SOURCE_AWS_*`, the
 /// destination's keys, endpoint and region from a secret in Secrets Manager (read with the
 /// environment's keys, which neither S3 server accepts). The ledger records the secret's name,
@@ -606,4 +521,131 @@ async fn a_secret_rotated_mid_run_is_read_again_and_the_run_finishes() {
     for secret in [OLD_SECRET, NEW_SECRET] {
         assert_kept_secret(secret, &[&run], &work);
     }
+}
+
+/// One request to a running `godwit serve` with its token: the status and the text.
+async fn request(address: &str, method: &str, path: &str, body: Option<String>) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", address)
+        .header("authorization", format!("Bearer {SERVE_TOKEN}"))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.unwrap_or_default(),
+        )))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+const SERVE_TOKEN: &str = "a-test-token-for-the-credentials-suite";
+
+/// `godwit serve`'s API takes a secret by name (keys are never posted); the server checks the
+/// side with the keys it reads itself, and its workers read the secret again from the
+/// migration's recorded options to copy. No API answer, dashboard page, log line (at trace
+/// level) or ledger byte holds the keys.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_takes_a_secret_by_name_and_its_workers_read_it_themselves() {
+    let Some(moto) = moto() else { return };
+    let secrets = Secrets::new(&moto);
+    const KEY: &str = "serve-key-from-secret";
+    const SECRET: &str = "serve-secret-planted-3a7c41";
+    let dest = Target::s3s_fs().await;
+    dest.server_keys().grant(KEY, SECRET);
+    let bucket = dest.bucket("serve-secret").await;
+    let name = secrets
+        .create("serve", &keys(KEY, SECRET, &dest.endpoint))
+        .await;
+    let work = Work::new(6);
+    let mut command = work.godwit(&["serve", "--listen", "127.0.0.1:0"]);
+    command.env("GODWIT_TOKEN", SERVE_TOKEN);
+    secrets.point(&mut command);
+    let stderr_path = work.dir.path().join("serve-stderr");
+    command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap());
+    let mut serve = command.spawn().unwrap();
+    let stderr = || String::from_utf8_lossy(&std::fs::read(&stderr_path).unwrap()).into_owned();
+    let address = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            let said = stderr();
+            if let Some(rest) = said.split("dashboard at http://").nth(1) {
+                let address = rest.split(['/', ' ', '\n']).next().unwrap().to_owned();
+                return address;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("serve did not start:\n{}", stderr()));
+
+    let mut answers = Vec::new();
+    let body = serde_json::json!({
+        "source": work.source(),
+        "dest": format!("s3://{bucket}"),
+        "dest_secret": name,
+    });
+    let (status, created) =
+        request(&address, "POST", "/api/migrations", Some(body.to_string())).await;
+    assert_eq!(status, 201, "{created}\n{}", stderr());
+    let id = serde_json::from_str::<serde_json::Value>(&created).unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    answers.push(created);
+    let finished = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        loop {
+            let (_, seen) = request(&address, "GET", &format!("/api/migrations/{id}"), None).await;
+            let view: serde_json::Value = serde_json::from_str(&seen).unwrap_or_default();
+            if view["phase"] == "finished" {
+                return view;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the server's workers did not finish it:\n{}", stderr()));
+    assert_eq!(finished["progress"]["objects"]["copied"], 6, "{finished}");
+    assert_eq!(dest.keys(&bucket).await.len(), 6);
+    assert!(dest.server_keys().uses(KEY) > 0);
+    assert_eq!(dest.server_keys().uses(ENV_KEY), 0);
+
+    for path in [
+        "/api/migrations".to_owned(),
+        format!("/api/migrations/{id}"),
+        format!("/api/migrations/{id}/objects"),
+        "/".to_owned(),
+        format!("/migrations/{id}"),
+    ] {
+        let (status, text) = request(&address, "GET", &path, None).await;
+        assert_eq!(status, 200, "{path}: {text}");
+        answers.push(text);
+    }
+    serve.start_kill().unwrap();
+    let _ = serve.wait().await;
+    let said = stderr();
+    assert!(said.contains("TRACE"), "not at trace level:\n{said}");
+    let runs: Vec<Run> = answers
+        .into_iter()
+        .map(|stdout| Run {
+            code: None,
+            stdout,
+            stderr: String::new(),
+        })
+        .chain([Run {
+            code: None,
+            stdout: String::new(),
+            stderr: said,
+        }])
+        .collect();
+    assert_kept_secret(SECRET, &runs.iter().collect::<Vec<_>>(), &work);
 }

@@ -11,6 +11,7 @@
 
 pub mod proxy;
 pub mod relay;
+pub mod secrets;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
