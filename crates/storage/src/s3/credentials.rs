@@ -81,7 +81,8 @@ impl Origin {
 /// A side's credentials as the S3 client takes them.
 pub(crate) struct Chosen {
     pub(crate) origin: Origin,
-    /// `None`: the SDK's default chain, as the config loader builds it.
+    /// `None`: the SDK's default chain, as the config loader builds it (or, for a profile, its
+    /// provider, built once the region is known).
     pub(crate) provider: Option<SharedCredentialsProvider>,
     /// The secret's endpoint and region, for the side when no flag sets them.
     pub(crate) endpoint_url: Option<String>,
@@ -112,12 +113,10 @@ pub(crate) async fn choose(settings: &S3Settings) -> Result<Chosen, StorageError
     }
     if let Some(name) = &settings.profile {
         check_profile(name).await?;
-        let provider = aws_config::profile::ProfileFileCredentialsProvider::builder()
-            .profile_name(name)
-            .build();
         return Ok(Chosen {
             origin: Origin::Profile(name.clone()),
-            provider: Some(SharedCredentialsProvider::new(provider)),
+            // Built once the side's region is known (`profile_provider`).
+            provider: None,
             endpoint_url: None,
             region: None,
         });
@@ -146,6 +145,22 @@ pub(crate) async fn choose(settings: &S3Settings) -> Result<Chosen, StorageError
         endpoint_url: None,
         region: None,
     })
+}
+
+/// Profile `name`'s credentials alone, not the environment's first as the default chain would;
+/// `region` for what it calls (STS to assume a role, SSO).
+pub(crate) fn profile_provider(
+    name: &str,
+    region: Option<&aws_config::Region>,
+) -> SharedCredentialsProvider {
+    let config =
+        aws_config::provider_config::ProviderConfig::default().with_region(region.cloned());
+    SharedCredentialsProvider::new(
+        aws_config::profile::ProfileFileCredentialsProvider::builder()
+            .configure(&config)
+            .profile_name(name)
+            .build(),
+    )
 }
 
 /// Fails, naming the profile, when no AWS config or credentials file defines `name`.

@@ -119,7 +119,13 @@ impl S3Client {
         if sdk.region().is_none() {
             config = config.region(Region::from_static("us-east-1"));
         }
-        if let Some(provider) = chosen.provider {
+        let provider = match &chosen.origin {
+            credentials::Origin::Profile(name) => {
+                Some(credentials::profile_provider(name, sdk.region()))
+            }
+            _ => chosen.provider,
+        };
+        if let Some(provider) = provider {
             config = config.credentials_provider(provider);
         }
         if let Some((interceptor, classifier)) = credentials::secret_hooks(&chosen.origin) {
