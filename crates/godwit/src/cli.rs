@@ -251,7 +251,9 @@ impl Command {
     }
 }
 
-/// Per-side S3 settings; unset ones fall back to the standard AWS variables and files.
+/// Per-side S3 settings; unset ones fall back to the standard AWS variables and files. Each
+/// side's credentials come from the first of: its secret, its profile, its
+/// `GODWIT_SOURCE_AWS_*`/`GODWIT_DEST_AWS_*` variables, the AWS default chain.
 #[derive(Debug, Args, serde::Serialize, serde::Deserialize)]
 pub struct SideArgs {
     /// S3 endpoint URL of the source (default: AWS_ENDPOINT_URL, else AWS).
@@ -260,12 +262,22 @@ pub struct SideArgs {
     /// S3 endpoint URL of the destination (default: AWS_ENDPOINT_URL, else AWS).
     #[arg(long, value_name = "URL")]
     pub dest_endpoint: Option<String>,
-    /// AWS profile for the source.
+    /// AWS profile for the source (wins over AWS_ACCESS_KEY_ID in the environment).
     #[arg(long)]
     pub source_profile: Option<String>,
-    /// AWS profile for the destination.
+    /// AWS profile for the destination (wins over AWS_ACCESS_KEY_ID in the environment).
     #[arg(long)]
     pub dest_profile: Option<String>,
+    /// AWS Secrets Manager secret (ARN or name) holding the source's keys as JSON, read with
+    /// the default AWS credentials.
+    #[arg(long, value_name = "ARN", conflicts_with = "source_profile")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_secret: Option<String>,
+    /// AWS Secrets Manager secret (ARN or name) holding the destination's keys as JSON, read
+    /// with the default AWS credentials.
+    #[arg(long, value_name = "ARN", conflicts_with = "dest_profile")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dest_secret: Option<String>,
     /// Region of the source.
     #[arg(long)]
     pub source_region: Option<String>,

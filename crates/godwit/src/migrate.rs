@@ -18,19 +18,61 @@ use crate::metrics;
 use crate::render;
 use crate::shutdown::Shutdown;
 
+/// One side's flags.
+struct Side<'a> {
+    /// `SOURCE` or `DEST`, as its variables are named.
+    name: &'static str,
+    endpoint: &'a Option<String>,
+    region: &'a Option<String>,
+    profile: &'a Option<String>,
+    secret: &'a Option<String>,
+}
+
+/// One side's S3 settings: its flags, and its keys from `GODWIT_{SIDE}_AWS_*` in this
+/// process's environment, else `given`.
 fn settings(
-    endpoint: &Option<String>,
-    region: &Option<String>,
-    profile: &Option<String>,
+    side: Side<'_>,
     sides: &SideArgs,
-    credentials: Option<&StaticCredentials>,
-) -> S3Settings {
-    S3Settings {
-        endpoint: endpoint.clone(),
-        region: region.clone(),
-        profile: profile.clone(),
+    given: Option<&StaticCredentials>,
+) -> Result<S3Settings, String> {
+    let (credentials, credentials_from) = match side_keys(side.name)? {
+        Some((keys, from)) => (Some(keys), Some(from)),
+        None => (given.cloned(), None),
+    };
+    Ok(S3Settings {
+        endpoint: side.endpoint.clone(),
+        region: side.region.clone(),
+        profile: side.profile.clone(),
         path_style: sides.addressing.as_deref().map(|style| style == "path"),
-        credentials: credentials.cloned(),
+        credentials,
+        credentials_from,
+        secret: side.secret.clone(),
+    })
+}
+
+/// The keys `GODWIT_{SIDE}_AWS_ACCESS_KEY_ID`, `..._SECRET_ACCESS_KEY` and `..._SESSION_TOKEN`
+/// name, and where they were found; an error when only one of the pair is set.
+fn side_keys(side: &str) -> Result<Option<(StaticCredentials, String)>, String> {
+    let var = |name: &str| {
+        let name = format!("GODWIT_{side}_AWS_{name}");
+        let value = std::env::var(&name).ok().filter(|v| !v.is_empty());
+        (name, value)
+    };
+    let (id_name, id) = var("ACCESS_KEY_ID");
+    let (secret_name, secret) = var("SECRET_ACCESS_KEY");
+    let (_, session_token) = var("SESSION_TOKEN");
+    match (id, secret) {
+        (Some(access_key_id), Some(secret_access_key)) => Ok(Some((
+            StaticCredentials {
+                access_key_id,
+                secret_access_key,
+                session_token,
+            },
+            format!("{id_name}/{secret_name}"),
+        ))),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(format!("{id_name} is set without {secret_name}: set both")),
+        (None, Some(_)) => Err(format!("{secret_name} is set without {id_name}: set both")),
     }
 }
 
@@ -220,19 +262,29 @@ pub async fn open_with(
     }
     let sides = &args.sides;
     let source_settings = settings(
-        &sides.source_endpoint,
-        &sides.source_region,
-        &sides.source_profile,
+        Side {
+            name: "SOURCE",
+            endpoint: &sides.source_endpoint,
+            region: &sides.source_region,
+            profile: &sides.source_profile,
+            secret: &sides.source_secret,
+        },
         sides,
         credentials,
-    );
+    )
+    .map_err(|error| format!("source: {error}"))?;
     let dest_settings = settings(
-        &sides.dest_endpoint,
-        &sides.dest_region,
-        &sides.dest_profile,
+        Side {
+            name: "DEST",
+            endpoint: &sides.dest_endpoint,
+            region: &sides.dest_region,
+            profile: &sides.dest_profile,
+            secret: &sides.dest_secret,
+        },
         sides,
         credentials,
-    );
+    )
+    .map_err(|error| format!("destination: {error}"))?;
     let source = match godwit_storage::open_source(&source_location, &source_settings).await {
         Ok(source) => source,
         Err(error) => return Err(format!("source: {error}")),

@@ -21,6 +21,10 @@
 //! header is dropped and every write goes ahead, as on the S3-compatible servers that accept the
 //! headers and ignore them (none of which runs here). Requests on godwit's probe objects are
 //! counted apart ([`RequestCounts`]).
+//!
+//! The keys it accepts are a [`Keys`] set that can change while it runs ([`LocalS3::keys`]:
+//! grant a new pair, revoke an old one), as a real account's keys do when they are rotated; it
+//! counts the requests signed with each.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -30,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use s3s::access::{S3Access, S3AccessContext};
-use s3s::auth::SimpleAuth;
+use s3s::auth::{S3Auth, SecretKey};
 use s3s::service::S3ServiceBuilder;
 use tokio::net::TcpListener;
 
@@ -70,6 +74,63 @@ pub struct LocalS3 {
     accept_loop: tokio::task::JoinHandle<()>,
     requests: RequestCounts,
     refusing: Refusing,
+    keys: Keys,
+}
+
+/// The access keys an endpoint accepts, changeable while it runs (a rotation: grant the new
+/// pair, then revoke the old one). A request signed with a key it does not hold is refused
+/// with 403 InvalidAccessKeyId, as AWS S3 does; one signed with a wrong secret, with 403
+/// SignatureDoesNotMatch.
+#[derive(Clone, Default)]
+pub struct Keys(Arc<Mutex<KeysInner>>);
+
+#[derive(Default)]
+struct KeysInner {
+    secrets: HashMap<String, String>,
+    /// Requests whose signature named each access key id, accepted or not.
+    uses: HashMap<String, u64>,
+}
+
+impl Keys {
+    /// Accepts requests signed with `access_key`/`secret_key` from now on.
+    pub fn grant(&self, access_key: &str, secret_key: &str) {
+        if let Ok(mut keys) = self.0.lock() {
+            keys.secrets
+                .insert(access_key.to_owned(), secret_key.to_owned());
+        }
+    }
+
+    /// Refuses requests signed with `access_key` from now on.
+    pub fn revoke(&self, access_key: &str) {
+        if let Ok(mut keys) = self.0.lock() {
+            keys.secrets.remove(access_key);
+        }
+    }
+
+    /// How many requests named `access_key` in their signature so far.
+    pub fn uses(&self, access_key: &str) -> u64 {
+        self.0
+            .lock()
+            .map_or(0, |keys| keys.uses.get(access_key).copied().unwrap_or(0))
+    }
+}
+
+#[async_trait::async_trait]
+impl S3Auth for Keys {
+    async fn get_secret_key(&self, access_key: &str) -> s3s::S3Result<SecretKey> {
+        let mut keys = self
+            .0
+            .lock()
+            .map_err(|_| s3s::s3_error!(InternalError, "the key set is poisoned"))?;
+        *keys.uses.entry(access_key.to_owned()).or_default() += 1;
+        match keys.secrets.get(access_key) {
+            Some(secret) => Ok(SecretKey::from(secret.as_str())),
+            None => Err(s3s::s3_error!(
+                InvalidAccessKeyId,
+                "The AWS access key Id you provided does not exist in our records."
+            )),
+        }
+    }
 }
 
 /// How many requests of each S3 operation (`PutObject`, `UploadPart`, ...) the endpoint received.
@@ -611,7 +672,9 @@ impl LocalS3 {
         let fs = s3s_fs::FileSystem::new(root)
             .map_err(|e| StartError(format!("cannot serve {}: {e:?}", root.display())))?;
         let mut builder = S3ServiceBuilder::new(fs);
-        builder.set_auth(SimpleAuth::from_single(access_key, secret_key));
+        let keys = Keys::default();
+        keys.grant(access_key, secret_key);
+        builder.set_auth(keys.clone());
         let requests = RequestCounts::default();
         let cuts = Cuts::default();
         let refusing: Refusing = Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -663,7 +726,13 @@ impl LocalS3 {
             accept_loop,
             requests,
             refusing,
+            keys,
         })
+    }
+
+    /// The keys it accepts: grant and revoke pairs while it runs.
+    pub fn keys(&self) -> Keys {
+        self.keys.clone()
     }
 
     /// The address the endpoint listens on.

@@ -10,6 +10,10 @@ pub enum ErrorKind {
     BucketNotFound,
     /// The credentials are missing, unknown or have a wrong secret.
     Credentials,
+    /// Keys read from a secret were refused, and the secret is read again for the next attempt,
+    /// which uses what it holds then (a rotation). Temporary, once: a refusal after a read that
+    /// found the same keys is [`ErrorKind::Credentials`].
+    StaleCredentials,
     /// The credentials are valid but lack a permission.
     AccessDenied,
     /// The source object changed since it was scanned, or while it was read.
@@ -44,6 +48,7 @@ impl ErrorKind {
             ErrorKind::NotFound => "not_found",
             ErrorKind::BucketNotFound => "bucket_not_found",
             ErrorKind::Credentials => "credentials",
+            ErrorKind::StaleCredentials => "stale_credentials",
             ErrorKind::AccessDenied => "access_denied",
             ErrorKind::SourceChanged => "source_changed",
             ErrorKind::ChecksumMismatch => "checksum_mismatch",
@@ -64,6 +69,7 @@ impl ErrorKind {
         matches!(
             self,
             ErrorKind::SourceChanged
+                | ErrorKind::StaleCredentials
                 | ErrorKind::ChecksumMismatch
                 | ErrorKind::NoSuchUpload
                 | ErrorKind::Unclear

@@ -664,18 +664,30 @@ pub enum Encryption {
 
 /// How to reach S3 on one side of a migration. Unset fields fall back to the standard AWS
 /// settings (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_PROFILE`, the credentials chain).
+///
+/// The side's credentials come from the first of: `secret`, `profile`, `credentials`, the
+/// SDK's default chain (the environment's `AWS_ACCESS_KEY_ID`, `AWS_PROFILE`, web identity,
+/// container and instance metadata).
 #[derive(Debug, Clone, Default)]
 pub struct S3Settings {
     /// Endpoint URL for S3-compatible servers, e.g. `http://127.0.0.1:9000`.
     pub endpoint: Option<String>,
     /// Region name.
     pub region: Option<String>,
-    /// Named profile from the AWS config and credentials files.
+    /// Named profile from the AWS config and credentials files: its credentials (static keys,
+    /// role assumption, `credential_process`, SSO) win over the environment's keys.
     pub profile: Option<String>,
     /// Path-style addressing; by default on when a custom endpoint is set.
     pub path_style: Option<bool>,
-    /// Credentials to use instead of the standard chain (e.g. read from a file or a secrets manager).
+    /// Credentials to use instead of the standard chain (e.g. read from per-side variables).
     pub credentials: Option<StaticCredentials>,
+    /// Where `credentials` were found, for messages (`GODWIT_DEST_AWS_ACCESS_KEY_ID/...`).
+    pub credentials_from: Option<String>,
+    /// An AWS Secrets Manager secret (ARN or name) holding this side's keys as JSON
+    /// (`aws_access_key_id`, `aws_secret_access_key`, optionally `aws_session_token`,
+    /// `endpoint_url`, `region`), read with the default chain's credentials and read again when
+    /// the keys are due or refused. Its `endpoint_url` and `region` apply unless set above.
+    pub secret: Option<String>,
 }
 
 /// An access key pair. `Debug` never shows the secret.

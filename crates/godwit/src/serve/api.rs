@@ -132,6 +132,8 @@ fn migrate_args(new: &NewMigration) -> Result<MigrateArgs, Failure> {
     flag("dest-endpoint", &new.dest_endpoint);
     flag("source-profile", &new.source_profile);
     flag("dest-profile", &new.dest_profile);
+    flag("source-secret", &new.source_secret);
+    flag("dest-secret", &new.dest_secret);
     flag("source-region", &new.source_region);
     flag("dest-region", &new.dest_region);
     flag("addressing", &new.addressing);

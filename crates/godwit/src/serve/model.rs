@@ -162,8 +162,9 @@ impl MigrationView {
 }
 
 /// A new migration: where from, where to, and how. Credentials are never sent: name a profile
-/// (`source_profile`, `dest_profile`) the server resolves from its own environment, AWS profiles
-/// or secrets manager; a URL with a password in it is refused.
+/// (`source_profile`, `dest_profile`) or a secret (`source_secret`, `dest_secret`) the server
+/// and its workers resolve themselves, or leave both out for their own environment; a URL with
+/// a password in it is refused.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewMigration {
@@ -184,6 +185,12 @@ pub struct NewMigration {
     pub source_profile: Option<String>,
     /// The server's AWS profile for the destination.
     pub dest_profile: Option<String>,
+    /// The AWS Secrets Manager secret (ARN or name) with the source's keys, which the server
+    /// reads with its own AWS credentials. Not with `source_profile`.
+    pub source_secret: Option<String>,
+    /// The AWS Secrets Manager secret (ARN or name) with the destination's keys. Not with
+    /// `dest_profile`.
+    pub dest_secret: Option<String>,
     /// Region of the source.
     pub source_region: Option<String>,
     /// Region of the destination.

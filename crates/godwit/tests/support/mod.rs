@@ -11,6 +11,7 @@
 
 pub mod proxy;
 pub mod relay;
+pub mod secrets;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -18,7 +19,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
-use godwit_s3_server::{Conditions, LocalS3, RequestCounts, ServerOptions};
+use godwit_s3_server::{Conditions, Keys, LocalS3, RequestCounts, ServerOptions};
 
 /// Test-only credentials of the in-process server (moto accepts any). Not secrets.
 pub const ACCESS_KEY: &str = "godwit-test-key";
@@ -177,6 +178,11 @@ impl Target {
             .as_ref()
             .expect("an in-process server")
             .serve_all();
+    }
+
+    /// The keys the in-process server accepts (the harness's own pair at first).
+    pub fn server_keys(&self) -> Keys {
+        self.server.as_ref().expect("an in-process server").keys()
     }
 
     pub fn requests(&self) -> Option<RequestCounts> {

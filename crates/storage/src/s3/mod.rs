@@ -7,10 +7,14 @@
 //!
 //! `mod.rs` holds the client, what sources and destinations share (a [`Bucket`] on one endpoint,
 //! its reads and HEADs) and the mapping of SDK errors to [`StorageError`]s; `source.rs`,
-//! `destination.rs` and `probe.rs` (what a destination is found to enforce) hold the rest.
+//! `destination.rs` and `probe.rs` (what a destination is found to enforce) hold the rest;
+//! `credentials.rs` where a side's credentials come from, and `secret.rs` keys kept in AWS
+//! Secrets Manager.
 
+mod credentials;
 mod destination;
 mod probe;
+mod secret;
 mod source;
 
 pub use destination::S3Destination;
@@ -18,7 +22,9 @@ pub use source::S3Source;
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
-use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::config::{
+    IdentityCache, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::types::ChecksumMode;
 use bytes::{Bytes, BytesMut};
@@ -73,6 +79,8 @@ pub struct S3Client {
     client: Client,
     /// The endpoint as resolved, normalized (see [`endpoint::normalize`]), or [`endpoint::AWS`].
     endpoint: String,
+    /// Where its credentials come from.
+    origin: std::sync::Arc<credentials::Origin>,
 }
 
 fn env_nonempty(name: &str) -> Option<String> {
@@ -80,18 +88,21 @@ fn env_nonempty(name: &str) -> Option<String> {
 }
 
 impl S3Client {
-    /// Builds a client from `settings` over the standard AWS configuration chain.
+    /// Builds a client from `settings` over the standard AWS configuration chain, reading the
+    /// side's secret or checking its profile first.
     pub async fn connect(settings: &S3Settings) -> Result<Self, StorageError> {
+        let chosen = credentials::choose(settings).await?;
         let endpoint = settings
             .endpoint
             .clone()
+            .or_else(|| chosen.endpoint_url.clone())
             .or_else(|| env_nonempty("AWS_ENDPOINT_URL_S3"))
             .or_else(|| env_nonempty("AWS_ENDPOINT_URL"));
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
         if let Some(profile) = &settings.profile {
             loader = loader.profile_name(profile);
         }
-        let region = settings.region.clone().or_else(|| {
+        let region = settings.region.clone().or(chosen.region).or_else(|| {
             // An S3-compatible endpoint rarely cares about the region; do not go looking for one
             // in instance metadata.
             let from_env =
@@ -104,15 +115,6 @@ impl S3Client {
         });
         if let Some(region) = region {
             loader = loader.region(Region::new(region));
-        }
-        if let Some(keys) = &settings.credentials {
-            loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
-                &keys.access_key_id,
-                &keys.secret_access_key,
-                keys.session_token.clone(),
-                None,
-                "godwit",
-            ));
         }
         if let Some(url) = &endpoint {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -135,10 +137,29 @@ impl S3Client {
         if sdk.region().is_none() {
             config = config.region(Region::from_static("us-east-1"));
         }
+        let provider = match &chosen.origin {
+            credentials::Origin::Profile(name) => {
+                Some(credentials::profile_provider(name, sdk.region()))
+            }
+            _ => chosen.provider,
+        };
+        if let Some(provider) = provider {
+            config = config.credentials_provider(provider);
+        }
+        if let Some((interceptor, classifier)) = credentials::secret_hooks(&chosen.origin) {
+            // The secret's keys keep their own cache (see `secret.rs`).
+            config = config
+                .identity_cache(IdentityCache::no_cache())
+                .interceptor(interceptor)
+                .retry_classifier(classifier);
+        }
+        let endpoint =
+            resolved.map_or_else(|| endpoint::AWS.to_owned(), |url| endpoint::normalize(&url));
+        tracing::debug!(%endpoint, credentials = ?chosen.origin, "S3 client");
         Ok(Self {
             client: Client::from_conf(config.build()),
-            endpoint: resolved
-                .map_or_else(|| endpoint::AWS.to_owned(), |url| endpoint::normalize(&url)),
+            endpoint,
+            origin: std::sync::Arc::new(chosen.origin),
         })
     }
 
@@ -220,6 +241,15 @@ impl Bucket {
                 ErrorKind::Unreachable,
                 format!("{endpoint} did not answer in time"),
             ),
+            SdkError::DispatchFailure(_)
+                if let Some(problem) =
+                    credentials::problem(&err as &(dyn std::error::Error + 'static)) =>
+            {
+                (
+                    ErrorKind::Credentials,
+                    credentials::missing(&self.s3.origin, problem),
+                )
+            }
             SdkError::DispatchFailure(failure) => {
                 let cause = root_cause(&err);
                 let what = if failure.is_timeout() {
@@ -278,7 +308,8 @@ impl Bucket {
                         format!("; create the bucket or fix its name (endpoint {endpoint})")
                     }
                     ErrorKind::Credentials => format!(
-                        "; {endpoint} rejected the credentials: check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the profile"
+                        "; {endpoint} rejected the credentials: {}",
+                        self.s3.origin.check_hint()
                     ),
                     ErrorKind::AccessDenied => {
                         "; the credentials lack a permission for this operation".to_owned()
@@ -294,6 +325,13 @@ impl Bucket {
                     _ => String::new(),
                 };
                 let sep = if message.is_empty() { "" } else { ": " };
+                if credentials::refusal(service.raw()) == Some(secret::Refusal::Stale) {
+                    return credentials::stale_error(
+                        &self.s3.origin,
+                        &format!("{op} {target}"),
+                        &format!("{code_text}{sep}{message}"),
+                    );
+                }
                 (kind, format!("{code_text}{sep}{message}{hint}"))
             }
             _ => (ErrorKind::Other, root_cause(&err)),
@@ -318,8 +356,10 @@ impl Bucket {
             Err(err) if Self::is_status(&err, 403) => Err(StorageError::new(
                 ErrorKind::Credentials,
                 format!(
-                    "{} refused access to bucket '{}' (HTTP 403): the credentials are wrong or lack permission; check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the profile, and the bucket's permissions",
-                    self.s3.endpoint, self.name
+                    "{} refused access to bucket '{}' (HTTP 403): the credentials are wrong or lack permission; {}, and the bucket's permissions",
+                    self.s3.endpoint,
+                    self.name,
+                    self.s3.origin.check_hint()
                 ),
             )),
             Err(err) if Self::is_status(&err, 400) => Err(StorageError::new(
