@@ -1,5 +1,6 @@
 //! Live counters of a run, read by progress bars and (later) the dashboard.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// What a run has done so far. Writers only add; readers take a consistent-enough snapshot.
@@ -19,6 +20,9 @@ pub struct Progress {
     pub n_done: AtomicU64,
     /// Bytes of objects that reached a terminal state in this run.
     pub bytes_done: AtomicU64,
+    /// Bytes in the finished parts of multipart uploads whose objects are still in flight: the
+    /// bar moves with them before such an object is done (see [`InParts`]).
+    pub bytes_in_parts: AtomicU64,
     /// Bytes sent to the destination, counted as parts finish (for the rate).
     pub bytes_sent: AtomicU64,
     /// Objects copied and verified in this run.
@@ -57,5 +61,59 @@ impl Progress {
     /// Reads a counter.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+}
+
+/// One object's share of [`Progress::bytes_in_parts`]: set as its upload's parts finish, taken
+/// back out when the object leaves the transfer (its bytes then count in `bytes_done`).
+#[derive(Debug)]
+pub(crate) struct InParts {
+    progress: Arc<Progress>,
+    bytes: u64,
+}
+
+impl InParts {
+    pub(crate) fn new(progress: Arc<Progress>) -> Self {
+        Self { progress, bytes: 0 }
+    }
+
+    /// The object's upload now holds `bytes` in finished parts.
+    pub(crate) fn set(&mut self, bytes: u64) {
+        let counter = &self.progress.bytes_in_parts;
+        if bytes >= self.bytes {
+            counter.fetch_add(bytes - self.bytes, Ordering::Relaxed);
+        } else {
+            counter.fetch_sub(self.bytes - bytes, Ordering::Relaxed);
+        }
+        self.bytes = bytes;
+    }
+}
+
+impl Drop for InParts {
+    fn drop(&mut self) {
+        self.set(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_objects_parts_count_while_it_is_in_flight_and_not_after() {
+        let progress = Arc::new(Progress::default());
+        let mut first = InParts::new(Arc::clone(&progress));
+        let mut second = InParts::new(Arc::clone(&progress));
+        first.set(16);
+        second.set(5);
+        first.set(32);
+        assert_eq!(Progress::get(&progress.bytes_in_parts), 37);
+        // A new upload starts over from fewer parts.
+        second.set(0);
+        assert_eq!(Progress::get(&progress.bytes_in_parts), 32);
+        drop(first);
+        assert_eq!(Progress::get(&progress.bytes_in_parts), 0);
+        drop(second);
+        assert_eq!(Progress::get(&progress.bytes_in_parts), 0);
     }
 }

@@ -138,7 +138,9 @@ fn line(progress: &Progress, elapsed: Duration) -> String {
     }
     let n_to_do = get(&progress.n_to_do).max(n_done);
     let bytes_to_do = get(&progress.bytes_to_do);
-    let bytes_left = bytes_to_do.saturating_sub(get(&progress.bytes_done));
+    // Objects done, and the finished parts of those still uploading.
+    let bytes_done = (get(&progress.bytes_done) + get(&progress.bytes_in_parts)).min(bytes_to_do);
+    let bytes_left = bytes_to_do - bytes_done;
     let eta = if rate > 0.0 && bytes_left > 0 {
         duration(bytes_left as f64 / rate)
     } else if objects_rate > 0.0 {
@@ -147,7 +149,7 @@ fn line(progress: &Progress, elapsed: Duration) -> String {
         "-".to_owned()
     };
     let percent = if bytes_to_do > 0 {
-        100.0 * get(&progress.bytes_done) as f64 / bytes_to_do as f64
+        100.0 * bytes_done as f64 / bytes_to_do as f64
     } else if n_to_do > 0 {
         100.0 * n_done as f64 / n_to_do as f64
     } else {
@@ -161,7 +163,7 @@ fn line(progress: &Progress, elapsed: Duration) -> String {
     };
     format!(
         "{percent:5.1}% | {n_done}/{n_to_do} objects | {}/{} | {}/s, {objects_rate:.0} objects/s | ETA {eta}{problems}",
-        bytes(get(&progress.bytes_done)),
+        bytes(bytes_done),
         bytes(bytes_to_do),
         bytes(rate as u64),
     )
@@ -469,6 +471,29 @@ pub fn cutover(migration: &str, partition: Option<&str>, done: &godwit_engine::C
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bar_moves_with_the_parts_of_objects_still_uploading() {
+        let progress = Progress::default();
+        progress.scan_complete.store(true, Ordering::Relaxed);
+        progress.n_to_do.store(2, Ordering::Relaxed);
+        progress.bytes_to_do.store(200 << 20, Ordering::Relaxed);
+        progress.bytes_in_parts.store(48 << 20, Ordering::Relaxed);
+        let shown = line(&progress, Duration::from_secs(2));
+        assert!(
+            shown.starts_with(" 24.0% | 0/2 objects | 48.0 MiB/200.0 MiB"),
+            "{shown}"
+        );
+        // One object done (its parts no longer counted apart), the other half way.
+        progress.n_done.store(1, Ordering::Relaxed);
+        progress.bytes_done.store(100 << 20, Ordering::Relaxed);
+        progress.bytes_in_parts.store(50 << 20, Ordering::Relaxed);
+        let shown = line(&progress, Duration::from_secs(4));
+        assert!(
+            shown.starts_with(" 75.0% | 1/2 objects | 150.0 MiB/200.0 MiB"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn a_problem_names_its_object_once() {

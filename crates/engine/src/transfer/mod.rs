@@ -40,7 +40,7 @@ use tokio::sync::{OnceCell, Semaphore};
 
 use crate::filter::Filter;
 use crate::outage::{Outage, Verdict};
-use crate::progress::Progress;
+use crate::progress::{InParts, Progress};
 use own::Own;
 use upload::{MULTIPART_OBJECTS, UNKNOWN};
 
@@ -154,6 +154,8 @@ struct Job<'a> {
     own: Own,
     /// The metadata godwit sent with its last write, for the ledger.
     sent: Option<Metadata>,
+    /// Its upload's finished parts, shown by the progress bar while it is in flight.
+    in_parts: InParts,
 }
 
 /// How a copy attempt ended, short of an error.
@@ -326,6 +328,7 @@ impl Transfers {
             upload: claimed.upload.clone(),
             own: Own::new(claimed),
             sent: None,
+            in_parts: InParts::new(Arc::clone(&self.progress)),
         };
         if !self.filter.takes(&claimed.key) {
             // Queued under another filter (a rescan for the new one may not have reached it).

@@ -390,6 +390,8 @@ impl Transfers {
                 (p.part_number, (part, p.md5.clone()))
             })
             .collect();
+        let mut in_parts: u64 = parts.values().map(|(part, _)| part.size).sum();
+        job.in_parts.set(in_parts);
         let missing: Vec<u32> = (1..=n_parts).filter(|n| !parts.contains_key(n)).collect();
         let mut made = futures::stream::iter(missing)
             .map(make)
@@ -414,6 +416,8 @@ impl Transfers {
                         upload.parts.push(record);
                     }
                     Progress::add(&self.progress.bytes_sent, part.size);
+                    in_parts += part.size;
+                    job.in_parts.set(in_parts);
                     parts.insert(part.part_number, (part, md5));
                 }
                 Err(error) => {
