@@ -287,6 +287,17 @@ pub struct SideArgs {
     /// Addressing style: path-style is the default when a custom endpoint is set, virtual-hosted otherwise.
     #[arg(long, value_parser = ["path", "virtual"])]
     pub addressing: Option<String>,
+    /// A PEM file of CA certificates to trust, besides the system's, on both sides' HTTPS
+    /// endpoints (and Secrets Manager): for servers with a private CA.
+    #[arg(long, value_name = "FILE", env = "AWS_CA_BUNDLE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<PathBuf>,
+    /// Accept any TLS certificate on both sides (whatever --ca-bundle says): for test servers
+    /// only, as anyone on the network path could then read and change the data. Warned about on
+    /// every start.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_skip_verify: bool,
 }
 
 #[derive(Debug, Args)]
@@ -392,8 +403,8 @@ pub struct FailedArgs {
 pub struct ServeArgs {
     #[command(flatten)]
     pub ledger: LedgerArgs,
-    /// Address to listen on. A non-loopback address without TLS in front is warned about: the
-    /// token and the session cookie would cross the network in clear.
+    /// Address to listen on. A non-loopback address without --tls-cert or a TLS proxy in front
+    /// is warned about: the token and the session cookie would cross the network in clear.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// Serve only: run no workers in this process (a fleet's `godwit worker`s do the work).
@@ -403,6 +414,13 @@ pub struct ServeArgs {
     /// one is generated on first start and kept, owner-only, beside the default ledger.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// Serve HTTPS with this certificate (PEM, the server's first, then its chain); needs
+    /// --tls-key. Without it, serve plain HTTP on loopback or put a TLS proxy in front.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Let `/metrics` be scraped without the token.
     #[arg(long)]
     pub metrics_public: bool,

@@ -19,6 +19,7 @@ mod serve_s3;
 mod shutdown;
 mod size;
 mod status;
+pub mod tls;
 mod worker;
 
 /// Exit codes, as documented in the README.

@@ -9,7 +9,9 @@ use godwit_engine::{
 };
 use godwit_state::MigrationSpec;
 use godwit_storage::manifest::{Manifest, ManifestSource};
-use godwit_storage::{Encryption, Location, S3Settings, StaticCredentials, WriteSettings};
+use godwit_storage::{
+    Encryption, Location, S3Settings, StaticCredentials, TlsSettings, WriteSettings,
+};
 
 use crate::cli::{MigrateArgs, SideArgs};
 use crate::exit;
@@ -47,6 +49,10 @@ fn settings(
         credentials,
         credentials_from,
         secret: side.secret.clone(),
+        tls: TlsSettings {
+            ca_bundle: sides.ca_bundle.as_deref().map(absolute),
+            skip_verify: sides.insecure_skip_verify,
+        },
     })
 }
 
@@ -490,12 +496,15 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<u8> {
 }
 
 /// The options a migration records for workers elsewhere: its arguments (never a secret), the
-/// source and a manifest named as any machine must read them.
+/// source, a manifest and a CA bundle named as any machine must read them.
 pub fn recorded_options(args: &MigrateArgs) -> serde_json::Result<String> {
     let mut recorded = serde_json::to_value(args)?;
     recorded["source"] = canonical_text(&args.source).into();
     if let Some(path) = &args.manifest {
         recorded["manifest"] = absolute(path).display().to_string().into();
+    }
+    if let Some(path) = &args.sides.ca_bundle {
+        recorded["sides"]["ca_bundle"] = absolute(path).display().to_string().into();
     }
     Ok(recorded.to_string())
 }

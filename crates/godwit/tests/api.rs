@@ -211,7 +211,18 @@ async fn a_browser_logs_in_once_and_its_changes_carry_the_csrf_token() {
         .to_owned();
     assert!(cookie.contains("HttpOnly"), "{cookie}");
     assert!(cookie.contains("SameSite=Strict"), "{cookie}");
+    // Plain HTTP: a `Secure` cookie would never come back.
+    assert!(!cookie.contains("Secure"), "{cookie}");
     let session = cookie.split(';').next().unwrap().to_owned();
+    // Behind a TLS proxy that says so, the cookie is for HTTPS only.
+    let mut behind_proxy = login(TOKEN, Some("https://dash.test"));
+    behind_proxy
+        .headers_mut()
+        .insert("x-forwarded-proto", "https".parse().unwrap());
+    let answer = send(app, behind_proxy).await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER);
+    let cookie = answer.headers[header::SET_COOKIE].to_str().unwrap();
+    assert!(cookie.ends_with("; Secure"), "{cookie}");
 
     let page = Request::get("/")
         .header(header::COOKIE, &session)

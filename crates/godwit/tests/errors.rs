@@ -207,6 +207,86 @@ async fn row_endpoint_unreachable() {
     case.goes_on(&[], &[]).await;
 }
 
+/// The source's keys, as the destination expects them after the migration.
+fn file_keys() -> Vec<String> {
+    FILES.iter().map(|(key, _)| key.to_string()).collect()
+}
+
+/// A destination behind TLS with a private CA: its certificate is refused, once, in one line
+/// saying what to pass; nothing is written; the same command with `--ca-bundle` goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn row_endpoint_certificate_untrusted() {
+    let case = Case::new("e-tls").await;
+    let certificates = support::tls::Certificates::make(case.work.path());
+    let front = support::tls::front(&case.target.endpoint, &certificates).await;
+    let (source, dest) = (case.src(), case.dest());
+    let command = ["migrate", &source, &dest, "--dest-endpoint", &front];
+    let run = case.godwit(&command).await;
+    says(
+        &run,
+        2,
+        &[
+            &format!("{front} presented a certificate godwit does not trust"),
+            "--ca-bundle FILE",
+        ],
+    );
+    assert_eq!(run.stderr.lines().count(), 1, "one line: {}", run.stderr);
+    case.nothing_written().await;
+    let ca = path_str(&certificates.ca);
+    let run = case
+        .godwit(&[&command[..], &["--ca-bundle", &ca]].concat())
+        .await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(case.keys().await, file_keys());
+}
+
+/// `--ca-bundle` naming a file that holds no certificate: the file and what to give.
+#[tokio::test(flavor = "multi_thread")]
+async fn row_ca_bundle_not_pem() {
+    let case = Case::new("e-cabundle").await;
+    let not_pem = path_str(&case.source.join("a.txt"));
+    let run = case.migrate(&["--ca-bundle", &not_pem]).await;
+    says(
+        &run,
+        2,
+        &[
+            &format!("CA bundle {not_pem}: holds no certificate"),
+            "PEM file of CA certificates",
+        ],
+    );
+    case.nothing_written().await;
+    case.goes_on(&[], &[]).await;
+}
+
+/// `--insecure-skip-verify` takes the untrusted certificate, and says loudly what that costs.
+#[tokio::test(flavor = "multi_thread")]
+async fn insecure_skip_verify_copies_and_warns() {
+    let case = Case::new("e-insecure").await;
+    let certificates = support::tls::Certificates::make(case.work.path());
+    let front = support::tls::front(&case.target.endpoint, &certificates).await;
+    let (source, dest) = (case.src(), case.dest());
+    let run = case
+        .godwit(&[
+            "migrate",
+            &source,
+            &dest,
+            "--dest-endpoint",
+            &front,
+            "--insecure-skip-verify",
+        ])
+        .await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(
+        run.stderr.contains("--insecure-skip-verify")
+            && run
+                .stderr
+                .contains(&format!("the certificate of {front} is not checked")),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(case.keys().await, file_keys());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn row_bucket_missing() {
     let case = Case::new("e-nobucket").await;

@@ -336,3 +336,83 @@ async fn a_migration_queued_through_one_server_is_run_by_the_fleet_and_seen_by_a
         let _ = child.wait().await;
     }
 }
+
+/// `curl` with `args`: its exit code and what it printed.
+async fn curl(args: &[&str]) -> (Option<i32>, String) {
+    let output = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .output()
+        .await
+        .expect("curl (Debian's curl package)");
+    let said = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.code(), said)
+}
+
+/// `--tls-cert` and `--tls-key`: the API and the dashboard over HTTPS with that certificate (a
+/// client trusting its CA is answered, one that does not refuses it, plain HTTP gets no answer),
+/// no warning beyond loopback; a key that is not one is refused with exit 2, naming the flag.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_certificate_it_serves_https() {
+    let home = tempfile::tempdir().unwrap();
+    let certificates = support::tls::Certificates::make(home.path());
+    let (ca, cert, key) = (
+        path_str(&certificates.ca),
+        path_str(&certificates.cert),
+        path_str(&certificates.key),
+    );
+    let token = "a-long-enough-test-token";
+    let args = [
+        "--listen",
+        "0.0.0.0:0",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ];
+    let (mut serve, said) = start(home.path(), &args, Some(token)).await;
+    assert!(!said.contains("without TLS"), "{said}");
+    let port = said
+        .split("dashboard at https://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|address| address.rsplit(':').next())
+        .unwrap_or_else(|| panic!("no https address in: {said}"))
+        .to_owned();
+    let url = format!("https://127.0.0.1:{port}/api/migrations");
+    let bearer = format!("Authorization: Bearer {token}");
+    let status = ["-o", "/dev/null", "-w", "%{http_code}"];
+    let mut trusted = vec!["--cacert", &ca, "-H", &bearer];
+    trusted.extend(status);
+    trusted.push(&url);
+    assert_eq!(curl(&trusted).await, (Some(0), "200".to_owned()));
+    let login = format!("https://127.0.0.1:{port}/login");
+    let (code, page) = curl(&["--cacert", &ca, &login]).await;
+    assert_eq!(code, Some(0), "{page}");
+    assert!(page.contains("<form"), "{page}");
+    // Without the CA, curl refuses the certificate (its exit 60).
+    let (code, said) = curl(&[&url]).await;
+    assert_eq!(code, Some(60), "{said}");
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    let (code, said) = curl(&[&format!("http://127.0.0.1:{port}/api/migrations")]).await;
+    assert_ne!(code, Some(0), "{said}");
+    serve.start_kill().unwrap();
+    let _ = serve.wait().await;
+
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &ca,
+    ];
+    let (mut serve, said) = start(home.path(), &args, Some(token)).await;
+    let status = serve.wait().await.unwrap();
+    assert_eq!(status.code(), Some(2), "{said}");
+    assert!(
+        said.contains(&format!("--tls-key {ca}")) && said.contains("no private key"),
+        "{said}"
+    );
+}

@@ -688,6 +688,18 @@ pub struct S3Settings {
     /// `endpoint_url`, `region`), read with the default chain's credentials and read again when
     /// the keys are due or refused. Its `endpoint_url` and `region` apply unless set above.
     pub secret: Option<String>,
+    /// Whom this side's HTTPS connections trust.
+    pub tls: TlsSettings,
+}
+
+/// Whom a side's HTTPS connections trust beyond the system's root certificates.
+#[derive(Debug, Clone, Default)]
+pub struct TlsSettings {
+    /// A PEM file of CA certificates trusted as well as the system's roots (a private CA).
+    pub ca_bundle: Option<std::path::PathBuf>,
+    /// Accept any server certificate: for test servers only; it lets anyone on the path read
+    /// and change the data.
+    pub skip_verify: bool,
 }
 
 /// An access key pair. `Debug` never shows the secret.

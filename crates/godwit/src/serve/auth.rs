@@ -132,9 +132,13 @@ pub fn session_of(headers: &HeaderMap) -> Option<&str> {
         .map(|(_, value)| value)
 }
 
-/// The `Set-Cookie` value that starts a session.
-pub fn session_cookie(value: &str) -> String {
-    format!("{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECONDS}")
+/// The `Set-Cookie` value that starts a session; `Secure` (sent back over HTTPS only) when the
+/// browser came over HTTPS.
+pub fn session_cookie(value: &str, secure: bool) -> String {
+    let secure = if secure { "; Secure" } else { "" };
+    format!(
+        "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECONDS}{secure}"
+    )
 }
 
 /// The `Set-Cookie` value that ends one.

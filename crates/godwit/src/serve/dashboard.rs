@@ -613,7 +613,10 @@ pub async fn login(
     }
     let session = state.auth().new_session(auth::now());
     (
-        [(header::SET_COOKIE, auth::session_cookie(&session))],
+        [(
+            header::SET_COOKIE,
+            auth::session_cookie(&session, state.over_https(&headers)),
+        )],
         Redirect::to(auth::safe_next(form.next.as_deref())),
     )
         .into_response()

@@ -49,6 +49,8 @@ struct Inner {
     metrics_public: bool,
     /// Whether `/metrics` answers (this process's Prometheus recorder is installed).
     metrics: bool,
+    /// Whether this server speaks TLS itself (`--tls-cert`): its session cookie is `Secure`.
+    https: bool,
     wake: Notify,
     stop: CancellationToken,
     credentials: Option<StaticCredentials>,
@@ -74,6 +76,7 @@ impl AppState {
                 notes: Mutex::new(HashMap::new()),
                 metrics_public,
                 metrics: false,
+                https: false,
                 wake: Notify::new(),
                 stop,
                 credentials: None,
@@ -99,6 +102,23 @@ impl AppState {
             inner.metrics = true;
         }
         self
+    }
+
+    /// This state behind this server's own TLS. Call before the state is shared.
+    pub fn with_https(mut self) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.https = true;
+        }
+        self
+    }
+
+    /// Whether the browser reached this server over HTTPS: its own, or a proxy's that says so
+    /// (`X-Forwarded-Proto: https`).
+    fn over_https(&self, headers: &axum::http::HeaderMap) -> bool {
+        self.inner.https
+            || headers
+                .get("x-forwarded-proto")
+                .is_some_and(|proto| proto.as_bytes().eq_ignore_ascii_case(b"https"))
     }
 
     fn credentials(&self) -> Option<StaticCredentials> {
@@ -249,6 +269,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
             return Ok(exit::CONFIG);
         }
     };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => match crate::tls::acceptor(cert, key) {
+            Ok(acceptor) => Some(acceptor),
+            Err(error) => return Ok(crate::render::fail(error)),
+        },
+        _ => None,
+    };
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(listener) => listener,
         Err(error) => {
@@ -260,7 +287,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
         }
     };
     let address: SocketAddr = listener.local_addr()?;
-    if !address.ip().is_loopback() {
+    if tls.is_none() && !address.ip().is_loopback() {
         eprintln!(
             "godwit: warning: listening on {address}, beyond this machine, without TLS: the token and the session cookie cross the network in clear unless a TLS proxy is in front"
         );
@@ -274,9 +301,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
         stop.clone(),
     )
     .with_metrics();
+    let state = if tls.is_some() {
+        state.with_https()
+    } else {
+        state
+    };
     let made = if token.generated { "made now, " } else { "" };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     eprintln!(
-        "godwit: dashboard at http://{address}/ on the ledger {place}; the token is in {} ({made}owner-only)",
+        "godwit: dashboard at {scheme}://{address}/ on the ledger {place}; the token is in {} ({made}owner-only)",
         token.origin
     );
     let sampler = tokio::spawn(events::sample_every(state.clone(), stop.clone()));
@@ -288,9 +321,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
             stop.clone(),
         ))
     });
-    let served = axum::serve(listener, app(state))
-        .with_graceful_shutdown(stop.clone().cancelled_owned())
-        .await;
+    let until = stop.clone().cancelled_owned();
+    let served = match tls {
+        Some(acceptor) => {
+            let listener = crate::tls::TlsListener::new(listener, acceptor)?;
+            axum::serve(listener, app(state))
+                .with_graceful_shutdown(until)
+                .await
+        }
+        None => {
+            axum::serve(listener, app(state))
+                .with_graceful_shutdown(until)
+                .await
+        }
+    };
     stop.cancel();
     if let Some(workers) = workers {
         let _ = workers.await;

@@ -12,6 +12,7 @@
 pub mod proxy;
 pub mod relay;
 pub mod secrets;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_credential_types::provider::error::CredentialsError;
+use aws_sdk_s3::config::SharedHttpClient;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
@@ -91,7 +92,10 @@ pub(crate) struct Chosen {
 
 /// Chooses a side's credentials from `settings` (see the module docs), reading its secret or
 /// checking its profile first.
-pub(crate) async fn choose(settings: &S3Settings) -> Result<Chosen, StorageError> {
+pub(crate) async fn choose(
+    settings: &S3Settings,
+    http: Option<&SharedHttpClient>,
+) -> Result<Chosen, StorageError> {
     if let Some(id) = &settings.secret {
         let (
             keys,
@@ -100,7 +104,7 @@ pub(crate) async fn choose(settings: &S3Settings) -> Result<Chosen, StorageError
                 region,
                 ..
             },
-        ) = SecretKeys::open(id).await?;
+        ) = SecretKeys::open(id, http).await?;
         let keys = Arc::new(keys);
         return Ok(Chosen {
             provider: Some(SharedCredentialsProvider::new(SharedSecret(Arc::clone(

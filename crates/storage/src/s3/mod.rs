@@ -16,6 +16,7 @@ mod destination;
 mod probe;
 mod secret;
 mod source;
+mod tls;
 
 pub use destination::S3Destination;
 pub use source::S3Source;
@@ -91,7 +92,8 @@ impl S3Client {
     /// Builds a client from `settings` over the standard AWS configuration chain, reading the
     /// side's secret or checking its profile first.
     pub async fn connect(settings: &S3Settings) -> Result<Self, StorageError> {
-        let chosen = credentials::choose(settings).await?;
+        let http = tls::client(&settings.tls)?;
+        let chosen = credentials::choose(settings, http.as_ref()).await?;
         let endpoint = settings
             .endpoint
             .clone()
@@ -99,6 +101,9 @@ impl S3Client {
             .or_else(|| env_nonempty("AWS_ENDPOINT_URL_S3"))
             .or_else(|| env_nonempty("AWS_ENDPOINT_URL"));
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(http) = http {
+            loader = loader.http_client(http);
+        }
         if let Some(profile) = &settings.profile {
             loader = loader.profile_name(profile);
         }
@@ -155,6 +160,11 @@ impl S3Client {
         }
         let endpoint =
             resolved.map_or_else(|| endpoint::AWS.to_owned(), |url| endpoint::normalize(&url));
+        if settings.tls.skip_verify {
+            tracing::warn!(
+                "--insecure-skip-verify: the certificate of {endpoint} is not checked; anyone on the network path can read and change what godwit sends and receives. Use it for test servers only; give a private CA with --ca-bundle FILE instead"
+            );
+        }
         tracing::debug!(%endpoint, credentials = ?chosen.origin, "S3 client");
         Ok(Self {
             client: Client::from_conf(config.build()),
@@ -250,6 +260,14 @@ impl Bucket {
                     credentials::missing(&self.s3.origin, problem),
                 )
             }
+            SdkError::DispatchFailure(_) if root_cause(&err).contains("certificate") => (
+                // Trying again will not change whom the certificate is from.
+                ErrorKind::InvalidInput,
+                format!(
+                    "{endpoint} presented a certificate godwit does not trust ({}); give the CA that signed it with --ca-bundle FILE (a PEM file), or, for a test server only, --insecure-skip-verify",
+                    root_cause(&err)
+                ),
+            ),
             SdkError::DispatchFailure(failure) => {
                 let cause = root_cause(&err);
                 let what = if failure.is_timeout() {

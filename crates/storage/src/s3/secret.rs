@@ -79,9 +79,15 @@ impl std::fmt::Debug for SecretKeys {
 
 impl SecretKeys {
     /// Reads secret `id` (an ARN or a name) with the default chain's credentials; its region,
-    /// when `id` is an ARN, is the ARN's.
-    pub(crate) async fn open(id: &str) -> Result<(SecretKeys, SecretValue), StorageError> {
+    /// when `id` is an ARN, is the ARN's. Over `http` when the side has its own TLS settings.
+    pub(crate) async fn open(
+        id: &str,
+        http: Option<&aws_sdk_s3::config::SharedHttpClient>,
+    ) -> Result<(SecretKeys, SecretValue), StorageError> {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(http) = http {
+            loader = loader.http_client(http.clone());
+        }
         if let Some(region) = arn_region(id) {
             loader = loader.region(aws_config::Region::new(region.to_owned()));
         }
