@@ -580,7 +580,18 @@ async fn pages_and_streams_show_the_migration() {
         get(app, "/migrations/999").await.status,
         StatusCode::NOT_FOUND
     );
-    assert_eq!(get(app, "/migrations/new").await.status, StatusCode::OK);
+    let form = get(app, "/migrations/new").await;
+    assert_eq!(form.status, StatusCode::OK);
+    // Each side's credentials by name: a profile or a secret, never keys.
+    for field in [
+        "source_profile",
+        "source_secret",
+        "dest_profile",
+        "dest_secret",
+    ] {
+        assert!(form.text.contains(&format!("name=\"{field}\"")), "{field}");
+    }
+    assert!(!form.text.contains("secret_access_key"));
 
     let events = app
         .clone()

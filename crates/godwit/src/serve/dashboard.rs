@@ -518,12 +518,14 @@ pub async fn new_migration(State(state): State<AppState>, headers: HeaderMap) ->
                     label { "Source" input name="source" required placeholder="/srv/media, s3://bucket/prefix or postgres://user@host/db?table=…"; }
                     label { "Source endpoint" input name="source_endpoint" placeholder="default: AWS_ENDPOINT_URL, else AWS"; }
                     label { "Source profile" input name="source_profile" placeholder="an AWS profile of the server"; }
+                    label { "Source secret" input name="source_secret" placeholder="or a Secrets Manager secret (name or ARN) holding its keys"; }
                 }
                 fieldset {
                     legend { "To" }
                     label { "Destination" input name="dest" required placeholder="s3://bucket/prefix"; }
                     label { "Destination endpoint" input name="dest_endpoint" placeholder="default: AWS_ENDPOINT_URL, else AWS"; }
                     label { "Destination profile" input name="dest_profile" placeholder="an AWS profile of the server"; }
+                    label { "Destination secret" input name="dest_secret" placeholder="or a Secrets Manager secret (name or ARN) holding its keys"; }
                 }
                 fieldset {
                     legend { "How" }
@@ -534,7 +536,7 @@ pub async fn new_migration(State(state): State<AppState>, headers: HeaderMap) ->
                     label { "Partition by" input name="partition_by" placeholder="prefix:1 or regex:…"; }
                     label { "Concurrency" input name="concurrency" type="number" min="1" max="4096" placeholder="256"; }
                 }
-                p.sub { "Credentials are never sent: the server uses its own environment, AWS profiles or secrets manager." }
+                p.sub { "Keys are never sent: the server reads them itself, from its environment, the profile or the secret named here." }
                 button.button.primary #start type="submit" { "Start migration" }
             }
         },
