@@ -9,6 +9,7 @@
 
 #![allow(dead_code)]
 
+pub mod keys;
 pub mod proxy;
 pub mod relay;
 pub mod secrets;
