@@ -51,17 +51,26 @@ pub(crate) fn classify(listed: Listed, filter: &Filter) -> ScannedObject {
                 scanned,
             }
         }
-        Listed::Unreadable { key, error } => ScannedObject {
-            group: filter.units().group_of(&key),
-            partition: filter.units().partition_of(&key),
-            key,
-            size: 0,
-            version: String::new(),
-            scanned: Scanned::Unreadable {
-                kind: error.kind().as_str().to_owned(),
-                message: error.message().to_owned(),
-            },
-        },
+        Listed::Unreadable { key, error } => {
+            // Left out like any other key, however unreadable: `--exclude` is the way out for a
+            // FIFO or a directory godwit may not enter.
+            let scanned = if filter.takes(&key) {
+                Scanned::Unreadable {
+                    kind: error.kind().as_str().to_owned(),
+                    message: error.message().to_owned(),
+                }
+            } else {
+                Scanned::Excluded
+            };
+            ScannedObject {
+                group: filter.units().group_of(&key),
+                partition: filter.units().partition_of(&key),
+                key,
+                size: 0,
+                version: String::new(),
+                scanned,
+            }
+        }
     }
 }
 

@@ -226,7 +226,10 @@ pub trait Store: Send + Sync {
     ) -> Result<Vec<Problem>, StoreError>;
     /// Puts the failed objects (of error class `class`, or all) back in the queue with fresh
     /// attempts, with every failed member of their groups (a group is tried whole); returns how
-    /// many.
+    /// many. When any were, and the last pass had listed the source in full, its listing is
+    /// opened again (shards forgotten): the next run lists all of the source, so what was fixed
+    /// by a rename or a new file is found in that run, and a retried object gone from the source
+    /// settles as vanished.
     async fn requeue_failed(
         &self,
         migration: MigrationId,

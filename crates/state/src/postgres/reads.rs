@@ -81,10 +81,11 @@ impl PgStore {
         migration: MigrationId,
         class: Option<&str>,
     ) -> Result<u64, StoreError> {
-        let client = self.client().await?;
-        client
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await.map_err(|e| self.db(e))?;
+        let n = transaction
             .execute(
-                &client
+                &transaction
                     .prepare_cached(
                         "UPDATE objects SET state = 0, attempts = 0, changed_at = $3
                  WHERE migration_id = $1 AND state = 7 AND ($2::text IS NULL OR error_kind = $2
@@ -96,7 +97,32 @@ impl PgStore {
                 &[&migration.0, &class, &millis(SystemTime::now())],
             )
             .await
-            .map_err(|e| self.db(e))
+            .map_err(|e| self.db(e))?;
+        if n > 0 {
+            // The last pass's listing opened again when it was complete, its shards forgotten:
+            // the next run lists all of the source (a name fixed by a rename is found then).
+            let reopened = transaction
+                .execute(
+                    "UPDATE passes SET scan_completed_at = NULL
+                     WHERE migration_id = $1 AND scan_completed_at IS NOT NULL
+                       AND number = (SELECT MAX(number) FROM passes WHERE migration_id = $1)",
+                    &[&migration.0],
+                )
+                .await
+                .map_err(|e| self.db(e))?;
+            if reopened > 0 {
+                transaction
+                    .execute(
+                        "DELETE FROM shards WHERE migration_id = $1
+                         AND pass = (SELECT MAX(number) FROM passes WHERE migration_id = $1)",
+                        &[&migration.0],
+                    )
+                    .await
+                    .map_err(|e| self.db(e))?;
+            }
+        }
+        transaction.commit().await.map_err(|e| self.db(e))?;
+        Ok(n)
     }
 
     pub(super) async fn failed(

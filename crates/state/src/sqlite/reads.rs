@@ -143,6 +143,9 @@ impl SqliteStore {
         .await
     }
 
+    /// See [`Store::requeue_failed`](crate::Store::requeue_failed): the objects, and the last
+    /// pass's listing opened again when it was complete (its shards forgotten, so all of the
+    /// source is listed).
     pub(super) async fn requeue_failed(
         &self,
         migration: MigrationId,
@@ -150,13 +153,21 @@ impl SqliteStore {
     ) -> Result<u64, StoreError> {
         let class = class.map(str::to_owned);
         self.with(move |connection| {
-            let n = connection.execute(
+            let transaction = connection.transaction()?;
+            let n = transaction.execute(
                 "UPDATE objects SET state = 0, attempts = 0, changed_at = ?3
                  WHERE migration_id = ?1 AND state = 7 AND (?2 IS NULL OR error_kind = ?2
                    OR group_key IN (SELECT group_key FROM objects WHERE migration_id = ?1
                      AND state = 7 AND error_kind = ?2 AND group_key IS NOT NULL))",
                 params![migration.0, class, millis(SystemTime::now())],
             )?;
+            if n > 0 {
+                let reopened = transaction.execute(REOPEN_LAST_SCAN, params![migration.0])?;
+                if reopened > 0 {
+                    transaction.execute(FORGET_LAST_SHARDS, params![migration.0])?;
+                }
+            }
+            transaction.commit()?;
             Ok(n as u64)
         })
         .await
@@ -190,3 +201,12 @@ impl SqliteStore {
         .await
     }
 }
+
+/// The last pass of migration `?1` not listed in full any more, if it was.
+const REOPEN_LAST_SCAN: &str = "UPDATE passes SET scan_completed_at = NULL
+    WHERE migration_id = ?1 AND scan_completed_at IS NOT NULL
+      AND number = (SELECT MAX(number) FROM passes WHERE migration_id = ?1)";
+
+/// The shards of migration `?1`'s last pass, so its next listing plans and lists them afresh.
+const FORGET_LAST_SHARDS: &str = "DELETE FROM shards WHERE migration_id = ?1
+    AND pass = (SELECT MAX(number) FROM passes WHERE migration_id = ?1)";

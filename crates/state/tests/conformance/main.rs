@@ -155,6 +155,7 @@ conformance!(
     tallies::the_counters_follow_every_change_of_state_size_and_partition,
     tallies::each_migration_keeps_counters_of_its_own,
     tallies::failed_objects_gone_from_a_complete_listing_are_settled_vanished,
+    tallies::retried_failures_open_the_last_listing_again,
     pages::a_page_holds_the_keys_under_a_prefix_taken_byte_for_byte,
     pages::pages_follow_one_another_by_their_cursor,
     pages::a_page_reads_a_bounded_stretch_however_few_objects_match,

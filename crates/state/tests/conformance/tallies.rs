@@ -427,3 +427,61 @@ pub(super) async fn failed_objects_gone_from_a_complete_listing_are_settled_vani
     assert_eq!(keys, ["bad-kept"]);
     assert_counted(store, migration, "failed objects gone settled").await;
 }
+
+/// Failed objects put back in the queue open the last pass's listing again, when it was
+/// complete, with its shards forgotten: the next run lists all of the source under that pass (a
+/// name fixed by a rename is found then). Nothing put back, nothing opened.
+pub(super) async fn retried_failures_open_the_last_listing_again(store: &dyn Counted) {
+    let migration = store.open_migration(&spec()).await.unwrap().id;
+    store.start_pass(migration, "f").await.unwrap();
+    let bad = ScannedObject {
+        scanned: Scanned::Unreadable {
+            kind: "invalid_input".into(),
+            message: "bad\u{7}: control character".into(),
+        },
+        ..object("bad\u{7}", 0, "")
+    };
+    store
+        .record_scanned(migration, 1, vec![object("a", 1, "1"), bad], None)
+        .await
+        .unwrap();
+    store
+        .plan_shards(migration, 1, vec!["*".into()])
+        .await
+        .unwrap();
+    store.finish_scan(migration, 1).await.unwrap();
+    let listed_in_full = || async {
+        let migration = store.find_migration("m").await.unwrap().unwrap();
+        migration.last_pass.unwrap().scan_complete
+    };
+    assert!(listed_in_full().await);
+    assert_eq!(
+        store.requeue_failed(migration, Some("io")).await.unwrap(),
+        0
+    );
+    assert!(
+        listed_in_full().await,
+        "nothing retried, yet the listing opened"
+    );
+    assert_eq!(store.requeue_failed(migration, None).await.unwrap(), 1);
+    assert!(!listed_in_full().await);
+    assert_eq!(store.shards_left(migration, 1).await.unwrap(), None);
+    assert_counted(store, migration, "failures retried").await;
+
+    // The next run lists again under the same pass: the renamed object is found.
+    store.restart_scan(migration, 1, "f").await.unwrap();
+    store
+        .record_scanned(
+            migration,
+            1,
+            vec![object("a", 1, "1"), object("bad", 4, "1")],
+            None,
+        )
+        .await
+        .unwrap();
+    store.finish_scan(migration, 1).await.unwrap();
+    assert!(listed_in_full().await);
+    let tally = store.tally(migration).await.unwrap();
+    assert_eq!(tally.n(ObjectState::Pending), 3, "{tally:?}");
+    assert_counted(store, migration, "listed again").await;
+}
