@@ -113,7 +113,7 @@ pub async fn create(
 
 /// The `migrate` arguments a new migration stands for, parsed by the CLI's own parser so both
 /// check every setting alike.
-fn migrate_args(new: &NewMigration) -> Result<MigrateArgs, Failure> {
+pub(super) fn migrate_args(new: &NewMigration) -> Result<MigrateArgs, Failure> {
     for (what, url) in [("source", &new.source), ("dest", &new.dest)] {
         if godwit_state::without_password(url) != *url {
             return Err(Failure::unprocessable(format!(
