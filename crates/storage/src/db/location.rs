@@ -214,12 +214,27 @@ impl TableLocation {
         }
         // `[::1]:5432` for an IPv6 address.
         let (host, port) = match host_port.strip_prefix('[').and_then(|r| r.split_once(']')) {
-            Some((host, rest)) => (host, rest.strip_prefix(':')),
+            Some((host, "")) => (host, None),
+            Some((host, rest)) => match rest.strip_prefix(':') {
+                Some(port) => (host, Some(port)),
+                None => {
+                    return Err(invalid(format!(
+                        "{scheme}://{host_port}: '{rest}' after the address in brackets; write [ADDRESS] or [ADDRESS]:PORT"
+                    )));
+                }
+            },
             None => match host_port.rsplit_once(':') {
                 Some((host, port)) => (host, Some(port)),
                 None => (host_port, None),
             },
         };
+        // Brackets only enclose a whole address: one inside a host would be shown in a URL that
+        // reads back as another host.
+        if host.contains(['[', ']']) {
+            return Err(invalid(format!(
+                "{scheme}://{host_port}: a host name has no '[' or ']'; write an IPv6 address as [ADDRESS]"
+            )));
+        }
         let port = port
             .map(|port| {
                 port.parse::<u16>().map_err(|_| {
@@ -384,5 +399,31 @@ mod tests {
         }
         let error = TableLocation::parse("postgres://u:hunter2@h:x/d?table=t").unwrap_err();
         assert!(!error.message().contains("hunter2"), "{error}");
+    }
+
+    /// Found by `fuzz/run.sh` (target `location`): a host holding brackets was taken, then shown
+    /// as `[u\x18[::1]]:3306`, which reads back as host `u\x18[::1` with no port.
+    #[test]
+    fn fuzz_hosts_with_brackets_are_refused() {
+        let found =
+            "mysql://u\u{18}[::1]:3306/d?table=tu@[::1]:33\u{10}6/d&key=k&blob=b&updated_at=u";
+        for text in [
+            found,
+            "mysql://u[::1]:3306/d?table=t&key=k&blob=b",
+            "postgres://h]:5432/d?table=t&key=k&blob=b",
+            "postgres://[::1]x/d?table=t&key=k&blob=b",
+            "postgres://[[::1]]:5432/d?table=t&key=k&blob=b",
+        ] {
+            let error = TableLocation::parse(text).unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::InvalidInput, "{text}");
+        }
+        check(
+            "postgres://u@[::1]:5432/d?table=t&key=k&blob=b",
+            "postgres://u@[::1]:5432/d?table=t&key=k&blob=b",
+        );
+        check(
+            "postgres://[fe80::1]/d?table=t&key=k&blob=b",
+            "postgres://[fe80::1]/d?table=t&key=k&blob=b",
+        );
     }
 }
