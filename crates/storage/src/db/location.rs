@@ -113,7 +113,10 @@ fn invalid(message: String) -> StorageError {
     StorageError::new(ErrorKind::InvalidInput, message)
 }
 
+/// `text` percent-decoded as one form value (`+` is a space); a `&` in it is kept, not taken
+/// for the end of the value.
 fn decode(text: &str) -> String {
+    let text = text.replace('&', "%26");
     url::form_urlencoded::parse(format!("x={text}").as_bytes())
         .next()
         .map(|(_, value)| value.into_owned())
@@ -311,7 +314,13 @@ impl fmt::Display for TableLocation {
             write!(f, "/{}", encode(&server.database))?;
         }
         if let Some(path) = &self.path {
-            write!(f, "{}", path.display())?;
+            // Escaped where `decode` would read it otherwise, or a `?` would end it.
+            let path = path.to_string_lossy();
+            let path = path
+                .replace('%', "%25")
+                .replace('+', "%2B")
+                .replace('?', "%3F");
+            f.write_str(&path)?;
         }
         let columns = &self.columns;
         let settings = [
@@ -399,6 +408,35 @@ mod tests {
         }
         let error = TableLocation::parse("postgres://u:hunter2@h:x/d?table=t").unwrap_err();
         assert!(!error.message().contains("hunter2"), "{error}");
+    }
+
+    /// Found by `fuzz/run.sh` (target `location`): a database name holding `&` was cut there
+    /// (to nothing here), so the URL shown named no database and did not parse.
+    #[test]
+    fn fuzz_an_ampersand_is_part_of_a_name() {
+        let found = "postgresql://pp/&blob=mfil\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0es.db?table=t&key=k&blob=my%+\rlob";
+        let parsed = TableLocation::parse(found).unwrap();
+        assert_eq!(
+            parsed.server.unwrap().database,
+            format!("&blob=mfil{}es.db", "\0".repeat(18))
+        );
+        check(
+            found,
+            "postgres://pp/%26blob%3Dmfil%00%00%00%00%00%00%00%00%00%00%00%00%00%00%00%00%00%00es.db?table=t&key=k&blob=my%25+%0Dlob",
+        );
+        check(
+            "mysql://a%26b@h/x&y?table=t&key=k&blob=b",
+            "mysql://a%26b@h/x%26y?table=t&key=k&blob=b",
+        );
+        // A file name that `decode` would change, or a `?` would cut, is shown escaped.
+        let path = TableLocation::parse("sqlite:///d/a%3Fb%25c%2Bd&e.db?table=t&key=k&blob=b")
+            .unwrap()
+            .path;
+        assert_eq!(path.unwrap(), PathBuf::from("/d/a?b%c+d&e.db"));
+        check(
+            "sqlite:///d/a%3Fb%25c%2Bd&e.db?table=t&key=k&blob=b",
+            "sqlite:///d/a%3Fb%25c%2Bd&e.db?table=t&key=k&blob=b",
+        );
     }
 
     /// Found by `fuzz/run.sh` (target `location`): a host holding brackets was taken, then shown
