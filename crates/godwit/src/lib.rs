@@ -17,7 +17,7 @@ mod render;
 pub mod serve;
 mod serve_s3;
 mod shutdown;
-mod size;
+pub mod size;
 mod status;
 pub mod tls;
 mod worker;

@@ -2,9 +2,13 @@
 
 use std::str::FromStr;
 
+/// A number of bytes, parsed from text such as `64MiB` (see [`FromStr`] below).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(transparent)]
-pub struct Size(pub u64);
+pub struct Size(
+    /// The number of bytes.
+    pub u64,
+);
 
 impl FromStr for Size {
     type Err = String;

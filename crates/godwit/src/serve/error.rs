@@ -66,6 +66,11 @@ impl Failure {
     pub fn status(&self) -> StatusCode {
         self.status
     }
+
+    /// What is wrong, as answered.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
 }
 
 impl IntoResponse for Failure {

@@ -186,6 +186,18 @@ impl AppState {
 /// The largest request body taken (a new migration's settings are a few hundred bytes).
 pub const MAX_BODY: usize = 64 << 10;
 
+/// What `POST /api/migrations` makes of a request body before it opens either side: the JSON
+/// read as a new migration, then every setting checked as the CLI checks it. `Err` holds the
+/// message the API would answer. Public so that the fuzz target (`fuzz/`) reaches it without a
+/// server.
+pub fn check_new_migration(body: &[u8]) -> Result<(), String> {
+    let new: model::NewMigration =
+        serde_json::from_slice(body).map_err(|error| error.to_string())?;
+    api::migrate_args(&new)
+        .map(drop)
+        .map_err(|failure| failure.message().to_owned())
+}
+
 /// The whole server: pages, assets, the API and its OpenAPI document, `/metrics`, all behind
 /// the token guard.
 pub fn app(state: AppState) -> Router {

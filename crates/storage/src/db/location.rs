@@ -113,7 +113,10 @@ fn invalid(message: String) -> StorageError {
     StorageError::new(ErrorKind::InvalidInput, message)
 }
 
+/// `text` percent-decoded as one form value (`+` is a space); a `&` in it is kept, not taken
+/// for the end of the value.
 fn decode(text: &str) -> String {
+    let text = text.replace('&', "%26");
     url::form_urlencoded::parse(format!("x={text}").as_bytes())
         .next()
         .map(|(_, value)| value.into_owned())
@@ -214,12 +217,27 @@ impl TableLocation {
         }
         // `[::1]:5432` for an IPv6 address.
         let (host, port) = match host_port.strip_prefix('[').and_then(|r| r.split_once(']')) {
-            Some((host, rest)) => (host, rest.strip_prefix(':')),
+            Some((host, "")) => (host, None),
+            Some((host, rest)) => match rest.strip_prefix(':') {
+                Some(port) => (host, Some(port)),
+                None => {
+                    return Err(invalid(format!(
+                        "{scheme}://{host_port}: '{rest}' after the address in brackets; write [ADDRESS] or [ADDRESS]:PORT"
+                    )));
+                }
+            },
             None => match host_port.rsplit_once(':') {
                 Some((host, port)) => (host, Some(port)),
                 None => (host_port, None),
             },
         };
+        // Brackets only enclose a whole address: one inside a host would be shown in a URL that
+        // reads back as another host.
+        if host.contains(['[', ']']) {
+            return Err(invalid(format!(
+                "{scheme}://{host_port}: a host name has no '[' or ']'; write an IPv6 address as [ADDRESS]"
+            )));
+        }
         let port = port
             .map(|port| {
                 port.parse::<u16>().map_err(|_| {
@@ -296,7 +314,13 @@ impl fmt::Display for TableLocation {
             write!(f, "/{}", encode(&server.database))?;
         }
         if let Some(path) = &self.path {
-            write!(f, "{}", path.display())?;
+            // Escaped where `decode` would read it otherwise, or a `?` would end it.
+            let path = path.to_string_lossy();
+            let path = path
+                .replace('%', "%25")
+                .replace('+', "%2B")
+                .replace('?', "%3F");
+            f.write_str(&path)?;
         }
         let columns = &self.columns;
         let settings = [
@@ -384,5 +408,60 @@ mod tests {
         }
         let error = TableLocation::parse("postgres://u:hunter2@h:x/d?table=t").unwrap_err();
         assert!(!error.message().contains("hunter2"), "{error}");
+    }
+
+    /// Found by `fuzz/run.sh` (target `location`): a database name holding `&` was cut there
+    /// (to nothing here), so the URL shown named no database and did not parse.
+    #[test]
+    fn fuzz_an_ampersand_is_part_of_a_name() {
+        let found = "postgresql://pp/&blob=mfil\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0es.db?table=t&key=k&blob=my%+\rlob";
+        let parsed = TableLocation::parse(found).unwrap();
+        assert_eq!(
+            parsed.server.unwrap().database,
+            format!("&blob=mfil{}es.db", "\0".repeat(18))
+        );
+        check(
+            found,
+            "postgres://pp/%26blob%3Dmfil%00%00%00%00%00%00%00%00%00%00%00%00%00%00%00%00%00%00es.db?table=t&key=k&blob=my%25+%0Dlob",
+        );
+        check(
+            "mysql://a%26b@h/x&y?table=t&key=k&blob=b",
+            "mysql://a%26b@h/x%26y?table=t&key=k&blob=b",
+        );
+        // A file name that `decode` would change, or a `?` would cut, is shown escaped.
+        let path = TableLocation::parse("sqlite:///d/a%3Fb%25c%2Bd&e.db?table=t&key=k&blob=b")
+            .unwrap()
+            .path;
+        assert_eq!(path.unwrap(), PathBuf::from("/d/a?b%c+d&e.db"));
+        check(
+            "sqlite:///d/a%3Fb%25c%2Bd&e.db?table=t&key=k&blob=b",
+            "sqlite:///d/a%3Fb%25c%2Bd&e.db?table=t&key=k&blob=b",
+        );
+    }
+
+    /// Found by `fuzz/run.sh` (target `location`): a host holding brackets was taken, then shown
+    /// as `[u\x18[::1]]:3306`, which reads back as host `u\x18[::1` with no port.
+    #[test]
+    fn fuzz_hosts_with_brackets_are_refused() {
+        let found =
+            "mysql://u\u{18}[::1]:3306/d?table=tu@[::1]:33\u{10}6/d&key=k&blob=b&updated_at=u";
+        for text in [
+            found,
+            "mysql://u[::1]:3306/d?table=t&key=k&blob=b",
+            "postgres://h]:5432/d?table=t&key=k&blob=b",
+            "postgres://[::1]x/d?table=t&key=k&blob=b",
+            "postgres://[[::1]]:5432/d?table=t&key=k&blob=b",
+        ] {
+            let error = TableLocation::parse(text).unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::InvalidInput, "{text}");
+        }
+        check(
+            "postgres://u@[::1]:5432/d?table=t&key=k&blob=b",
+            "postgres://u@[::1]:5432/d?table=t&key=k&blob=b",
+        );
+        check(
+            "postgres://[fe80::1]/d?table=t&key=k&blob=b",
+            "postgres://[fe80::1]/d?table=t&key=k&blob=b",
+        );
     }
 }
