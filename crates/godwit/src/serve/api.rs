@@ -115,8 +115,8 @@ pub async fn create(
 /// check every setting alike.
 pub(super) fn migrate_args(new: &NewMigration) -> Result<MigrateArgs, Failure> {
     for (what, url) in [("source", &new.source), ("dest", &new.dest)] {
-        // A table URL's own reading too: it ends the credentials at the last '@' before the
-        // database, `without_password` at the first.
+        // A table URL's own reading too (it ends the credentials at the last '@' before the
+        // database), as well as `without_password`'s.
         let table_password = matches!(
             godwit_storage::Location::parse(url),
             Ok(godwit_storage::Location::Table(table)) if table.password.is_some()
