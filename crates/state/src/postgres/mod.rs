@@ -79,29 +79,6 @@ pub fn without_password(url: &str) -> String {
     }
 }
 
-#[cfg(test)]
-mod shown {
-    use super::without_password;
-
-    #[test]
-    fn a_password_is_taken_out_whole_whatever_it_holds() {
-        assert_eq!(
-            without_password("postgres://app:s3cret@db:5432/ledger?options=-c"),
-            "postgres://app@db:5432/ledger?options=-c"
-        );
-        // Found by the fuzz run's note: the part after an '@' in the password was shown.
-        assert_eq!(
-            without_password("postgres://app:p@ss/w@rd@db/ledger"),
-            "postgres://app@db/ledger"
-        );
-        assert_eq!(
-            without_password("postgres://db/ledger?user=a@b"),
-            "postgres://db/ledger?user=a@b"
-        );
-        assert_eq!(without_password("ledger.db"), "ledger.db");
-    }
-}
-
 impl PgStore {
     /// Connects to the ledger at `url` (`postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`) and
     /// brings its schema up to date.
@@ -463,5 +440,28 @@ impl Store for PgStore {
         keys: Vec<String>,
     ) -> Result<Vec<KnownObject>, StoreError> {
         self.lookup(migration, keys).await
+    }
+}
+
+#[cfg(test)]
+mod shown {
+    use super::without_password;
+
+    #[test]
+    fn a_password_is_taken_out_whole_whatever_it_holds() {
+        assert_eq!(
+            without_password("postgres://app:s3cret@db:5432/ledger?options=-c"),
+            "postgres://app@db:5432/ledger?options=-c"
+        );
+        // Found by the fuzz run's note: the part after an '@' in the password was shown.
+        assert_eq!(
+            without_password("postgres://app:p@ss/w@rd@db/ledger"),
+            "postgres://app@db/ledger"
+        );
+        assert_eq!(
+            without_password("postgres://db/ledger?user=a@b"),
+            "postgres://db/ledger?user=a@b"
+        );
+        assert_eq!(without_password("ledger.db"), "ledger.db");
     }
 }
