@@ -37,7 +37,9 @@ pub use plan::{Ledger, PartitionPlan, Plan, plan};
 pub use progress::Progress;
 pub use recheck::Recheck;
 pub use scan::check;
-pub use transfer::{ConditionsFound, Guarantees, MetadataOptions, TransferOptions};
+pub use transfer::{
+    ConditionsFound, DEFAULT_MEMORY_BUDGET, Guarantees, MetadataOptions, TransferOptions,
+};
 pub use units::{BadRule, KeyRule, Units};
 pub use validate::{Difference, PartitionReport, Validation, validate};
 

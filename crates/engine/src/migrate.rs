@@ -138,6 +138,9 @@ pub struct Summary {
     /// How each guarantee held on this destination (what it enforces, and the safe routes taken
     /// where it does not).
     pub guarantees: Guarantees,
+    /// How objects above 64 MiB were sent (one PUT or parts), and what the destination was
+    /// measured to do that made the choice; `None` when no object needed it.
+    pub large_objects: Option<String>,
     /// Objects the ledger counted as done that the destination no longer held (or held with
     /// another size or ETag) when this run began: queued again. Checked when a finished
     /// migration is run again, unless `--trust-ledger`.
@@ -308,6 +311,7 @@ impl Migrator {
         let mut summary = self.summary(&migration, pass_number, &tally, problems, started);
         summary.status = status;
         summary.guarantees = transfers.guarantees();
+        summary.large_objects = transfers.large_objects();
         summary.missing_at_destination = rechecked.missing + rechecked.changed;
         summary.changed_at_destination = rechecked.changed;
         summary.this_pass = self.store.pass_counts(migration.id, pass_number).await?;
@@ -370,6 +374,7 @@ impl Migrator {
         let mut summary = self.summary(migration, pass, &tally, problems, started);
         summary.status = status;
         summary.guarantees = transfers.guarantees();
+        summary.large_objects = transfers.large_objects();
         self.count_elsewhere(&mut summary, migration.id, only)
             .await?;
         Ok(summary)
@@ -560,6 +565,7 @@ impl Migrator {
             throttled: Progress::get(&self.progress.n_throttled),
             backoffs: Progress::get(&self.progress.n_backoffs),
             guarantees: Guarantees::of(None),
+            large_objects: None,
             missing_at_destination: 0,
             changed_at_destination: 0,
             groups_committed_this_run: Progress::get(&self.progress.n_groups_committed),

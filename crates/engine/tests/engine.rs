@@ -416,7 +416,7 @@ fn options() -> MigrateOptions {
     MigrateOptions {
         concurrency: 4,
         transfer: TransferOptions {
-            multipart_threshold: 6 << 20,
+            multipart_threshold: Some(6 << 20),
             part_size: 5 << 20,
             part_concurrency: 2,
             max_attempts: 3,

@@ -164,22 +164,33 @@ pub struct MigrateArgs {
     /// throughput it measures, up to this.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub concurrency: u32,
-    /// Objects larger than this are uploaded in parallel parts.
-    #[arg(long, default_value = "64MiB", value_name = "SIZE")]
-    pub multipart_threshold: Size,
+    /// Objects larger than this are uploaded in parallel parts. Default: chosen from what the
+    /// destination is measured to do: objects up to 64 MiB go in one PUT; larger ones too where
+    /// the server keeps no checksum of multipart objects and one request is fast enough to send
+    /// the object within 2 s (and it fits 3/4 of --memory-budget), else in parts.
+    #[arg(long, value_name = "SIZE")]
+    pub multipart_threshold: Option<Size>,
     /// The part size of multipart uploads (it grows so no object needs more than 10,000 parts).
     #[arg(long, default_value = "16MiB", value_name = "SIZE")]
     pub part_size: Size,
     /// Parts of one object in flight at once.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub part_concurrency: u32,
-    /// Object data held in memory at once, across all transfers.
-    #[arg(long, default_value = "1GiB", value_name = "SIZE")]
+    /// Object data held in memory at once, across all transfers (an object sent in one PUT is
+    /// held whole; a multipart object, its parts in flight).
+    #[arg(long, default_value = "192MiB", value_name = "SIZE")]
     pub memory_budget: Size,
     /// Read every object through godwit even when the destination could copy it server-side
     /// (same endpoint, conditional copies): slower, but every byte is checked by godwit.
     #[arg(long)]
     pub no_server_side_copy: bool,
+    /// Where the destination would copy onto an existing key (it ignores If-None-Match on
+    /// CopyObject, as s3s-fs does), copy server-side all the same after a HEAD shows the key
+    /// free: faster, but a writer racing in between could be overwritten (as with other tools'
+    /// server-side copies). The summary's guarantees say so.
+    #[arg(long, conflicts_with = "no_server_side_copy")]
+    #[serde(default)]
+    pub racy_server_side_copy: bool,
     /// Send every object with this Content-Type (instead of what its source serves, or the type
     /// guessed from a file's name).
     #[arg(long, value_name = "TYPE")]
@@ -439,6 +450,11 @@ pub struct ServeS3Args {
     /// Create these buckets (sub-directories) before serving.
     #[arg(long, value_name = "NAME")]
     pub bucket: Vec<String>,
+    /// For benchmarks: one PutObject request carries at most this many bytes a second (e.g.
+    /// `50MiB`), as on AWS, where a request's throughput is capped and parallel parts carry
+    /// more. Parts are not slowed.
+    #[arg(long, value_name = "SIZE")]
+    pub put_rate: Option<Size>,
 }
 
 #[derive(Debug, Args)]

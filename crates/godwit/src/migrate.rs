@@ -260,7 +260,10 @@ pub async fn open_with(
             render::bytes(args.part_size.0)
         ));
     }
-    if args.multipart_threshold.0 > 5 << 30 {
+    if args
+        .multipart_threshold
+        .is_some_and(|size| size.0 > 5 << 30)
+    {
         return Err(
             "--multipart-threshold: S3 takes at most 5 GiB in one PUT; choose 5GiB or less"
                 .to_owned(),
@@ -314,11 +317,12 @@ pub async fn open_with(
         concurrency: args.concurrency as usize,
         filter,
         transfer: TransferOptions {
-            multipart_threshold: args.multipart_threshold.0,
+            multipart_threshold: args.multipart_threshold.map(|size| size.0),
             part_size: args.part_size.0,
             part_concurrency: args.part_concurrency as usize,
             max_attempts: args.max_attempts,
             memory_budget: args.memory_budget.0,
+            racy_server_side_copy: args.racy_server_side_copy,
             metadata: MetadataOptions {
                 content_type: args.content_type.clone(),
                 user: args.metadata.iter().cloned().collect(),

@@ -1,6 +1,6 @@
 //! `godwit serve-s3`: a local S3 endpoint on a directory, to try godwit with nothing else installed.
 
-use godwit_s3_server::LocalS3;
+use godwit_s3_server::{LocalS3, ServerOptions};
 
 use crate::cli::ServeS3Args;
 use crate::exit;
@@ -23,7 +23,19 @@ pub async fn run(args: ServeS3Args) -> anyhow::Result<u8> {
             )));
         }
     }
-    let server = match LocalS3::start(&args.dir, args.listen, &access_key, &secret_key).await {
+    let options = ServerOptions {
+        put_rate: args.put_rate.map(|rate| rate.0),
+        ..ServerOptions::default()
+    };
+    let server = match LocalS3::start_with(
+        &args.dir,
+        args.listen,
+        &access_key,
+        &secret_key,
+        options,
+    )
+    .await
+    {
         Ok(server) => server,
         Err(error) => {
             return Ok(crate::render::fail(error));

@@ -49,6 +49,9 @@ pub enum Conditions {
     /// ahead, as on the S3-compatible servers that accept the headers and ignore them. For
     /// tests of godwit's fallbacks only.
     Ignored,
+    /// As s3s-fs alone: enforced on PutObject and CompleteMultipartUpload, but a CopyObject
+    /// with `If-None-Match: *` copies over an existing key all the same.
+    CopiesUnconditional,
 }
 
 /// How the endpoint behaves beside storing objects: test knobs, each standing in for a kind of
@@ -59,6 +62,10 @@ pub struct ServerOptions {
     pub conditions: Conditions,
     /// Each PutObject waits this long first, as a distant or busy server would.
     pub put_delay: std::time::Duration,
+    /// Bytes a second one PutObject request carries at most (it takes at least its size at this
+    /// rate), as on AWS, where a request's throughput is capped and parallel parts carry more.
+    /// Parts are not slowed. `None`: as fast as it goes.
+    pub put_rate: Option<u64>,
     /// Each ListObjectsV2 waits this long first (a listing slow enough to be stopped half-way).
     pub list_delay: std::time::Duration,
     /// Each DeleteObject waits this long first (a rollback slow enough to be stopped half-way).
@@ -163,6 +170,7 @@ struct Access {
     cuts: Cuts,
     conditions: Conditions,
     put_delay: std::time::Duration,
+    put_rate: Option<u64>,
     list_delay: std::time::Duration,
     delete_delay: std::time::Duration,
     /// Keys ending with this are refused while `unreadable_suffix` holds.
@@ -300,6 +308,10 @@ impl S3Access for Access {
         if !self.put_delay.is_zero() {
             tokio::time::sleep(self.put_delay).await;
         }
+        if let (Some(rate), Some(len)) = (self.put_rate, req.input.content_length) {
+            let seconds = len.max(0) as f64 / rate.max(1) as f64;
+            tokio::time::sleep(std::time::Duration::from_secs_f64(seconds)).await;
+        }
         Ok(())
     }
 
@@ -355,7 +367,10 @@ impl S3Access for Access {
         &self,
         req: &mut s3s::S3Request<s3s::dto::CopyObjectInput>,
     ) -> s3s::S3Result<()> {
-        if self.conditions == Conditions::Ignored {
+        if matches!(
+            self.conditions,
+            Conditions::Ignored | Conditions::CopiesUnconditional
+        ) {
             return Ok(());
         }
         let wants_new = req
@@ -684,6 +699,7 @@ impl LocalS3 {
             cuts: cuts.clone(),
             conditions: options.conditions,
             put_delay: options.put_delay,
+            put_rate: options.put_rate,
             list_delay: options.list_delay,
             delete_delay: options.delete_delay,
             unreadable_suffix: Arc::clone(&refusing),

@@ -173,6 +173,10 @@ pub struct CopyOrigin {
 pub enum CopySupport {
     /// Same endpoint, and the server refuses a copy onto an existing key (`If-None-Match: *`).
     Conditional,
+    /// Same endpoint, but the server would copy onto an existing key (it ignores
+    /// `If-None-Match: *` on CopyObject): only with a look at the key first, which a writer
+    /// racing in between defeats (`--racy-server-side-copy`). The reason, for the log.
+    Unconditional(String),
     /// Not possible, or not safe: the reason, for the log.
     No(String),
 }
@@ -377,6 +381,20 @@ impl Conditions {
             copy_if_none_match: unknown(),
         }
     }
+}
+
+/// What a destination was measured to do with large writes (see
+/// [`Destination::large_writes`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LargeWrites {
+    /// Bytes a second that one PutObject request carried, alone, for a probe object of
+    /// [`s3::RATE_PROBE_SIZE`] bytes.
+    pub put_rate: Option<f64>,
+    /// Whether an object made by a multipart upload keeps its full-object CRC-64/NVME (HEAD
+    /// shows it), so that godwit need not read or hash it again to prove it.
+    pub multipart_checksums: Option<bool>,
+    /// Why a measurement is missing.
+    pub note: Option<String>,
 }
 
 /// A multipart upload open at the destination.
@@ -588,6 +606,15 @@ pub trait Destination: Send + Sync {
     async fn conditions(&self) -> Conditions {
         Conditions::unknown("the destination cannot be probed")
     }
+    /// What the destination does with large writes, for the choice between one PUT and a
+    /// multipart upload: measured with probe objects of godwit's own when first asked. Not
+    /// remembered: the engine asks once a run.
+    async fn large_writes(&self) -> LargeWrites {
+        LargeWrites {
+            note: Some("the destination cannot be probed".to_owned()),
+            ..LargeWrites::default()
+        }
+    }
     /// Whether this destination can copy from `origin` server-side, still conditionally. May write
     /// and delete probe objects of its own to find out.
     async fn copy_support(&self, origin: &CopyOrigin) -> CopySupport {
@@ -598,7 +625,8 @@ pub trait Destination: Send + Sync {
     /// `key` (then [`Written::Refused`]) or the source is no longer `source` (then an error of
     /// kind [`ErrorKind::SourceChanged`]). The copy keeps the source's metadata, or takes
     /// `metadata` instead when given; its tags when `tags`. Only called after
-    /// [`Destination::copy_support`] answered [`CopySupport::Conditional`], for objects up to
+    /// [`Destination::copy_support`] answered [`CopySupport::Conditional`] (or
+    /// [`CopySupport::Unconditional`], after a look at the key), for objects up to
     /// [`MAX_COPY_SIZE`].
     async fn copy_new(
         &self,

@@ -45,7 +45,7 @@ pub struct ConditionsFound {
 }
 
 const ENFORCED: &str = "enforced by server";
-const RACY: &str = "checked before write (racy)";
+pub(super) const RACY: &str = "checked before write (racy)";
 const NOT_PROBED: &str = "not probed (nothing was written)";
 
 fn text(enforcement: &Enforcement) -> String {

@@ -16,6 +16,7 @@ mod etag;
 mod guarantees;
 mod own;
 mod retry;
+mod route;
 mod server_side;
 mod single;
 mod upload;
@@ -47,8 +48,9 @@ use upload::{MULTIPART_OBJECTS, UNKNOWN};
 /// How objects are copied.
 #[derive(Debug, Clone)]
 pub struct TransferOptions {
-    /// Objects larger than this go multipart.
-    pub multipart_threshold: u64,
+    /// Objects larger than this go multipart; `None`: chosen from what the destination is
+    /// measured to do (see `route`).
+    pub multipart_threshold: Option<u64>,
     /// The smallest part size; it grows so that no object needs more parts than the destination allows.
     pub part_size: u64,
     /// Parts of one object in flight at once.
@@ -58,6 +60,10 @@ pub struct TransferOptions {
     pub max_attempts: u32,
     /// Bytes of object data held in memory at once, across all transfers.
     pub memory_budget: u64,
+    /// Where the destination would copy onto an existing key (it ignores `If-None-Match` on
+    /// CopyObject), copy server-side all the same, after a HEAD showed the key free: racy, as
+    /// the other tools' server-side copies are, and said so in the summary.
+    pub racy_server_side_copy: bool,
     /// What is sent with every object beside what its source serves.
     pub metadata: MetadataOptions,
 }
@@ -92,14 +98,19 @@ impl MetadataOptions {
     }
 }
 
+/// The default memory budget: enough for a 128 MiB object sent whole beside the parts and small
+/// objects in flight, and within 256 MiB of RSS on the bench's large case.
+pub const DEFAULT_MEMORY_BUDGET: u64 = 192 << 20;
+
 impl Default for TransferOptions {
     fn default() -> Self {
         Self {
-            multipart_threshold: 64 << 20,
+            multipart_threshold: None,
             part_size: 16 << 20,
             part_concurrency: 8,
             max_attempts: 3,
-            memory_budget: 1 << 30,
+            memory_budget: DEFAULT_MEMORY_BUDGET,
+            racy_server_side_copy: false,
             metadata: MetadataOptions::default(),
         }
     }
@@ -128,10 +139,15 @@ pub(crate) struct Transfers {
     copy_from: tokio::sync::OnceCell<Option<CopyOrigin>>,
     /// Cleared when the destination turns server-side copies down mid-run.
     copy_from_on: AtomicBool,
+    /// Set when the destination's server-side copies are unconditional and the options take
+    /// them anyway: each copy looks at the key first.
+    copies_racy: AtomicBool,
     /// Whether the destination keeps a checksum of multipart objects: `UNKNOWN`, `KEPT`, `NOT_KEPT`.
     multipart_checksums: AtomicU8,
     /// What the destination enforces, probed before the first write.
     conditions: OnceCell<Conditions>,
+    /// How objects above `route::ALWAYS_SINGLE` go, measured when the first needs it.
+    large_route: OnceCell<route::LargeRoute>,
     /// Whether the warning that uploads cannot be listed was given.
     unlisted_uploads_said: AtomicBool,
     /// Whether the warning that the source keeps no tags was given.
@@ -195,10 +211,12 @@ impl Transfers {
             budget: Semaphore::new(permits),
             multipart_objects: Semaphore::new(MULTIPART_OBJECTS),
             copy_from_on: AtomicBool::new(true),
+            copies_racy: AtomicBool::new(false),
             copy_candidate,
             copy_from: tokio::sync::OnceCell::new(),
             multipart_checksums: AtomicU8::new(UNKNOWN),
             conditions: OnceCell::new(),
+            large_route: OnceCell::new(),
             unlisted_uploads_said: AtomicBool::new(false),
             untagged_said: AtomicBool::new(false),
         }
@@ -221,7 +239,15 @@ impl Transfers {
 
     /// How the guarantees held in this run (what the probe found, if it ran).
     pub fn guarantees(&self) -> Guarantees {
-        Guarantees::of(self.conditions.get())
+        let mut guarantees = Guarantees::of(self.conditions.get());
+        if self.copies_racy.load(std::sync::atomic::Ordering::Relaxed) {
+            guarantees.no_overwrite = format!(
+                "{}; server-side copies: {} (--racy-server-side-copy: the server ignores If-None-Match on CopyObject)",
+                guarantees.no_overwrite,
+                guarantees::RACY
+            );
+        }
+        guarantees
     }
 
     /// Reads the whole object and its metadata within the memory budget.
@@ -441,7 +467,7 @@ impl Transfers {
         &self,
         job: &mut Job<'_>,
     ) -> Result<Result<Done, StorageError>, StoreError> {
-        if job.meta.size > self.options.multipart_threshold {
+        if self.goes_multipart(job.meta.size).await {
             let _turn = self
                 .multipart_objects
                 .acquire()

@@ -46,6 +46,19 @@ impl Transfers {
                         tracing::info!("the destination copies objects server-side");
                         Some(candidate.clone())
                     }
+                    CopySupport::Unconditional(why) if self.options.racy_server_side_copy => {
+                        tracing::warn!(
+                            "--racy-server-side-copy: the destination copies objects server-side after a look at each key ({why}); a writer racing in between could be overwritten"
+                        );
+                        self.copies_racy.store(true, Ordering::Relaxed);
+                        Some(candidate.clone())
+                    }
+                    CopySupport::Unconditional(why) => {
+                        tracing::warn!(
+                            "no server-side copies; streaming objects through godwit: {why} (--racy-server-side-copy copies server-side after a look at each key, racy as other tools are)"
+                        );
+                        None
+                    }
                     CopySupport::No(why)
                         if self.dest.endpoint() == Some(candidate.endpoint.as_str()) =>
                     {
@@ -144,6 +157,12 @@ impl Transfers {
             None
         };
         job.sent = metadata.clone();
+        if self.copies_racy.load(Ordering::Relaxed)
+            && let Some(found) = self.dest.head(&source.key).await?
+        {
+            // The server would copy over it: settle what is there as a refused copy would.
+            return self.settle_copy(job, source, found).await;
+        }
         let sent_at = std::time::SystemTime::now();
         let answer = self
             .dest
@@ -162,15 +181,24 @@ impl Transfers {
             }
             Written::Refused => {
                 let found = self.head_taken(source, "copy").await?;
-                let comparison = self.compare_copy(source, &found).await?;
-                Ok(match job.own.judge(&found, comparison) {
-                    // godwit's own earlier copy: replaced by the streamed route, which can say
-                    // which object it replaces.
-                    Taken::Replace(_) => None,
-                    taken => Some(self.settled(source, found.crc64nvme, found, taken)),
-                })
+                self.settle_copy(job, source, found).await
             }
         }
+    }
+
+    /// The key of a copy holds `found`: already present, a conflict, or godwit's own earlier
+    /// copy, which the streamed route replaces (it can say which object it replaces).
+    async fn settle_copy(
+        &self,
+        job: &mut Job<'_>,
+        source: &ObjectMeta,
+        found: DestObject,
+    ) -> Result<Option<Done>, StorageError> {
+        let comparison = self.compare_copy(source, &found).await?;
+        Ok(match job.own.judge(&found, comparison) {
+            Taken::Replace(_) => None,
+            taken => Some(self.settled(source, found.crc64nvme, found, taken)),
+        })
     }
 
     /// Checks a server-side copy just made of `source`: its ETag equal to the source's proves

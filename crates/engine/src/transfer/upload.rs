@@ -23,8 +23,8 @@ use crate::progress::Progress;
 
 /// Whether the destination keeps a checksum of multipart objects: `UNKNOWN`, `KEPT`, `NOT_KEPT`.
 pub(super) const UNKNOWN: u8 = 0;
-const KEPT: u8 = 1;
-const NOT_KEPT: u8 = 2;
+pub(super) const KEPT: u8 = 1;
+pub(super) const NOT_KEPT: u8 = 2;
 
 /// Multipart objects streamed through godwit at once, each with `part_concurrency` parts in
 /// parallel, so large objects finish one after another. Spreading the same parts over every large

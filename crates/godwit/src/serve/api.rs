@@ -164,6 +164,9 @@ pub(super) fn migrate_args(new: &NewMigration) -> Result<MigrateArgs, Failure> {
     if new.no_server_side_copy {
         argv.push("--no-server-side-copy".into());
     }
+    if new.racy_server_side_copy {
+        argv.push("--racy-server-side-copy".into());
+    }
     argv.extend(["--".into(), new.source.clone(), new.dest.clone()]);
     let parsed = <Cli as clap::Parser>::try_parse_from(argv).map_err(|error| {
         // clap's first line says what is wrong; the usage after it is the CLI's.

@@ -235,6 +235,10 @@ pub struct NewMigration {
     /// Read every object through godwit, even where the destination could copy it.
     #[serde(default)]
     pub no_server_side_copy: bool,
+    /// Where the destination ignores If-None-Match on CopyObject, copy server-side after a HEAD
+    /// (racy, said in the summary's guarantees).
+    #[serde(default)]
+    pub racy_server_side_copy: bool,
     /// POST each cutover to this URL.
     pub cutover_webhook: Option<String>,
 }

@@ -14,9 +14,9 @@ use tokio::sync::OnceCell;
 use super::{Bucket, copy_source};
 use crate::{
     Conditions, CopyOrigin, CopySupport, Crc64Nvme, DestObject, Destination,
-    DestinationCapabilities, Encryption, Enforcement, ErrorKind, Listing, Location, Metadata,
-    ObjectMeta, OpenUpload, Precondition, StorageError, UploadedPart, WriteReceipt, WriteSettings,
-    Written,
+    DestinationCapabilities, Encryption, Enforcement, ErrorKind, LargeWrites, Listing, Location,
+    Metadata, ObjectMeta, OpenUpload, Precondition, StorageError, UploadedPart, WriteReceipt,
+    WriteSettings, Written,
 };
 
 /// An S3 bucket (below a prefix) as a destination.
@@ -26,14 +26,6 @@ pub struct S3Destination {
     pub(super) write: WriteSettings,
     /// What the server enforces, probed once.
     pub(super) conditions: OnceCell<Conditions>,
-}
-
-/// No retries inside the SDK for a conditional write: a retry of a write whose answer was lost
-/// would meet the write itself and look like a refusal. The engine sees every attempt, knows which
-/// may have landed, and retries itself.
-fn answered_once() -> aws_sdk_s3::config::Builder {
-    aws_sdk_s3::config::Builder::default()
-        .retry_config(aws_smithy_types::retry::RetryConfig::disabled())
 }
 
 /// Sets the headers of `$metadata` on a PutObject, CreateMultipartUpload or CopyObject request.
@@ -134,7 +126,7 @@ impl Destination for S3Destination {
     ) -> Result<Written, StorageError> {
         let b = &self.bucket;
         let request = b
-            .client()
+            .client_once()
             .put_object()
             .bucket(&b.name)
             .key(b.key(key))
@@ -150,7 +142,6 @@ impl Destination for S3Destination {
         let answer = request
             .set_tagging(metadata.tags.clone())
             .customize()
-            .config_override(answered_once())
             // The CRC-64/NVME header already protects the body; hashing it again for the
             // signature would cost a pass over every byte.
             .disable_payload_signing()
@@ -249,7 +240,7 @@ impl Destination for S3Destination {
             .collect();
         let size: u64 = parts.iter().map(|p| p.size).sum();
         let request = b
-            .client()
+            .client_once()
             .complete_multipart_upload()
             .bucket(&b.name)
             .key(b.key(key))
@@ -266,11 +257,7 @@ impl Destination for S3Destination {
             Precondition::Absent => request.if_none_match("*"),
             Precondition::Etag(etag) => request.if_match(etag),
         };
-        let answer = request
-            .customize()
-            .config_override(answered_once())
-            .send()
-            .await;
+        let answer = request.send().await;
         match answer {
             Ok(out) => Ok(Written::Created(receipt(
                 out.e_tag(),
@@ -361,7 +348,7 @@ impl Destination for S3Destination {
         }
         match self.conditions().await.copy_if_none_match {
             Enforcement::Enforced => CopySupport::Conditional,
-            Enforcement::Ignored => CopySupport::No(format!(
+            Enforcement::Ignored => CopySupport::Unconditional(format!(
                 "{} ignores If-None-Match on CopyObject: a server-side copy could replace an object",
                 b.s3.endpoint
             )),
@@ -376,6 +363,10 @@ impl Destination for S3Destination {
             .clone()
     }
 
+    async fn large_writes(&self) -> LargeWrites {
+        super::probe::probe_large_writes(self).await
+    }
+
     async fn copy_new(
         &self,
         key: &str,
@@ -386,7 +377,7 @@ impl Destination for S3Destination {
     ) -> Result<Written, StorageError> {
         let b = &self.bucket;
         let mut request = b
-            .client()
+            .client_once()
             .copy_object()
             .bucket(&b.name)
             .key(b.key(key))
@@ -412,12 +403,7 @@ impl Destination for S3Destination {
         if !source.version.is_empty() {
             request = request.copy_source_if_match(&source.version);
         }
-        match request
-            .customize()
-            .config_override(answered_once())
-            .send()
-            .await
-        {
+        match request.send().await {
             Ok(out) => {
                 let result = out.copy_object_result();
                 Ok(Written::Created(receipt(

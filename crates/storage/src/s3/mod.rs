@@ -19,6 +19,7 @@ mod source;
 mod tls;
 
 pub use destination::S3Destination;
+pub use probe::RATE_PROBE_SIZE;
 pub use source::S3Source;
 
 use aws_sdk_s3::Client;
@@ -78,6 +79,11 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
 #[derive(Clone)]
 pub struct S3Client {
     client: Client,
+    /// The same client without the SDK's retries, for conditional writes: a retry of a write
+    /// whose answer was lost would meet the write itself and look like a refusal. The engine sees
+    /// every attempt, knows which may have landed, and retries itself. A client of its own, not a
+    /// per-request override, which costs the SDK a layer of configuration on every request.
+    once: Client,
     /// The endpoint as resolved, normalized (see [`endpoint::normalize`]), or [`endpoint::AWS`].
     endpoint: String,
     /// Where its credentials come from.
@@ -166,8 +172,13 @@ impl S3Client {
             );
         }
         tracing::debug!(%endpoint, credentials = ?chosen.origin, "S3 client");
+        let once = config
+            .clone()
+            .retry_config(aws_smithy_types::retry::RetryConfig::disabled())
+            .build();
         Ok(Self {
             client: Client::from_conf(config.build()),
+            once: Client::from_conf(once),
             endpoint,
             origin: std::sync::Arc::new(chosen.origin),
         })
@@ -219,6 +230,11 @@ impl Bucket {
 
     fn client(&self) -> &Client {
         &self.s3.client
+    }
+
+    /// The client whose requests are sent once, never retried by the SDK.
+    fn client_once(&self) -> &Client {
+        &self.s3.once
     }
 
     /// Turns an SDK error into a [`StorageError`] whose message names `op` and `key`.

@@ -10,8 +10,17 @@ use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 
-use super::{Bucket, copy_source};
-use crate::{Conditions, Enforcement, StorageError};
+use bytes::Bytes;
+
+use super::{Bucket, S3Destination, copy_source};
+use crate::{
+    Conditions, Crc64Nvme, Destination, Enforcement, ErrorKind, LargeWrites, Metadata,
+    Precondition, StorageError, UploadedPart, Written,
+};
+
+/// The size of the probe object whose single PUT is timed: large enough that the time is the
+/// server's throughput rather than its round trip, small enough to cost a fraction of a second.
+pub const RATE_PROBE_SIZE: usize = 16 << 20;
 
 /// An ETag no object has: a write or delete conditional on it must be refused.
 const NO_SUCH_ETAG: &str = "\"00000000000000000000000000000000\"";
@@ -23,10 +32,7 @@ impl Bucket {
     /// (412) that it should refuse. Then deletes the probe objects, and what an earlier probe
     /// left (see [`Bucket::remove_old_probes`]).
     pub(super) async fn probe_conditions(&self) -> Conditions {
-        let nonce = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let base = format!("{PROBE_PREFIX}{}-{nonce:x}", std::process::id());
+        let base = probe_base();
         let (first, second) = (format!("{base}-a"), format!("{base}-b"));
         let mut probe_etag = None;
         let conditions = match self.try_conditions(&first, &second, &mut probe_etag).await {
@@ -331,6 +337,110 @@ impl Bucket {
     }
 }
 
+/// A name for this probe's objects, unlike any other process's.
+fn probe_base() -> String {
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{PROBE_PREFIX}{}-{nonce:x}", std::process::id())
+}
+
+/// Measures what `dest` does with large writes: one PutObject of [`RATE_PROBE_SIZE`] bytes,
+/// timed, and a one-part multipart upload with a full-object CRC-64/NVME, whose object is then
+/// asked for its checksum. Both probe objects are deleted again. A failed measurement is left
+/// unknown, with why.
+pub(super) async fn probe_large_writes(dest: &S3Destination) -> LargeWrites {
+    let base = probe_base();
+    let mut notes = Vec::new();
+    let rate_key = format!("{base}-rate");
+    let body = Bytes::from(vec![0u8; RATE_PROBE_SIZE]);
+    let crc = crc64nvme(&body);
+    let started = std::time::Instant::now();
+    let written = dest
+        .put(
+            &rate_key,
+            body,
+            crc,
+            &Metadata::default(),
+            &Precondition::Absent,
+        )
+        .await;
+    let elapsed = started.elapsed().as_secs_f64().max(1e-6);
+    let put_rate = match written {
+        Ok(Written::Created(_)) => Some(RATE_PROBE_SIZE as f64 / elapsed),
+        Ok(Written::Refused) => {
+            notes.push("the timed probe PUT was refused".to_owned());
+            None
+        }
+        Err(error) => {
+            notes.push(format!("the timed probe PUT failed: {}", error.message()));
+            None
+        }
+    };
+    dest.bucket.delete_probe(&rate_key).await;
+
+    let multipart_key = format!("{base}-multipart");
+    let multipart_checksums = match multipart_keeps_checksum(dest, &multipart_key).await {
+        Ok(kept) => Some(kept),
+        Err(error) => {
+            notes.push(format!(
+                "the probe multipart upload failed: {}",
+                error.message()
+            ));
+            None
+        }
+    };
+    dest.bucket.delete_probe(&multipart_key).await;
+    LargeWrites {
+        put_rate,
+        multipart_checksums,
+        note: (!notes.is_empty()).then(|| notes.join("; ")),
+    }
+}
+
+/// Whether an object made at `key` by a multipart upload with a full-object CRC-64/NVME shows
+/// that checksum. Some servers complete the upload but send a reply the SDK cannot read (moto):
+/// the object is asked all the same.
+async fn multipart_keeps_checksum(dest: &S3Destination, key: &str) -> Result<bool, StorageError> {
+    let crc = crc64nvme(PROBE_BODY);
+    let upload_id = dest.create_upload(key, true, &Metadata::default()).await?;
+    let filled = async {
+        let etag = dest
+            .upload_part(key, &upload_id, 1, Bytes::from_static(PROBE_BODY), crc)
+            .await?;
+        let part = UploadedPart {
+            part_number: 1,
+            etag,
+            crc64nvme: Some(crc),
+            size: PROBE_BODY.len() as u64,
+        };
+        match dest
+            .complete_upload(key, &upload_id, &[part], Some(crc), &Precondition::Absent)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(error) if error.kind() == ErrorKind::Unclear => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+    .await;
+    if filled.is_err() {
+        let _ = dest.abort_upload(key, &upload_id).await;
+    }
+    filled?;
+    Ok(dest
+        .bucket
+        .head(key)
+        .await?
+        .is_some_and(|found| found.crc64nvme == Some(crc)))
+}
+
+fn crc64nvme(bytes: &[u8]) -> Crc64Nvme {
+    let mut digest = crc64fast_nvme::Digest::new();
+    digest.write(bytes);
+    Crc64Nvme(digest.sum64())
+}
+
 /// The name every probe object starts with, below the destination prefix.
 const PROBE_PREFIX: &str = ".godwit-probe-";
 /// What a probe object holds (the name is older than the probe's other uses; kept so that probes
@@ -341,5 +451,6 @@ const PROBE_BODY: &[u8] = b"godwit: probe for conditional copies";
 /// size.
 pub(super) fn is_probe(key: &str, size: u64) -> bool {
     let name = key.rsplit('/').next().unwrap_or(key);
-    name.starts_with(PROBE_PREFIX) && size == PROBE_BODY.len() as u64
+    name.starts_with(PROBE_PREFIX)
+        && (size == PROBE_BODY.len() as u64 || size == RATE_PROBE_SIZE as u64)
 }
