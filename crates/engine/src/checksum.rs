@@ -11,9 +11,7 @@ const POLY: u64 = 0x9a6c_9329_ac4b_c9b5;
 
 /// The checksum of `bytes`.
 pub fn crc64nvme(bytes: &[u8]) -> Crc64Nvme {
-    let mut digest = crc64fast_nvme::Digest::new();
-    digest.write(bytes);
-    Crc64Nvme(digest.sum64())
+    Crc64Nvme::of(bytes)
 }
 
 /// Multiplies the 64x64 GF(2) matrix `matrix` by `vector`.

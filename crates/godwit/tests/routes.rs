@@ -9,6 +9,14 @@ use support::{Target, bytes, ledger, migrate, path_str, write_tree};
 /// A file just above the size that always goes in one PUT (64 MiB).
 const LARGE: usize = (64 << 20) + (3 << 20);
 
+/// What the summary says of how large objects went.
+fn large_objects(run: &support::Run) -> String {
+    match run.json()["large_objects"].as_str() {
+        Some(route) => route.to_owned(),
+        None => panic!("no large_objects in the summary: {run:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_large_object_goes_whole_where_one_request_is_fast_and_parts_keep_no_checksum() {
     // The in-process server (s3s-fs) keeps no checksum of multipart objects, and one request on
@@ -31,7 +39,7 @@ async fn a_large_object_goes_whole_where_one_request_is_fast_and_parts_keep_no_c
     .await;
 
     assert_eq!(run.code, Some(0), "{run:?}");
-    let route = run.json()["large_objects"].as_str().unwrap().to_owned();
+    let route = large_objects(&run);
     assert!(
         route.starts_with("objects up to ") && route.contains("in one PUT"),
         "{route}"
@@ -74,7 +82,7 @@ async fn a_large_object_goes_in_parts_where_one_request_is_slow() {
     .await;
 
     assert_eq!(run.code, Some(0), "{run:?}");
-    let route = run.json()["large_objects"].as_str().unwrap().to_owned();
+    let route = large_objects(&run);
     assert!(
         route.starts_with("objects above 64 MiB in parts"),
         "{route}"

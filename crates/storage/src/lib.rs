@@ -290,6 +290,13 @@ impl PartLayout {
 pub struct Crc64Nvme(pub u64);
 
 impl Crc64Nvme {
+    /// The CRC-64/NVME of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        let mut digest = crc64fast_nvme::Digest::new();
+        digest.write(bytes);
+        Self(digest.sum64())
+    }
+
     /// The form S3 uses in headers: base64 of the 8 big-endian bytes.
     pub fn to_base64(self) -> String {
         aws_smithy_types::base64::encode(self.0.to_be_bytes())

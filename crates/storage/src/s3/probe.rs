@@ -354,7 +354,7 @@ pub(super) async fn probe_large_writes(dest: &S3Destination) -> LargeWrites {
     let mut notes = Vec::new();
     let rate_key = format!("{base}-rate");
     let body = Bytes::from(vec![0u8; RATE_PROBE_SIZE]);
-    let crc = crc64nvme(&body);
+    let crc = Crc64Nvme::of(&body);
     let started = std::time::Instant::now();
     let written = dest
         .put(
@@ -402,7 +402,7 @@ pub(super) async fn probe_large_writes(dest: &S3Destination) -> LargeWrites {
 /// that checksum. Some servers complete the upload but send a reply the SDK cannot read (moto):
 /// the object is asked all the same.
 async fn multipart_keeps_checksum(dest: &S3Destination, key: &str) -> Result<bool, StorageError> {
-    let crc = crc64nvme(PROBE_BODY);
+    let crc = Crc64Nvme::of(PROBE_BODY);
     let upload_id = dest.create_upload(key, true, &Metadata::default()).await?;
     let filled = async {
         let etag = dest
@@ -433,12 +433,6 @@ async fn multipart_keeps_checksum(dest: &S3Destination, key: &str) -> Result<boo
         .head(key)
         .await?
         .is_some_and(|found| found.crc64nvme == Some(crc)))
-}
-
-fn crc64nvme(bytes: &[u8]) -> Crc64Nvme {
-    let mut digest = crc64fast_nvme::Digest::new();
-    digest.write(bytes);
-    Crc64Nvme(digest.sum64())
 }
 
 /// The name every probe object starts with, below the destination prefix.
