@@ -139,7 +139,8 @@ pub struct Summary {
     /// where it does not).
     pub guarantees: Guarantees,
     /// How objects above 64 MiB were sent (one PUT or parts), and what the destination was
-    /// measured to do that made the choice; `None` when no object needed it.
+    /// measured to do that made the choice; with a fixed threshold, that threshold; `None` when
+    /// no object needed the measurement.
     pub large_objects: Option<String>,
     /// Objects the ledger counted as done that the destination no longer held (or held with
     /// another size or ETag) when this run began: queued again. Checked when a finished
