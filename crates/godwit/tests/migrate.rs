@@ -374,8 +374,13 @@ async fn server_side_copies_send_no_bytes_and_never_replace() {
     let theirs = bytes(99, 3000);
     target.put(&to, "k/01 ü+%#.bin", &theirs).await;
     // What probes of earlier runs left: one that stopped two hours ago (removed), one another
-    // process may be running now (kept), and an old object that only has a probe's name (kept).
+    // process may be running now (kept), and an old object that only has a probe's name (kept);
+    // the same for the 16 MiB of zeros of the timed PUT (`large_objects`): one left two hours ago
+    // (removed), an old one of that name and size holding other bytes (kept).
     let probe = b"godwit: probe for conditional copies";
+    let rate_probe = vec![0u8; 16 << 20];
+    let mut not_rate_probe = rate_probe.clone();
+    not_rate_probe[12345] = 1;
     let two_hours = std::time::Duration::from_secs(7200);
     for (key, body) in [
         (".godwit-probe-1-1-a", &probe[..]),
@@ -384,11 +389,19 @@ async fn server_side_copies_send_no_bytes_and_never_replace() {
             ".godwit-probe-3-3-a",
             &b"godwit: probe for conditional copier"[..],
         ),
+        (".godwit-probe-4-4-rate", &rate_probe[..]),
+        (".godwit-probe-5-5-rate", &not_rate_probe[..]),
     ] {
         target.put(&to, key, body).await;
     }
-    target.age(&to, ".godwit-probe-1-1-a", two_hours);
-    target.age(&to, ".godwit-probe-3-3-a", two_hours);
+    for key in [
+        ".godwit-probe-1-1-a",
+        ".godwit-probe-3-3-a",
+        ".godwit-probe-4-4-rate",
+        ".godwit-probe-5-5-rate",
+    ] {
+        target.age(&to, key, two_hours);
+    }
     let before = requests.all();
 
     let run = migrate(
@@ -443,10 +456,14 @@ async fn server_side_copies_send_no_bytes_and_never_replace() {
         .collect();
     assert_eq!(
         probes,
-        [".godwit-probe-2-2-a", ".godwit-probe-3-3-a"],
+        [
+            ".godwit-probe-2-2-a",
+            ".godwit-probe-3-3-a",
+            ".godwit-probe-5-5-rate"
+        ],
         "probe objects were left, or others taken"
     );
-    assert_eq!(target.keys(&to).await.len(), 22);
+    assert_eq!(target.keys(&to).await.len(), 23);
 
     // Asked not to, godwit reads the objects itself.
     let again = target.bucket("streamed").await;

@@ -34,8 +34,7 @@ impl Bucket {
     pub(super) async fn probe_conditions(&self) -> Conditions {
         let base = probe_base();
         let (first, second) = (format!("{base}-a"), format!("{base}-b"));
-        let mut probe_etag = None;
-        let conditions = match self.try_conditions(&first, &second, &mut probe_etag).await {
+        let conditions = match self.try_conditions(&first, &second).await {
             Ok(conditions) => conditions,
             Err(error) => Conditions::unknown(&format!(
                 "the probe of the destination's conditions failed: {}",
@@ -45,21 +44,13 @@ impl Bucket {
         for key in [&first, &second] {
             self.delete_probe(key).await;
         }
-        if let Some(etag) = probe_etag {
-            self.remove_old_probes(&etag).await;
-        }
+        self.remove_old_probes().await;
         conditions
     }
 
-    async fn try_conditions(
-        &self,
-        first: &str,
-        second: &str,
-        probe_etag: &mut Option<String>,
-    ) -> Result<Conditions, StorageError> {
+    async fn try_conditions(&self, first: &str, second: &str) -> Result<Conditions, StorageError> {
         for key in [first, second] {
-            let written = self
-                .client()
+            self.client()
                 .put_object()
                 .bucket(&self.name)
                 .key(self.key(key))
@@ -68,7 +59,6 @@ impl Bucket {
                 .send()
                 .await
                 .map_err(|err| self.error("writing a probe object", Some(key), err))?;
-            *probe_etag = written.e_tag().map(str::to_owned);
         }
         let put = |condition: fn(
             aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder,
@@ -267,10 +257,11 @@ impl Bucket {
     }
 
     /// Deletes probe objects a run that stopped mid-probe left behind: only objects named as
-    /// godwit names them, holding exactly its probe body (the same ETag as the probe just written,
-    /// checked again by the delete's `If-Match`), and older than an hour, so a probe another
-    /// process is running is left alone. Best effort: a failure is only logged.
-    async fn remove_old_probes(&self, probe_etag: &str) {
+    /// godwit names them, older than an hour (a probe another process is running is left alone),
+    /// holding exactly what one of godwit's probes writes — the probe body (conditions, and the
+    /// one-part multipart upload) or the [`RATE_PROBE_SIZE`] zeros of the timed PUT — read back
+    /// under the ETag the delete's `If-Match` then names. Best effort: a failure is only logged.
+    async fn remove_old_probes(&self) {
         let cutoff = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
         let listed = self
             .client()
@@ -294,33 +285,23 @@ impl Bucket {
                 .last_modified()
                 .and_then(|t| std::time::SystemTime::try_from(*t).ok())
                 .is_some_and(|t| t < cutoff);
-            let Some(key) = object
-                .key()
-                .filter(|_| old && object.size() == Some(PROBE_BODY.len() as i64))
-            else {
+            let size = object.size().and_then(|size| u64::try_from(size).ok());
+            let (Some(key), Some(size)) = (object.key(), size) else {
                 continue;
             };
-            // Some listings (s3s-fs) carry no ETags: ask for this one.
-            let etag = match object.e_tag() {
-                Some(etag) => Some(etag.to_owned()),
-                None => {
-                    let relative = key.strip_prefix(self.prefix.as_str()).unwrap_or(key);
-                    self.head(relative)
-                        .await
-                        .ok()
-                        .flatten()
-                        .and_then(|o| o.etag)
-                }
-            };
-            if etag.as_deref() != Some(probe_etag) {
+            let relative = key.strip_prefix(self.prefix.as_str()).unwrap_or(key);
+            if !old || !is_probe(relative, size) {
                 continue;
             }
+            let Some(etag) = self.probe_written(relative, object.e_tag(), size).await else {
+                continue;
+            };
             match self
                 .client()
                 .delete_object()
                 .bucket(&self.name)
                 .key(key)
-                .if_match(probe_etag)
+                .if_match(&etag)
                 .send()
                 .await
             {
@@ -334,6 +315,23 @@ impl Bucket {
                 ),
             }
         }
+    }
+
+    /// The ETag of the object at `key` (`size` bytes, `listed` the listing's ETag if it gave
+    /// one) when it holds what a probe writes, read back under that ETag; else `None`.
+    async fn probe_written(&self, key: &str, listed: Option<&str>, size: u64) -> Option<String> {
+        // Some listings (s3s-fs) carry no ETags: ask for this one.
+        let etag = match listed {
+            Some(etag) => etag.to_owned(),
+            None => self.head(key).await.ok().flatten()?.etag?,
+        };
+        let body = self.read(key, Some(&etag), 0, size).await.ok()?;
+        let written = if size == RATE_PROBE_SIZE as u64 {
+            body.iter().all(|&byte| byte == 0)
+        } else {
+            body == PROBE_BODY
+        };
+        written.then_some(etag)
     }
 }
 
