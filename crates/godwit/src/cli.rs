@@ -61,7 +61,8 @@ pub enum Command {
     /// ledger, and run workers in-process (unless --no-workers). Every page and call needs the
     /// token: GODWIT_TOKEN, --token-file, or one generated on first start (its file is printed).
     Serve(ServeArgs),
-    /// Serve a directory as a local S3 endpoint (each sub-directory is a bucket).
+    /// Serve a directory as a local S3 endpoint (each sub-directory is a bucket; listings carry
+    /// ETags, as AWS S3's do).
     ServeS3(ServeS3Args),
     /// Run a self-contained demonstration: sample data, a local S3 endpoint, a migration, a re-run.
     Demo(DemoArgs),

@@ -25,6 +25,8 @@ pub async fn run(args: ServeS3Args) -> anyhow::Result<u8> {
     }
     let options = ServerOptions {
         put_rate: args.put_rate.map(|rate| rate.0),
+        // As AWS S3 lists objects: with their ETags.
+        listing_etags: true,
         ..ServerOptions::default()
     };
     let server = match LocalS3::start_with(

@@ -180,3 +180,48 @@ async fn racy_server_side_copies_look_first_and_say_so() {
         assert_eq!(target.get(&to, &format!("k/{i}.bin")).await, bytes(i, 2000));
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_side_copy_is_one_request_where_the_listing_gives_etags() {
+    // The copy names the source's ETag (`x-amz-copy-source-if-match`): from the listing where it
+    // gives one (AWS does), else from a HEAD of each object (s3s-fs lists none).
+    for listing_etags in [true, false] {
+        let target = Target::with_options(ServerOptions {
+            listing_etags,
+            ..ServerOptions::default()
+        })
+        .await;
+        let requests = target.requests().unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let from = target.bucket("from").await;
+        let to = target.bucket("to").await;
+        for i in 0..6u64 {
+            target
+                .put(&from, &format!("k/{i}.bin"), &bytes(i, 2000))
+                .await;
+        }
+        let before = requests.all();
+
+        let run = migrate(
+            &target,
+            &format!("s3://{from}"),
+            &format!("s3://{to}"),
+            &ledger(&work),
+            &[],
+        )
+        .await;
+
+        assert_eq!(run.code, Some(0), "{run:?}");
+        assert_eq!(run.n("copied_server_side_this_run"), 6, "{run:?}");
+        let sent = |op: &str| requests.get(op) - before.get(op).copied().unwrap_or(0);
+        assert_eq!(sent("CopyObject"), 6);
+        assert_eq!(
+            sent("HeadObject"),
+            if listing_etags { 0 } else { 6 },
+            "listing ETags: {listing_etags}"
+        );
+        for i in 0..6u64 {
+            assert_eq!(target.get(&to, &format!("k/{i}.bin")).await, bytes(i, 2000));
+        }
+    }
+}

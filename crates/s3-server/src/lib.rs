@@ -17,6 +17,10 @@
 //! - ListMultipartUploads answers with the open uploads, their keys and start times (s3s-fs
 //!   answers 501).
 //!
+//! And, asked ([`ServerOptions::listing_etags`]; `godwit serve-s3` asks), ListObjectsV2 lists each
+//! object with its ETag, as AWS S3 does: then a conditional server-side copy needs no HEAD of its
+//! source first (see `listing.rs`).
+//!
 //! And one mode for tests of godwit's fallbacks, [`Conditions::Ignored`]: every conditional
 //! header is dropped and every write goes ahead, as on the S3-compatible servers that accept the
 //! headers and ignore them (none of which runs here). Requests on godwit's probe objects are
@@ -37,6 +41,8 @@ use s3s::access::{S3Access, S3AccessContext};
 use s3s::auth::{S3Auth, SecretKey};
 use s3s::service::S3ServiceBuilder;
 use tokio::net::TcpListener;
+
+mod listing;
 
 /// Which conditional requests the endpoint enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -73,6 +79,9 @@ pub struct ServerOptions {
     /// GetObject and HeadObject of a key that ends with this answer 403 AccessDenied, as a
     /// source object the reader may not read.
     pub unreadable_suffix: Option<&'static str>,
+    /// ListObjectsV2 gives each object its ETag, as AWS S3 does (s3s-fs lists none: a client
+    /// must HEAD an object to learn it).
+    pub listing_etags: bool,
 }
 
 /// A running local S3 endpoint. Dropping it stops accepting connections.
@@ -197,34 +206,9 @@ impl Access {
         }
     }
 
-    /// The ETag s3s-fs gives the object at `bucket`/`key` (as it computes it: the one it noted
-    /// in its internal info, else the file's MD5), or `None` when there is no object.
+    /// The ETag s3s-fs gives the object at `bucket`/`key`, or `None` when there is no object.
     fn etag_of(&self, bucket: &str, key: &str) -> Option<String> {
-        use base64::Engine as _;
-        let file = self.root.join(bucket).join(key);
-        if !file.is_file() {
-            return None;
-        }
-        let encode = |text: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text);
-        let info = self.root.join(format!(
-            ".bucket-{}.object-{}.internal.json",
-            encode(bucket),
-            encode(key)
-        ));
-        let noted = std::fs::read(info)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
-            .and_then(|info| info.get("e_tag")?.as_str().map(str::to_owned));
-        noted.or_else(|| {
-            use md5::Digest as _;
-            let bytes = std::fs::read(&file).ok()?;
-            Some(
-                md5::Md5::digest(&bytes)
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect(),
-            )
-        })
+        listing::etag_of(&self.root, bucket, key)
     }
 }
 
@@ -686,7 +670,11 @@ impl LocalS3 {
             .map_err(|e| StartError(format!("cannot create {}: {e}", root.display())))?;
         let fs = s3s_fs::FileSystem::new(root)
             .map_err(|e| StartError(format!("cannot serve {}: {e:?}", root.display())))?;
-        let mut builder = S3ServiceBuilder::new(fs);
+        let mut builder = S3ServiceBuilder::new(listing::Listing {
+            fs,
+            root: root.to_path_buf(),
+            etags: options.listing_etags,
+        });
         let keys = Keys::default();
         keys.grant(access_key, secret_key);
         builder.set_auth(keys.clone());
