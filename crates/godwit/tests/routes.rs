@@ -9,6 +9,20 @@ use support::{Target, bytes, ledger, migrate, path_str, write_tree};
 /// A file just above the size that always goes in one PUT (64 MiB).
 const LARGE: usize = (64 << 20) + (3 << 20);
 
+/// An in-process server with `options`, its bucket "from" holding `k/0.bin` .. `k/5.bin`
+/// (2,000 bytes each, `bytes(i, 2000)`), and an empty bucket "to": the names of both.
+async fn six_to_copy(options: ServerOptions) -> (Target, String, String) {
+    let target = Target::with_options(options).await;
+    let from = target.bucket("from").await;
+    let to = target.bucket("to").await;
+    for i in 0..6u64 {
+        target
+            .put(&from, &format!("k/{i}.bin"), &bytes(i, 2000))
+            .await;
+    }
+    (target, from, to)
+}
+
 /// What the summary says of how large objects went.
 fn large_objects(run: &support::Run) -> String {
     match run.json()["large_objects"].as_str() {
@@ -116,20 +130,13 @@ async fn a_large_object_goes_in_parts_where_one_request_is_slow() {
 #[tokio::test(flavor = "multi_thread")]
 async fn racy_server_side_copies_look_first_and_say_so() {
     // As s3s-fs alone: PutObject and completions conditional, CopyObject not.
-    let target = Target::with_options(ServerOptions {
+    let (target, from, to) = six_to_copy(ServerOptions {
         conditions: Conditions::CopiesUnconditional,
         ..ServerOptions::default()
     })
     .await;
     let requests = target.requests().unwrap();
     let work = tempfile::tempdir().unwrap();
-    let from = target.bucket("from").await;
-    let to = target.bucket("to").await;
-    for i in 0..6u64 {
-        target
-            .put(&from, &format!("k/{i}.bin"), &bytes(i, 2000))
-            .await;
-    }
     let theirs = bytes(99, 2000);
     target.put(&to, "k/1.bin", &theirs).await;
 
@@ -186,20 +193,13 @@ async fn a_server_side_copy_is_one_request_where_the_listing_gives_etags() {
     // The copy names the source's ETag (`x-amz-copy-source-if-match`): from the listing where it
     // gives one (AWS does), else from a HEAD of each object (s3s-fs lists none).
     for listing_etags in [true, false] {
-        let target = Target::with_options(ServerOptions {
+        let (target, from, to) = six_to_copy(ServerOptions {
             listing_etags,
             ..ServerOptions::default()
         })
         .await;
         let requests = target.requests().unwrap();
         let work = tempfile::tempdir().unwrap();
-        let from = target.bucket("from").await;
-        let to = target.bucket("to").await;
-        for i in 0..6u64 {
-            target
-                .put(&from, &format!("k/{i}.bin"), &bytes(i, 2000))
-                .await;
-        }
         let before = requests.all();
 
         let run = migrate(
