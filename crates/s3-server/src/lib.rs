@@ -172,6 +172,11 @@ impl RequestCounts {
             .map(|counts| counts.clone())
             .unwrap_or_default()
     }
+
+    /// Requests of operation `name` since `earlier` (what [`RequestCounts::all`] gave then).
+    pub fn since(&self, earlier: &BTreeMap<String, u64>, name: &str) -> u64 {
+        self.get(name) - earlier.get(name).copied().unwrap_or(0)
+    }
 }
 
 /// The access hook: counts each request, lets signed requests through (what s3s does by
