@@ -527,6 +527,41 @@ async fn a_crashed_multipart_upload_resumes_from_its_finished_parts() {
     }
 }
 
+/// A re-run whose route would send the object in one PUT (no threshold given, and it is small
+/// enough) still finishes the upload the crashed run left: its parts are not sent again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crashed_upload_goes_on_in_parts_whatever_the_route_says() {
+    for server in servers().await {
+        let work = tempfile::tempdir().unwrap();
+        let source_dir = work.path().join("src");
+        std::fs::create_dir_all(&source_dir).unwrap();
+        let content = bytes(6, (5 << 20) * 5 + 77);
+        std::fs::write(source_dir.join("big.bin"), &content).unwrap();
+        let ledger = work.path().join("ledger.db");
+        let (real, _bucket) = server.destination().await;
+        crash_after_two_parts(local_source(&source_dir), &real, &ledger).await;
+
+        let counting = Arc::new(Faulty::new(Arc::clone(&real)));
+        let store = Arc::new(open_when_released(&ledger).await);
+        let mut adaptive = options();
+        adaptive.transfer.multipart_threshold = None;
+        let migrator = Migrator::new(
+            local_source(&source_dir),
+            counting.clone(),
+            store,
+            adaptive,
+            CancellationToken::new(),
+        );
+        let summary = migrator.run(&spec()).await.unwrap();
+
+        assert_eq!(summary.copied, 1, "{summary:?}");
+        assert_eq!(counting.puts.load(Ordering::SeqCst), 0, "sent whole again");
+        assert_eq!(counting.creates.load(Ordering::SeqCst), 0, "a new upload");
+        assert_eq!(counting.parts_started.load(Ordering::SeqCst), 4);
+        assert!(read_all(real.as_ref(), "big.bin").await == content);
+    }
+}
+
 /// A source says how an object uploaded in parts was cut (both servers here answer
 /// `HEAD ?partNumber=1`; moto with the part's ETag), and nothing for an object in one part.
 #[tokio::test(flavor = "multi_thread")]

@@ -467,7 +467,7 @@ impl Transfers {
         &self,
         job: &mut Job<'_>,
     ) -> Result<Result<Done, StorageError>, StoreError> {
-        if self.goes_multipart(job.meta.size).await {
+        if self.resumes_streamed_upload(job) || self.goes_multipart(job.meta.size).await {
             let _turn = self
                 .multipart_objects
                 .acquire()

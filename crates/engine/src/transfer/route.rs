@@ -16,6 +16,10 @@
 //!
 //! The trade: an object sent whole is not resumed part by part: a run stopped mid-PUT sends it
 //! again from the start. The memory share keeps that to a few objects.
+//!
+//! An object whose upload the ledger records (parts of this source version, cut as this run
+//! cuts them) is finished in parts whatever the route says, and asks nothing of it: a re-run
+//! that only finishes uploads measures nothing.
 
 use godwit_storage::LargeWrites;
 

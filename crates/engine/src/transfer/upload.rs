@@ -42,6 +42,31 @@ async fn digest(body: Bytes, md5: bool) -> Result<(Crc64Nvme, Option<String>), S
         .map_err(|e| StorageError::new(ErrorKind::Other, format!("checksum task failed: {e}")))
 }
 
+/// Whether the recorded `upload` can go on: cut in parts of `part_size`, of this `source`, with
+/// parts made as they will be (sent with checksums when `checksummed`, else copied server-side).
+/// One with no parts yet is not: which way it was made is unknown.
+fn goes_on(
+    upload: &UploadRecord,
+    part_size: u64,
+    source: &SourceVersion,
+    checksummed: bool,
+) -> bool {
+    upload.part_size == part_size
+        && upload.source.as_ref() == Some(source)
+        && !upload.parts.is_empty()
+        && upload
+            .parts
+            .iter()
+            .all(|p| Crc64Nvme::from_base64(&p.checksum).is_some() == checksummed)
+}
+
+fn source_version(job: &Job<'_>) -> SourceVersion {
+    SourceVersion {
+        size: job.meta.size,
+        version: job.meta.version.clone(),
+    }
+}
+
 /// The part size for an object of `size` bytes: at least `wanted`, and large enough that the
 /// object fits in `max_parts` parts; whole MiB.
 fn part_size_for(size: u64, wanted: u64, min: u64, max: u64, max_parts: u32) -> u64 {
@@ -71,14 +96,7 @@ impl Transfers {
         job: &mut Job<'_>,
     ) -> Result<Result<Done, StorageError>, StoreError> {
         let meta = job.meta.clone();
-        let caps = self.dest.capabilities();
-        let part_size = part_size_for(
-            meta.size,
-            self.options.part_size,
-            caps.min_part_size,
-            caps.max_part_size,
-            caps.max_parts,
-        );
+        let part_size = self.streamed_part_size(meta.size);
         let n_parts = meta.size.div_ceil(part_size) as u32;
 
         let metadata = match self.metadata_for(&meta, None).await {
@@ -141,6 +159,33 @@ impl Transfers {
         let proof = Proof::Streamed { crc, evidence };
         self.complete(job, &upload_id, resumed, &parts, &proof)
             .await
+    }
+
+    /// The part size of an object of `size` bytes streamed in parts.
+    fn streamed_part_size(&self, size: u64) -> u64 {
+        let caps = self.dest.capabilities();
+        part_size_for(
+            size,
+            self.options.part_size,
+            caps.min_part_size,
+            caps.max_part_size,
+            caps.max_parts,
+        )
+    }
+
+    /// Whether streaming the object goes on with the upload the ledger records for it (parts of
+    /// this version of the source, cut as this run cuts them). Such an object is finished in
+    /// parts whatever the route for its size: its parts are not sent again, and a run that only
+    /// finishes uploads never measures the destination.
+    pub(super) fn resumes_streamed_upload(&self, job: &Job<'_>) -> bool {
+        job.upload.as_ref().is_some_and(|upload| {
+            goes_on(
+                upload,
+                self.streamed_part_size(job.meta.size),
+                &source_version(job),
+                true,
+            )
+        })
     }
 
     /// Completes the upload into a new object; where the key is taken, settles what is there
@@ -314,19 +359,12 @@ impl Transfers {
         checksummed: bool,
         metadata: &Metadata,
     ) -> Result<Result<(String, bool), StorageError>, StoreError> {
-        let source = SourceVersion {
-            size: job.meta.size,
-            version: job.meta.version.clone(),
-        };
-        let fits = |u: &UploadRecord| {
-            u.part_size == part_size
-                && u.source.as_ref() == Some(&source)
-                && !u.parts.is_empty()
-                && u.parts
-                    .iter()
-                    .all(|p| Crc64Nvme::from_base64(&p.checksum).is_some() == checksummed)
-        };
-        if job.upload.as_ref().is_some_and(|u| !fits(u)) {
+        let source = source_version(job);
+        if job
+            .upload
+            .as_ref()
+            .is_some_and(|u| !goes_on(u, part_size, &source, checksummed))
+        {
             self.drop_upload(job).await?;
         }
         if let Some(record) = &job.upload {
