@@ -35,11 +35,16 @@ pub(super) const NOT_KEPT: u8 = 2;
 /// parts while one completes leaves more unfinished objects behind a kill.
 pub(super) const MULTIPART_OBJECTS: usize = 2;
 
-/// The CRC-64/NVME of a part, and its MD5 when asked, off the async threads.
-async fn digest(body: Bytes, md5: bool) -> Result<(Crc64Nvme, Option<String>), StorageError> {
-    tokio::task::spawn_blocking(move || (crc64nvme(&body), md5.then(|| md5_hex(&body))))
-        .await
-        .map_err(|e| StorageError::new(ErrorKind::Other, format!("checksum task failed: {e}")))
+/// Starts computing `f` of a part's bytes off the async threads, at once (not when awaited).
+fn off_thread<T: Send + 'static>(
+    body: Bytes,
+    f: impl FnOnce(&[u8]) -> T + Send + 'static,
+) -> impl Future<Output = Result<T, StorageError>> {
+    let task = tokio::task::spawn_blocking(move || f(&body));
+    async move {
+        task.await
+            .map_err(|e| StorageError::new(ErrorKind::Other, format!("checksum task failed: {e}")))
+    }
 }
 
 /// Whether the recorded `upload` can go on: cut in parts of `part_size`, of this `source`, with
@@ -120,11 +125,18 @@ impl Transfers {
             let meta = &meta;
             async move {
                 let (body, _permit) = self.read_budgeted(meta, offset, len).await?;
-                let (crc, md5) = digest(body.clone(), want_md5).await?;
+                // The CRC goes with the request; the MD5 (several times slower) is only compared
+                // with the answer, so it is computed while the part is on its way.
+                let crc = off_thread(body.clone(), crc64nvme).await?;
+                let md5 = want_md5.then(|| off_thread(body.clone(), md5_hex));
                 let etag = self
                     .dest
                     .upload_part(&meta.key, upload_id, part_number, body, crc)
                     .await?;
+                let md5 = match md5 {
+                    Some(md5) => Some(md5.await?),
+                    None => None,
+                };
                 // An ETag that is not our MD5 proves nothing either way (SSE-KMS makes others).
                 let md5 = md5.filter(|md5| {
                     is_md5_etag(&etag).is_some_and(|hex| hex.eq_ignore_ascii_case(md5))
@@ -139,7 +151,13 @@ impl Transfers {
             }
         };
         // Each part with the MD5 of its bytes, when known (see `Evidence::MultipartEtag`).
-        let parts = match self.fill_upload(job, resumed, n_parts, send).await? {
+        // The completion needs to know what the destination enforces: learnt (once a run) while
+        // the parts are on their way.
+        let (filled, _) = tokio::join!(
+            self.fill_upload(job, resumed, n_parts, send),
+            self.conditions()
+        );
+        let parts = match filled? {
             Ok(parts) => parts,
             Err(error) => return Ok(Err(error)),
         };
