@@ -170,16 +170,15 @@ impl Migrator {
             };
             if packet.is_empty() {
                 match &mut scanner {
-                    Some(running) if !running.is_finished() => {
-                        tokio::select! {
-                            () = notify.notified() => {}
-                            () = tokio::time::sleep(Duration::from_millis(100)) => {}
-                            () = halt.cancelled() => {}
-                        }
-                        continue;
-                    }
-                    Some(finished) => {
-                        let scanned = finished.await;
+                    Some(running) => {
+                        // Woken by new work, or by the scan's end (a re-run with nothing to copy
+                        // ends as soon as its scan does).
+                        let scanned = tokio::select! {
+                            scanned = &mut *running => scanned,
+                            () = notify.notified() => continue,
+                            () = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                            () = halt.cancelled() => continue,
+                        };
                         scanner = None;
                         match scanned {
                             // Look once more: the last page may have queued objects.
