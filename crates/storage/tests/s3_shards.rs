@@ -24,16 +24,7 @@ async fn an_s3_source_is_cut_by_prefix_and_each_shard_resumes() {
     let server = LocalS3::start(dir.path(), "127.0.0.1:0".parse().unwrap(), KEY, SECRET)
         .await
         .unwrap();
-    let config = aws_sdk_s3::config::Builder::new()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new("us-east-1"))
-        .endpoint_url(server.endpoint())
-        .force_path_style(true)
-        .credentials_provider(aws_sdk_s3::config::Credentials::new(
-            KEY, SECRET, None, None, "test",
-        ))
-        .build();
-    let client = aws_sdk_s3::Client::from_conf(config);
+    let client = client_of(&server);
     client
         .create_bucket()
         .bucket("shard-test")
@@ -60,22 +51,12 @@ async fn an_s3_source_is_cut_by_prefix_and_each_shard_resumes() {
             .await
             .unwrap();
     }
-    let settings = S3Settings {
-        endpoint: Some(server.endpoint()),
-        region: Some("us-east-1".into()),
-        credentials: Some(StaticCredentials {
-            access_key_id: KEY.into(),
-            secret_access_key: SECRET.into(),
-            session_token: None,
-        }),
-        ..S3Settings::default()
-    };
     let source = godwit_storage::open_source(
         &Location::S3 {
             bucket: "shard-test".into(),
             prefix: "pre/".into(),
         },
-        &settings,
+        &settings_of(&server),
     )
     .await
     .unwrap();
@@ -102,4 +83,90 @@ async fn an_s3_source_is_cut_by_prefix_and_each_shard_resumes() {
         keys_of(source.list_shard(shard::WHOLE, Some("a/b/3"))).await,
         ["c/d/5", "top1", "top2"]
     );
+}
+
+/// A bucket with more top-level prefixes than it is worth a shard each is cut into ranges of
+/// keys: together they list every key once (the top-level keys, and keys sorting between and at
+/// the cuts, among them), and each resumes after a key.
+#[tokio::test(flavor = "multi_thread")]
+async fn many_prefixes_are_cut_into_ranges_that_list_every_key_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = LocalS3::start(dir.path(), "127.0.0.1:0".parse().unwrap(), KEY, SECRET)
+        .await
+        .unwrap();
+    let client = client_of(&server);
+    client
+        .create_bucket()
+        .bucket("ranges")
+        .send()
+        .await
+        .unwrap();
+    let mut keys: Vec<String> = Vec::new();
+    for d in 0..40 {
+        keys.push(format!("d{d:02}/e/f"));
+        keys.push(format!("d{d:02}/g"));
+        keys.push(format!("d{d:02}-x"));
+    }
+    keys.extend(["a", "d05.", "zz"].map(str::to_owned));
+    for key in &keys {
+        client
+            .put_object()
+            .bucket("ranges")
+            .key(key)
+            .body(key.as_bytes().to_vec().into())
+            .send()
+            .await
+            .unwrap();
+    }
+    let source = godwit_storage::open_source(
+        &Location::S3 {
+            bucket: "ranges".into(),
+            prefix: String::new(),
+        },
+        &settings_of(&server),
+    )
+    .await
+    .unwrap();
+
+    let shards = source.shards().await.unwrap();
+    assert_eq!(shards.len(), 16, "{shards:?}");
+    let mut all = Vec::new();
+    for shard in &shards {
+        let listed = keys_of(source.list_shard(shard, None)).await;
+        assert!(!listed.is_empty(), "{shard}");
+        if listed.len() > 1 {
+            let rest = keys_of(source.list_shard(shard, Some(&listed[0]))).await;
+            assert_eq!(rest, listed[1..], "{shard} resumed");
+        }
+        all.extend(listed);
+    }
+    all.sort();
+    keys.sort();
+    assert_eq!(all, keys);
+}
+
+fn client_of(server: &LocalS3) -> aws_sdk_s3::Client {
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .endpoint_url(server.endpoint())
+        .force_path_style(true)
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            KEY, SECRET, None, None, "test",
+        ))
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+fn settings_of(server: &LocalS3) -> S3Settings {
+    S3Settings {
+        endpoint: Some(server.endpoint()),
+        region: Some("us-east-1".into()),
+        credentials: Some(StaticCredentials {
+            access_key_id: KEY.into(),
+            secret_access_key: SECRET.into(),
+            session_token: None,
+        }),
+        ..S3Settings::default()
+    }
 }

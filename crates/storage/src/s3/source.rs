@@ -21,9 +21,61 @@ pub struct S3Source {
 /// entries at the top level); a top level larger than that is listed as one shard.
 const SHARD_PAGES: usize = 100;
 
+/// Above this many top-level prefixes, the listing is cut into this many ranges of keys instead
+/// of a shard a prefix: every shard costs at least one request, and some servers (s3s-fs, so
+/// `godwit serve-s3`) walk the whole bucket for each listing request whatever its prefix.
+const MOST_PREFIX_SHARDS: usize = 16;
+
+/// A shard of the keys `k` with `after < k <= up_to` (relative to the source's prefix; an
+/// empty `after` is the start, an empty `up_to` the end). Named `range:N:AFTERUP_TO]` (N the
+/// length of `after`): a name a prefix shard (ending in `/`), [`shard::TOP`] or [`shard::WHOLE`]
+/// cannot be.
+#[derive(Debug, PartialEq)]
+struct Range<'a> {
+    after: &'a str,
+    up_to: &'a str,
+}
+
+impl<'a> Range<'a> {
+    fn name(after: &str, up_to: &str) -> String {
+        format!("range:{}:{after}{up_to}]", after.len())
+    }
+
+    fn parse(name: &'a str) -> Option<Self> {
+        let inner = name.strip_prefix("range:")?.strip_suffix(']')?;
+        let (len, rest) = inner.split_once(':')?;
+        let len: usize = len.parse().ok()?;
+        if !rest.is_char_boundary(len) {
+            return None;
+        }
+        let (after, up_to) = rest.split_at(len);
+        Some(Self { after, up_to })
+    }
+
+    /// Whether `key` comes after the range (so the listing of the range is over).
+    fn past(&self, key: &str) -> bool {
+        !self.up_to.is_empty() && key > self.up_to
+    }
+}
+
+/// `n` ranges covering every key, cut at (some of) the top-level `prefixes`, in byte order.
+fn ranges(prefixes: &[String], n: usize) -> Vec<String> {
+    let cuts: Vec<&str> = (1..n)
+        .map(|i| prefixes[i * prefixes.len() / n].as_str())
+        .collect();
+    let mut bounds = vec![""];
+    bounds.extend(cuts);
+    bounds.push("");
+    bounds
+        .windows(2)
+        .map(|pair| Range::name(pair[0], pair[1]))
+        .collect()
+}
+
 impl Bucket {
     /// The shards of the listing (see [`crate::shard`]): the keys at the prefix's top level, and
-    /// each common prefix below it, found with a `/` delimiter listing.
+    /// each common prefix below it, found with a `/` delimiter listing; or, past
+    /// [`MOST_PREFIX_SHARDS`] prefixes, that many ranges of keys cut at prefixes.
     pub(super) async fn shards(&self) -> Result<Vec<String>, StorageError> {
         let mut shards = vec![shard::TOP.to_owned()];
         let mut stream = self
@@ -48,6 +100,9 @@ impl Bucket {
                     .map(str::to_owned)
             }));
         }
+        if shards.len() - 1 > MOST_PREFIX_SHARDS {
+            return Ok(ranges(&shards[1..], MOST_PREFIX_SHARDS));
+        }
         Ok(shards)
     }
 
@@ -55,13 +110,18 @@ impl Bucket {
     pub(super) fn list_shard(&self, shard: &str, after: Option<&str>) -> Listing {
         let (pages, receiver) = mpsc::channel(4);
         let bucket = self.clone();
+        let range = Range::parse(shard);
         let below = match shard {
+            _ if range.is_some() => String::new(),
             shard::WHOLE | shard::TOP => String::new(),
             dir => dir.to_owned(),
         };
         let delimited = shard == shard::TOP;
+        let after = after.or(range.as_ref().map(|r| r.after).filter(|a| !a.is_empty()));
         let start_after = after.map(|after| format!("{}{after}", self.prefix));
+        let up_to = range.map(|r| r.up_to.to_owned());
         tokio::spawn(async move {
+            let range = up_to.as_deref().map(|up_to| Range { after: "", up_to });
             let mut stream = bucket
                 .client()
                 .list_objects_v2()
@@ -79,6 +139,7 @@ impl Bucket {
                         return;
                     }
                 };
+                let mut past = false;
                 let entries = page
                     .contents()
                     .iter()
@@ -87,6 +148,10 @@ impl Bucket {
                             .key()?
                             .strip_prefix(bucket.prefix.as_str())?
                             .to_owned();
+                        if range.as_ref().is_some_and(|r| r.past(&key)) {
+                            past = true;
+                            return None;
+                        }
                         let size = object.size().unwrap_or(0).max(0) as u64;
                         // godwit's own probe objects, left by a run that stopped mid-probe, are
                         // not the user's data: migrated, a later probe could take them for its
@@ -103,7 +168,7 @@ impl Bucket {
                         }))
                     })
                     .collect();
-                if pages.send(Ok(entries)).await.is_err() {
+                if pages.send(Ok(entries)).await.is_err() || past {
                     return;
                 }
             }
@@ -246,5 +311,38 @@ impl Source for S3Source {
             }
             Err(err) => Err(b.error("reading the parts of", Some(&meta.key), err)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_range_is_named_so_no_prefix_shard_is_taken_for_it() {
+        for (after, up_to) in [("", "b/"), ("b/", ""), ("a]:1/", "z9:/"), ("é/", "")] {
+            let name = Range::name(after, up_to);
+            assert!(!name.ends_with('/') && name != shard::TOP && name != shard::WHOLE);
+            assert_eq!(Range::parse(&name), Some(Range { after, up_to }));
+        }
+        assert_eq!(Range::parse("range:3:ab/"), None, "a prefix shard");
+        assert_eq!(Range::parse("range:9:ab]"), None);
+    }
+
+    #[test]
+    fn ranges_cut_at_prefixes_cover_every_key_once() {
+        let prefixes: Vec<String> = (0..40).map(|i| format!("d{i:02}/")).collect();
+        let names = ranges(&prefixes, 16);
+        assert_eq!(names.len(), 16);
+        let ranges: Vec<Range> = names.iter().map(|n| Range::parse(n).unwrap()).collect();
+        assert_eq!(ranges[0].after, "");
+        assert_eq!(ranges[15].up_to, "");
+        for pair in ranges.windows(2) {
+            assert_eq!(pair[0].up_to, pair[1].after);
+            assert!(pair[0].after < pair[0].up_to || pair[0].after.is_empty());
+        }
+        // A key equal to a cut belongs to the range it ends.
+        let cut = ranges[0].up_to;
+        assert!(!ranges[0].past(cut) && ranges[0].past(&format!("{cut}x")));
     }
 }
