@@ -3,7 +3,7 @@
 //! crash in the middle of a multipart upload or of a server-side copy in parts, bytes damaged on
 //! the way, a source that changes or vanishes after the scan.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -440,6 +440,17 @@ async fn open_when_released(path: &Path) -> SqliteStore {
     panic!("the ledger was never released");
 }
 
+/// A work directory whose `src` holds `big.bin` with `content`: the directory (kept while it
+/// lives), the source directory and where the ledger goes.
+fn work_with_big(content: &[u8]) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let work = tempfile::tempdir().unwrap();
+    let source_dir = work.path().join("src");
+    std::fs::create_dir_all(&source_dir).unwrap();
+    std::fs::write(source_dir.join("big.bin"), content).unwrap();
+    let ledger = work.path().join("ledger.db");
+    (work, source_dir, ledger)
+}
+
 fn local_source(dir: &Path) -> Arc<dyn Source> {
     Arc::new(godwit_storage::fs::LocalSource::new(dir.to_owned()))
 }
@@ -486,12 +497,8 @@ async fn read_all(dest: &dyn Destination, key: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crashed_multipart_upload_resumes_from_its_finished_parts() {
     for server in servers().await {
-        let work = tempfile::tempdir().unwrap();
-        let source_dir = work.path().join("src");
-        std::fs::create_dir_all(&source_dir).unwrap();
         let content = bytes(5, (5 << 20) * 5 + 123); // six parts of 5 MiB, the last one short
-        std::fs::write(source_dir.join("big.bin"), &content).unwrap();
-        let ledger = work.path().join("ledger.db");
+        let (_work, source_dir, ledger) = work_with_big(&content);
         let (real, _bucket) = server.destination().await;
 
         // First run: two parts go through, then the "process" hangs and is dropped mid-upload.
@@ -532,12 +539,8 @@ async fn a_crashed_multipart_upload_resumes_from_its_finished_parts() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crashed_upload_goes_on_in_parts_whatever_the_route_says() {
     for server in servers().await {
-        let work = tempfile::tempdir().unwrap();
-        let source_dir = work.path().join("src");
-        std::fs::create_dir_all(&source_dir).unwrap();
         let content = bytes(6, (5 << 20) * 5 + 77);
-        std::fs::write(source_dir.join("big.bin"), &content).unwrap();
-        let ledger = work.path().join("ledger.db");
+        let (_work, source_dir, ledger) = work_with_big(&content);
         let (real, _bucket) = server.destination().await;
         crash_after_two_parts(local_source(&source_dir), &real, &ledger).await;
 
@@ -1475,12 +1478,8 @@ async fn after_a_crash_objects_that_were_there_before_stay_already_present() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_resumed_upload_never_mixes_two_versions_of_its_source() {
     for server in servers().await {
-        let work = tempfile::tempdir().unwrap();
-        let source_dir = work.path().join("src");
-        std::fs::create_dir_all(&source_dir).unwrap();
         let size = (5 << 20) * 5 + 123;
-        std::fs::write(source_dir.join("big.bin"), bytes(5, size)).unwrap();
-        let ledger = work.path().join("ledger.db");
+        let (_work, source_dir, ledger) = work_with_big(&bytes(5, size));
         let (real, _bucket) = server.destination().await;
         crash_after_two_parts(local_source(&source_dir), &real, &ledger).await;
         // The scan of a large source takes a while: the run died before it ended.
@@ -1600,12 +1599,8 @@ fn written_etag(ledger: &Path) -> Option<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_upload_begun_but_never_recorded_is_aborted_by_the_next_run() {
     for server in servers().await {
-        let work = tempfile::tempdir().unwrap();
-        let source_dir = work.path().join("src");
-        std::fs::create_dir_all(&source_dir).unwrap();
         let content = bytes(5, (5 << 20) * 2 + 7);
-        std::fs::write(source_dir.join("big.bin"), &content).unwrap();
-        let ledger = work.path().join("ledger.db");
+        let (_work, source_dir, ledger) = work_with_big(&content);
         let (real, bucket) = server.destination().await;
         let dying = Arc::new(Faulty {
             hang_after_create: true,

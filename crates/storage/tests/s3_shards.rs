@@ -20,17 +20,7 @@ async fn keys_of(mut listing: Listing) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_s3_source_is_cut_by_prefix_and_each_shard_resumes() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = LocalS3::start(dir.path(), "127.0.0.1:0".parse().unwrap(), KEY, SECRET)
-        .await
-        .unwrap();
-    let client = client_of(&server);
-    client
-        .create_bucket()
-        .bucket("shard-test")
-        .send()
-        .await
-        .unwrap();
+    let (_dir, server, client) = server_with_bucket("shard-test").await;
     let keys = [
         "out",
         "pre/top1",
@@ -90,17 +80,7 @@ async fn an_s3_source_is_cut_by_prefix_and_each_shard_resumes() {
 /// the cuts, among them), and each resumes after a key.
 #[tokio::test(flavor = "multi_thread")]
 async fn many_prefixes_are_cut_into_ranges_that_list_every_key_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = LocalS3::start(dir.path(), "127.0.0.1:0".parse().unwrap(), KEY, SECRET)
-        .await
-        .unwrap();
-    let client = client_of(&server);
-    client
-        .create_bucket()
-        .bucket("ranges")
-        .send()
-        .await
-        .unwrap();
+    let (_dir, server, client) = server_with_bucket("ranges").await;
     let mut keys: Vec<String> = Vec::new();
     for d in 0..40 {
         keys.push(format!("d{d:02}/e/f"));
@@ -143,6 +123,17 @@ async fn many_prefixes_are_cut_into_ranges_that_list_every_key_once() {
     all.sort();
     keys.sort();
     assert_eq!(all, keys);
+}
+
+/// An in-process S3 server on a new directory, holding the empty `bucket`, and a client of it.
+async fn server_with_bucket(bucket: &str) -> (tempfile::TempDir, LocalS3, aws_sdk_s3::Client) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = LocalS3::start(dir.path(), "127.0.0.1:0".parse().unwrap(), KEY, SECRET)
+        .await
+        .unwrap();
+    let client = client_of(&server);
+    client.create_bucket().bucket(bucket).send().await.unwrap();
+    (dir, server, client)
 }
 
 fn client_of(server: &LocalS3) -> aws_sdk_s3::Client {
