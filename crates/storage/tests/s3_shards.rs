@@ -2,7 +2,9 @@
 //! the listing once, and a shard resumes after a key.
 
 use godwit_s3_server::LocalS3;
-use godwit_storage::{Listed, Listing, Location, S3Settings, StaticCredentials, shard};
+use std::sync::Arc;
+
+use godwit_storage::{Listed, Listing, Location, S3Settings, Source, StaticCredentials, shard};
 
 const KEY: &str = "shards-test-key";
 const SECRET: &str = "shards-test-secret";
@@ -20,7 +22,6 @@ async fn keys_of(mut listing: Listing) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_s3_source_is_cut_by_prefix_and_each_shard_resumes() {
-    let (_dir, server, client) = server_with_bucket("shard-test").await;
     let keys = [
         "out",
         "pre/top1",
@@ -31,25 +32,8 @@ async fn an_s3_source_is_cut_by_prefix_and_each_shard_resumes() {
         "pre/a-b/4",
         "pre/c/d/5",
     ];
-    for key in keys {
-        client
-            .put_object()
-            .bucket("shard-test")
-            .key(key)
-            .body(key.as_bytes().to_vec().into())
-            .send()
-            .await
-            .unwrap();
-    }
-    let source = godwit_storage::open_source(
-        &Location::S3 {
-            bucket: "shard-test".into(),
-            prefix: "pre/".into(),
-        },
-        &settings_of(&server),
-    )
-    .await
-    .unwrap();
+    let (_dir, server) = server_holding("shard-test", &keys).await;
+    let source = source_of(&server, "shard-test", "pre/").await;
 
     let shards = source.shards().await.unwrap();
     // S3 lists in byte order: `a-b/` before `a/`.
@@ -80,7 +64,6 @@ async fn an_s3_source_is_cut_by_prefix_and_each_shard_resumes() {
 /// the cuts, among them), and each resumes after a key.
 #[tokio::test(flavor = "multi_thread")]
 async fn many_prefixes_are_cut_into_ranges_that_list_every_key_once() {
-    let (_dir, server, client) = server_with_bucket("ranges").await;
     let mut keys: Vec<String> = Vec::new();
     for d in 0..40 {
         keys.push(format!("d{d:02}/e/f"));
@@ -88,25 +71,8 @@ async fn many_prefixes_are_cut_into_ranges_that_list_every_key_once() {
         keys.push(format!("d{d:02}-x"));
     }
     keys.extend(["a", "d05.", "zz"].map(str::to_owned));
-    for key in &keys {
-        client
-            .put_object()
-            .bucket("ranges")
-            .key(key)
-            .body(key.as_bytes().to_vec().into())
-            .send()
-            .await
-            .unwrap();
-    }
-    let source = godwit_storage::open_source(
-        &Location::S3 {
-            bucket: "ranges".into(),
-            prefix: String::new(),
-        },
-        &settings_of(&server),
-    )
-    .await
-    .unwrap();
+    let (_dir, server) = server_holding("ranges", &keys).await;
+    let source = source_of(&server, "ranges", "").await;
 
     let shards = source.shards().await.unwrap();
     assert_eq!(shards.len(), 16, "{shards:?}");
@@ -125,15 +91,38 @@ async fn many_prefixes_are_cut_into_ranges_that_list_every_key_once() {
     assert_eq!(all, keys);
 }
 
-/// An in-process S3 server on a new directory, holding the empty `bucket`, and a client of it.
-async fn server_with_bucket(bucket: &str) -> (tempfile::TempDir, LocalS3, aws_sdk_s3::Client) {
+/// An in-process S3 server on a new directory whose `bucket` holds `keys`, each object its own
+/// key's bytes.
+async fn server_holding(bucket: &str, keys: &[impl AsRef<str>]) -> (tempfile::TempDir, LocalS3) {
     let dir = tempfile::tempdir().unwrap();
     let server = LocalS3::start(dir.path(), "127.0.0.1:0".parse().unwrap(), KEY, SECRET)
         .await
         .unwrap();
     let client = client_of(&server);
     client.create_bucket().bucket(bucket).send().await.unwrap();
-    (dir, server, client)
+    for key in keys {
+        let key = key.as_ref();
+        client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(key.as_bytes().to_vec().into())
+            .send()
+            .await
+            .unwrap();
+    }
+    (dir, server)
+}
+
+/// `bucket` below `prefix` on `server`, as a source.
+async fn source_of(server: &LocalS3, bucket: &str, prefix: &str) -> Arc<dyn Source> {
+    let location = Location::S3 {
+        bucket: bucket.into(),
+        prefix: prefix.into(),
+    };
+    godwit_storage::open_source(&location, &settings_of(server))
+        .await
+        .unwrap()
 }
 
 fn client_of(server: &LocalS3) -> aws_sdk_s3::Client {
