@@ -168,7 +168,8 @@ pub struct MigrateArgs {
     /// Objects larger than this are uploaded in parallel parts. Default: chosen from what the
     /// destination is measured to do: objects up to 64 MiB go in one PUT; larger ones too where
     /// the server keeps no checksum of multipart objects and one request is fast enough to send
-    /// the object within 2 s (and it fits 3/4 of --memory-budget), else in parts.
+    /// the object within 2 s (and it fits 3/4 of --memory-budget), else in parts. An upload a
+    /// stopped run left is finished in parts whatever this says.
     #[arg(long, value_name = "SIZE")]
     pub multipart_threshold: Option<Size>,
     /// The part size of multipart uploads (it grows so no object needs more than 10,000 parts).
