@@ -31,17 +31,17 @@ const MOST_PREFIX_SHARDS: usize = 16;
 /// length of `after`): a name a prefix shard (ending in `/`), [`shard::TOP`] or [`shard::WHOLE`]
 /// cannot be.
 #[derive(Debug, PartialEq)]
-struct Range<'a> {
-    after: &'a str,
-    up_to: &'a str,
+struct Range {
+    after: String,
+    up_to: String,
 }
 
-impl<'a> Range<'a> {
+impl Range {
     fn name(after: &str, up_to: &str) -> String {
         format!("range:{}:{after}{up_to}]", after.len())
     }
 
-    fn parse(name: &'a str) -> Option<Self> {
+    fn parse(name: &str) -> Option<Self> {
         let inner = name.strip_prefix("range:")?.strip_suffix(']')?;
         let (len, rest) = inner.split_once(':')?;
         let len: usize = len.parse().ok()?;
@@ -49,12 +49,15 @@ impl<'a> Range<'a> {
             return None;
         }
         let (after, up_to) = rest.split_at(len);
-        Some(Self { after, up_to })
+        Some(Self {
+            after: after.to_owned(),
+            up_to: up_to.to_owned(),
+        })
     }
 
     /// Whether `key` comes after the range (so the listing of the range is over).
     fn past(&self, key: &str) -> bool {
-        !self.up_to.is_empty() && key > self.up_to
+        !self.up_to.is_empty() && key > self.up_to.as_str()
     }
 }
 
@@ -117,11 +120,12 @@ impl Bucket {
             dir => dir.to_owned(),
         };
         let delimited = shard == shard::TOP;
-        let after = after.or(range.as_ref().map(|r| r.after).filter(|a| !a.is_empty()));
+        let after = after.or(range
+            .as_ref()
+            .map(|r| r.after.as_str())
+            .filter(|a| !a.is_empty()));
         let start_after = after.map(|after| format!("{}{after}", self.prefix));
-        let up_to = range.map(|r| r.up_to.to_owned());
         tokio::spawn(async move {
-            let range = up_to.as_deref().map(|up_to| Range { after: "", up_to });
             let mut stream = bucket
                 .client()
                 .list_objects_v2()
@@ -323,6 +327,7 @@ mod tests {
         for (after, up_to) in [("", "b/"), ("b/", ""), ("a]:1/", "z9:/"), ("é/", "")] {
             let name = Range::name(after, up_to);
             assert!(!name.ends_with('/') && name != shard::TOP && name != shard::WHOLE);
+            let (after, up_to) = (after.to_owned(), up_to.to_owned());
             assert_eq!(Range::parse(&name), Some(Range { after, up_to }));
         }
         assert_eq!(Range::parse("range:3:ab/"), None, "a prefix shard");
@@ -342,7 +347,7 @@ mod tests {
             assert!(pair[0].after < pair[0].up_to || pair[0].after.is_empty());
         }
         // A key equal to a cut belongs to the range it ends.
-        let cut = ranges[0].up_to;
+        let cut = &ranges[0].up_to;
         assert!(!ranges[0].past(cut) && ranges[0].past(&format!("{cut}x")));
     }
 }
